@@ -1,0 +1,35 @@
+# stillmoving: `make demo` (fresh machine to out/demo.mp4), `make test` (the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU torch wheel: from the machine's local wheelhouse when it has one, else from PyTorch's index.
+TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,https://download.pytorch.org/whl/cpu)
+PYTEST_ARGS ?=
+
+.PHONY: venv demo up down test test-fast clean
+
+$(VENV)/.installed: requirements/dev.lock requirements/constraints-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements/dev.lock -c requirements/constraints-cpu.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m scripts.demo
+
+up: venv
+	$(PY) -m scripts.stack up
+
+down:
+	$(PY) -m scripts.stack down
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf var out .pytest_cache

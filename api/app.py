@@ -1,0 +1,61 @@
+"""The FastAPI application factory; clients are created once in `lifespan` and kept on ``app.state``."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from api import errors
+from api.routes import customizations, generate, health, jobs
+from common.celery_config import make_celery
+from common.jobstore import JobStore
+from common.schemas import ErrorEnvelope
+from common.settings import Settings, get_settings
+from common.storage import Storage
+
+UI_DIR = Path(__file__).resolve().parents[1] / "ui"
+ERROR_RESPONSES = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for `settings` (default: from the environment)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.settings = settings
+        app.state.store = JobStore(settings.redis_url)
+        app.state.storage = Storage(settings)
+        app.state.celery = make_celery(settings)
+        if settings.s3_create_bucket:
+            try:
+                app.state.storage.ensure_bucket()
+            except Exception:  # storage down at start: /readyz says so, the API still serves
+                pass
+        yield
+        app.state.store.redis.close()
+
+    app = FastAPI(
+        title="stillmoving",
+        version="0.1.0",
+        description="Customized video generation with Still-Moving: upload a customized Stable Diffusion 1.5 "
+                    "checkpoint, train Spatial Adapters, generate videos. Auth: `Authorization: Bearer <key>`.",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    errors.install(app)
+    for module in (health, customizations, generate, jobs):
+        app.include_router(module.router)
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
+    return app
+
+
+def main() -> None:
+    """Console entry: serve the API with uvicorn on the configured host and port."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info")

@@ -1,0 +1,68 @@
+"""Create a job record and send its Celery task by name; the per-key queue limit; Idempotency-Key replay."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from celery import Celery
+from fastapi.responses import JSONResponse
+
+from common.celery_config import TASK_FOR_KIND
+from common.errors import Conflict, ServiceUnavailable, TooManyRequests
+from common.jobstore import JobStore, now
+from common.schemas import CustomizationRecord, ErrorInfo, JobAccepted, JobRecord
+from common.settings import Settings
+
+log = logging.getLogger("stillmoving.api")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _too_many(settings: Settings, queued: int) -> TooManyRequests:
+    return TooManyRequests(f"this key already has {queued} queued jobs (limit "
+                           f"{settings.max_queued_jobs_per_key}); wait for some to start")
+
+
+def check_queue_limit(store: JobStore, settings: Settings, owner: str) -> None:
+    """Early check (before an upload is streamed); `enqueue` enforces the limit again atomically."""
+    queued = store.queued_count(owner)
+    if queued >= settings.max_queued_jobs_per_key:
+        raise _too_many(settings, queued)
+
+
+def enqueue(store: JobStore, celery: Celery, settings: Settings, job: JobRecord,
+            customization: CustomizationRecord | None = None) -> None:
+    """Store the job (queued) first, then send the task: the worker always finds the record."""
+    queue = settings.queue_for(job.kind)
+    if not store.create_job(job, queue, customization, limit=settings.max_queued_jobs_per_key):
+        raise _too_many(settings, store.queued_count(job.owner))
+    try:
+        celery.send_task(TASK_FOR_KIND[job.kind], args=[job.id], queue=queue, task_id=job.id)
+    except Exception as exc:  # broker down: do not leave a queued job that nobody will run
+        log.warning("could not send task for %s: %s", job.id, type(exc).__name__)
+        store.transition(job.id, ["queued"], status="failed", finished_at=now(),
+                         error=ErrorInfo(code="unavailable", message="the queue was unreachable"))
+        if customization is not None:
+            store.update_customization(customization.id, status="failed",
+                                       error=ErrorInfo(code="unavailable", message="the queue was unreachable"))
+        raise ServiceUnavailable("the job queue is unreachable; retry later") from exc
+
+
+def accepted(body: JobAccepted) -> JSONResponse:
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=202,
+                        headers={"Location": f"/jobs/{body.job_id}"})
+
+
+def replay(store: JobStore, owner: str, held: dict, fingerprint: str | None) -> JSONResponse:
+    """The response for a retried request with a known Idempotency-Key."""
+    if not held.get("job_id"):
+        raise Conflict("a request with this Idempotency-Key is still being processed", code="idempotency_in_progress")
+    if fingerprint is not None and held.get("fingerprint") not in (None, fingerprint):
+        raise Conflict("this Idempotency-Key was used with a different request body", code="idempotency_key_reused",
+                       field="Idempotency-Key")
+    job = store.get_job(held["job_id"])
+    status = job.status if job is not None and job.owner == owner else "queued"
+    return accepted(JobAccepted(job_id=held["job_id"], status=status, customization_id=held.get("customization_id")))

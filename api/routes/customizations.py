@@ -1,0 +1,125 @@
+"""``/customizations``: upload a customized T2I checkpoint and train Still-Moving Spatial Adapters."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StorageDep, StoreDep
+from api.enqueue import accepted, check_queue_limit, enqueue, new_id, replay
+from api.upload import receive_form
+from api.views import customization_view
+from common import checkpoint_header
+from common.errors import InvalidArgument, NotFound
+from common.jobstore import now
+from common.schemas import (CustomizationConfig, CustomizationList, CustomizationRecord, CustomizationView,
+                            JobAccepted, JobRecord)
+from common.storage import checkpoint_key
+
+router = APIRouter(tags=["customizations"])
+SCOPE = "customizations"
+FORM_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["checkpoint", "config"],
+            "properties": {
+                "checkpoint": {"type": "string", "format": "binary",
+                               "description": ".safetensors: LoRA, diffusers UNet or single-file SD 1.5"},
+                "config": {"type": "string", "description": "JSON of CustomizationConfig",
+                           "example": json.dumps({"prompts": ["a photo of sks dog"]})},
+            },
+        }}},
+    }
+}
+
+
+def parse_config(raw: bytes, default_base: str) -> CustomizationConfig:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"config is not valid JSON: {exc}", field="config") from None
+    try:
+        config = CustomizationConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        field = f"config.{where}" if where else "config"
+        raise InvalidArgument(f"{field}: {first['msg'].removeprefix('Value error, ')}", field=field) from None
+    if config.base_model is None:
+        config.base_model = default_base
+    return config
+
+
+@router.post("/customizations", status_code=202, response_model=JobAccepted, openapi_extra=FORM_SCHEMA,
+             summary="Upload a checkpoint and start a Still-Moving customization")
+async def create_customization(request: Request, owner: OwnerDep, settings: SettingsDep, store: StoreDep,
+                               storage: StorageDep, celery: CeleryDep, idempotency_key: IdempotencyKey = None):
+    if idempotency_key:
+        held = await run_in_threadpool(store.idempotency_reserve, owner, SCOPE, idempotency_key,
+                                       settings.idempotency_ttl_s)
+        if held is not None:
+            return await run_in_threadpool(replay, store, owner, held, None)
+    upload = storage.upload_stream()
+    try:
+        await run_in_threadpool(check_queue_limit, store, settings, owner)
+        raw_config = await receive_form(request, upload, settings)
+        config = parse_config(raw_config, settings.model_preset)
+        if config.base_model != settings.model_preset:
+            raise InvalidArgument(f"base_model={config.base_model!r} is not served here; this deployment serves "
+                                  f"{settings.model_preset!r}", field="config.base_model")
+        info = checkpoint_header.parse_header(bytes(upload.head), upload.size, settings.max_header_bytes)
+        summary = checkpoint_header.check_against_base(info, checkpoint_header.load_base_keys(config.base_model))
+        sha256 = upload.hexdigest()
+        await run_in_threadpool(upload.commit, checkpoint_key(sha256))
+        job_id, customization_id = new_id("job"), new_id("cus")
+        created = now()
+        customization = CustomizationRecord(
+            id=customization_id, owner=owner, name=config.name, job_id=job_id, base_model=config.base_model,
+            checkpoint_sha256=sha256, checkpoint_format=summary.format, config=config.model_dump(), created_at=created)
+        job = JobRecord(id=job_id, kind="customize", owner=owner, created_at=created, customization_id=customization_id,
+                        params={"config": config.model_dump(), "checkpoint_sha256": sha256,
+                                "checkpoint_format": summary.format})
+        await run_in_threadpool(enqueue, store, celery, settings, job, customization)
+    except BaseException:
+        await run_in_threadpool(upload.abort)
+        if idempotency_key:
+            await run_in_threadpool(store.idempotency_release, owner, SCOPE, idempotency_key)
+        raise
+    if idempotency_key:
+        await run_in_threadpool(store.idempotency_bind, owner, SCOPE, idempotency_key,
+                                {"job_id": job_id, "customization_id": customization_id}, settings.idempotency_ttl_s)
+    return accepted(JobAccepted(job_id=job_id, status="queued", customization_id=customization_id))
+
+
+def parse_cursor(cursor: str | None) -> float | None:
+    if cursor is None:
+        return None
+    try:
+        return float(cursor)
+    except ValueError:
+        raise InvalidArgument(f"cursor={cursor!r} is not a cursor returned by this API", field="cursor") from None
+
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+@router.get("/customizations", response_model=CustomizationList, summary="The caller's customizations, newest first")
+def list_customizations(owner: OwnerDep, store: StoreDep, storage: StorageDep, limit: Limit = 20,
+                        cursor: str | None = None):
+    items, next_cursor = store.list_customizations(owner, limit, parse_cursor(cursor))
+    return CustomizationList(items=[customization_view(c, storage) for c in items],
+                             next_cursor=None if next_cursor is None else repr(next_cursor))
+
+
+@router.get("/customizations/{customization_id}", response_model=CustomizationView,
+            summary="A customization: state, settings, manifest and artifact URLs")
+def get_customization(customization_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep):
+    record = store.get_customization(customization_id)
+    if record is None or record.owner != owner:
+        raise NotFound(f"no customization {customization_id!r}", field="customization_id")
+    return customization_view(record, storage)

@@ -1,0 +1,57 @@
+"""``POST /generate``: one video from the base model or a customization."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep
+from api.enqueue import accepted, check_queue_limit, enqueue, new_id, replay
+from common.errors import Conflict, NotFound, UnsupportedMediaType
+from common.jobstore import now
+from common.schemas import GenerateRequest, JobAccepted, JobRecord
+
+router = APIRouter(tags=["generate"])
+SCOPE = "generate"
+
+
+def require_json(request: Request) -> None:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType("POST /generate takes application/json")
+
+
+@router.post("/generate", status_code=202, response_model=JobAccepted, summary="Queue a video generation")
+def create_generation(body: GenerateRequest, owner: OwnerDep, settings: SettingsDep, store: StoreDep,
+                      celery: CeleryDep, _json: Annotated[None, Depends(require_json)] = None,
+                      idempotency_key: IdempotencyKey = None):
+    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    if idempotency_key:
+        held = store.idempotency_reserve(owner, SCOPE, idempotency_key, settings.idempotency_ttl_s)
+        if held is not None:
+            return replay(store, owner, held, fingerprint)
+    try:
+        if body.customization_id:
+            customization = store.get_customization(body.customization_id)
+            if customization is None or customization.owner != owner:
+                raise NotFound(f"no customization {body.customization_id!r}", field="customization_id")
+            if customization.status in ("failed", "canceled"):
+                raise Conflict(f"customization {body.customization_id!r} is {customization.status}; "
+                               "it cannot be used", code="customization_failed", field="customization_id")
+        check_queue_limit(store, settings, owner)
+        params = body.model_dump()
+        if params["seed"] is None:
+            params["seed"] = secrets.randbelow(2**32)
+        job = JobRecord(id=new_id("job"), kind="generate", owner=owner, created_at=now(), params=params,
+                        customization_id=body.customization_id)
+        enqueue(store, celery, settings, job)
+    except BaseException:
+        if idempotency_key:
+            store.idempotency_release(owner, SCOPE, idempotency_key)
+        raise
+    if idempotency_key:
+        store.idempotency_bind(owner, SCOPE, idempotency_key, {"job_id": job.id, "fingerprint": fingerprint},
+                               settings.idempotency_ttl_s)
+    return accepted(JobAccepted(job_id=job.id, status="queued"))

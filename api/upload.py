@@ -1,0 +1,125 @@
+"""Streaming parse of ``multipart/form-data`` for ``POST /customizations``.
+
+The ``checkpoint`` part goes straight into a `StreamingUpload` (S3 multipart, sha256 while streaming,
+one part in memory at most); the size limit is enforced as bytes arrive. The ``config`` part is small
+JSON held in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+
+from common.errors import BadRequest, InvalidArgument, PayloadTooLarge, UnsupportedMediaType
+from common.settings import Settings
+from common.storage import StreamingUpload
+
+MAX_CONFIG_BYTES = 64 * 1024
+FORM_OVERHEAD = 1024 * 1024
+
+
+@dataclass
+class _State:
+    upload: StreamingUpload
+    limit: int
+    headers: dict = field(default_factory=dict)
+    header_field: bytes = b""
+    header_value: bytes = b""
+    part: str | None = None
+    filename: str | None = None
+    config: bytearray = field(default_factory=bytearray)
+    pending: list = field(default_factory=list)
+    pending_size: int = 0
+    seen: set = field(default_factory=set)
+    error: Exception | None = None
+
+
+def check_filename(name: str | None) -> None:
+    if not name:
+        raise InvalidArgument("the checkpoint part needs a filename ending in .safetensors", field="checkpoint")
+    if "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
+        raise InvalidArgument(f"filename {name!r} must not contain path separators", field="checkpoint")
+    if not name.lower().endswith(".safetensors"):
+        raise InvalidArgument(f"filename {name!r}: only .safetensors checkpoints are accepted "
+                              "(pickle .ckpt/.bin files are never loaded)", field="checkpoint")
+
+
+def _callbacks(state: _State) -> dict:
+    def on_part_begin():
+        state.headers, state.part, state.filename = {}, None, None
+
+    def on_header_field(data, start, end):
+        state.header_field += data[start:end]
+
+    def on_header_value(data, start, end):
+        state.header_value += data[start:end]
+
+    def on_header_end():
+        state.headers[state.header_field.decode("latin-1").lower()] = state.header_value
+        state.header_field, state.header_value = b"", b""
+
+    def on_headers_finished():
+        _, params = parse_options_header(state.headers.get("content-disposition", b""))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        state.part, state.filename = name, filename.decode("utf-8", "replace") if filename is not None else None
+        if name not in ("checkpoint", "config"):
+            raise InvalidArgument(f"unexpected form field {name!r}; expected 'checkpoint' and 'config'", field=name)
+        if name in state.seen:
+            raise InvalidArgument(f"form field {name!r} given twice", field=name)
+        state.seen.add(name)
+        if name == "checkpoint":
+            check_filename(state.filename)
+
+    def on_part_data(data, start, end):
+        chunk = data[start:end]
+        if state.part == "config":
+            state.config += chunk
+            if len(state.config) > MAX_CONFIG_BYTES:
+                raise InvalidArgument(f"config is larger than {MAX_CONFIG_BYTES} bytes", field="config")
+        elif state.part == "checkpoint":
+            if state.upload.size + state.pending_size + len(chunk) > state.limit:
+                raise PayloadTooLarge(f"checkpoint is larger than the limit of {state.limit} bytes", field="checkpoint")
+            state.pending.append(bytes(chunk))
+            state.pending_size += len(chunk)
+
+    return {"on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+            "on_header_end": on_header_end, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data}
+
+
+async def receive_form(request: Request, upload: StreamingUpload, settings: Settings) -> bytes:
+    """Stream the form into `upload`; return the raw ``config`` bytes. Raises on any form problem."""
+    content_type = request.headers.get("content-type", "")
+    kind, params = parse_options_header(content_type)
+    if kind != b"multipart/form-data" or not params.get(b"boundary"):
+        raise UnsupportedMediaType("POST /customizations takes multipart/form-data with 'checkpoint' and 'config'")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_upload_bytes + FORM_OVERHEAD:
+        raise PayloadTooLarge(f"request of {length} bytes exceeds the upload limit of {settings.max_upload_bytes}",
+                              field="checkpoint")
+    state = _State(upload=upload, limit=settings.max_upload_bytes)
+    parser = MultipartParser(params[b"boundary"], _callbacks(state))
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            if state.pending:
+                data, state.pending, state.pending_size = b"".join(state.pending), [], 0
+                await run_in_threadpool(upload.write, data)
+        parser.finalize()
+    except (InvalidArgument, PayloadTooLarge):
+        raise
+    except Exception as exc:
+        if type(exc).__module__.startswith(("botocore", "boto3")):
+            raise
+        raise BadRequest(f"malformed multipart body: {exc}") from exc
+    if state.pending:
+        await run_in_threadpool(upload.write, b"".join(state.pending))
+    for name in ("checkpoint", "config"):
+        if name not in state.seen:
+            raise InvalidArgument(f"form field {name!r} is missing", field=name)
+    if upload.size == 0:
+        raise InvalidArgument("the checkpoint file is empty", field="checkpoint")
+    return bytes(state.config)

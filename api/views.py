@@ -1,0 +1,47 @@
+"""Records → responses: result storage keys become presigned URLs, queued jobs get their position."""
+
+from __future__ import annotations
+
+from common.jobstore import JobStore
+from common.schemas import CustomizationRecord, CustomizationView, JobRecord, JobView
+from common.storage import Storage
+
+
+def job_view(job: JobRecord, store: JobStore, storage: Storage) -> JobView:
+    return JobView(
+        id=job.id, kind=job.kind, status=job.status, stage=job.stage, progress=round(job.progress, 4),
+        queue_position=store.queue_position(job.id) if job.status == "queued" else None,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, error=job.error,
+        customization_id=job.customization_id, attempts=job.attempts, params=job.params,
+        result=_result(job, storage) if job.status == "succeeded" and job.result else None,
+    )
+
+
+def _result(job: JobRecord, storage: Storage) -> dict:
+    stored = dict(job.result or {})
+    if job.kind == "generate":
+        out = {k: v for k, v in stored.items() if not k.endswith("_key")}
+        out["video_url"] = storage.presign(stored["video_key"])
+        out["poster_url"] = storage.presign(stored["poster_key"])
+        return out
+    return {
+        "customization_id": stored.get("customization_id"),
+        "preview_url": storage.presign(stored["preview_key"]) if stored.get("preview_key") else None,
+        "preview_poster_url": storage.presign(stored["preview_poster_key"]) if stored.get("preview_poster_key") else None,
+        "image_urls": [storage.presign(k) for k in stored.get("image_keys", [])],
+    }
+
+
+def customization_view(record: CustomizationRecord, storage: Storage) -> CustomizationView:
+    preview, images = None, []
+    if record.status == "ready" and record.manifest:
+        prefix = f"customizations/{record.id}/"
+        if record.manifest.get("preview"):
+            preview = storage.presign(prefix + record.manifest["preview"]["video"])
+        images = [storage.presign(prefix + item["file"]) for item in record.manifest.get("images", [])]
+    return CustomizationView(
+        id=record.id, name=record.name, status=record.status, job_id=record.job_id, base_model=record.base_model,
+        checkpoint={"sha256": record.checkpoint_sha256, "format": record.checkpoint_format}, config=record.config,
+        created_at=record.created_at, finished_at=record.finished_at, error=record.error, manifest=record.manifest,
+        preview_url=preview, image_urls=images,
+    )

@@ -1,0 +1,28 @@
+"""Tiny-preset fixtures shared by the benchmarks: a base, a customized checkpoint, a quick customization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import engine
+
+# A deliberately short customization, used where a benchmark only needs *a* trained spatial adapter.
+QUICK_TRAIN = engine.TrainSpec(prompts=("a photo of sks dog", "sks dog on a beach"), num_images=2, train_steps=4,
+                               rank=4, preview=False,
+                               motion=engine.MotionAdapterSpec(train_steps=4, num_images=2))
+
+
+def tiny_base(workdir: Path) -> engine.BaseModels:
+    return engine.load_base_models(engine.ModelSpec(preset="tiny"), Path(workdir) / "models")
+
+
+def tiny_checkpoint(workdir: Path, fmt: str = "lora") -> Path:
+    return engine.make_tiny_checkpoint(fmt, Path(workdir) / f"tiny-{fmt}.safetensors")
+
+
+def quick_customization(base: engine.BaseModels, workdir: Path, checkpoint: Path,
+                        train: engine.TrainSpec = QUICK_TRAIN) -> Path:
+    """Run a short customization; return its artifact directory."""
+    out = Path(workdir) / "customization"
+    engine.customize(base, checkpoint, train, out, Path(workdir) / "motion-cache")
+    return out

@@ -1,0 +1,127 @@
+"""A thin typed wrapper over the HTTP API; every non-2xx answer becomes an `ApiError`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+class ApiError(Exception):
+    """The server's error envelope (or a transport failure) as an exception."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(f"{message} ({code}{', field ' + field if field else ''}; HTTP {status})")
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+class _ProgressReader:
+    """File wrapper that reports bytes read, so an upload can drive a progress bar."""
+
+    def __init__(self, handle, on_read: Callable[[int], None]):
+        self._handle, self._on_read = handle, on_read
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        self._on_read(len(chunk))
+        return chunk
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+@dataclass
+class Client:
+    """stillmoving API client. URL and key default to STILLMOVING_URL / STILLMOVING_API_KEY."""
+
+    url: str | None = None
+    api_key: str | None = None
+    timeout: float = 60.0
+
+    def __post_init__(self):
+        self.url = (self.url or os.environ.get("STILLMOVING_URL") or DEFAULT_URL).rstrip("/")
+        self.api_key = self.api_key or os.environ.get("STILLMOVING_API_KEY") or ""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=self.timeout)
+
+    def _check(self, response: httpx.Response) -> dict:
+        if response.is_success:
+            return response.json() if response.content else {}
+        try:
+            err = response.json()["error"]
+            raise ApiError(response.status_code, err.get("code", "error"), err.get("message", ""), err.get("field"))
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(response.status_code, "http_error", response.text[:300] or response.reason_phrase)
+
+    def _request(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            return self._check(self._http.request(method, path, **kwargs))
+        except httpx.TransportError as exc:
+            raise ApiError(0, "unreachable", f"cannot reach {self.url}: {exc}") from exc
+
+    def customize(self, checkpoint: Path, config: dict, on_bytes: Callable[[int], None] | None = None,
+                  idempotency_key: str | None = None) -> dict:
+        """Upload a checkpoint with its config; returns ``{job_id, customization_id, status}``."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        with open(checkpoint, "rb") as handle:
+            body = _ProgressReader(handle, on_bytes or (lambda n: None))
+            files = {"checkpoint": (Path(checkpoint).name, body, "application/octet-stream")}
+            return self._request("POST", "/customizations", files=files, data={"config": json.dumps(config)},
+                                 headers=headers, timeout=None)
+
+    def generate(self, request: dict, idempotency_key: str | None = None) -> dict:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._request("POST", "/generate", json=request, headers=headers)
+
+    def job(self, job_id: str) -> dict:
+        return self._request("GET", f"/jobs/{job_id}")
+
+    def jobs(self, limit: int = 20, cursor: str | None = None) -> dict:
+        params = {"limit": limit} | ({"cursor": cursor} if cursor else {})
+        return self._request("GET", "/jobs", params=params)
+
+    def cancel(self, job_id: str) -> dict:
+        return self._request("POST", f"/jobs/{job_id}/cancel")
+
+    def customization(self, customization_id: str) -> dict:
+        return self._request("GET", f"/customizations/{customization_id}")
+
+    def customizations(self, limit: int = 20, cursor: str | None = None) -> dict:
+        params = {"limit": limit} | ({"cursor": cursor} if cursor else {})
+        return self._request("GET", "/customizations", params=params)
+
+    def wait(self, job_id: str, on_update: Callable[[dict], None] | None = None, poll_s: float = 0.5,
+             timeout_s: float | None = None) -> dict:
+        """Poll a job until it is terminal; returns its final record."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise ApiError(0, "timeout", f"job {job_id} not finished after {timeout_s} s")
+            time.sleep(poll_s)
+
+    def download(self, url: str, path: Path) -> Path:
+        """Fetch a (presigned) result URL to `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with httpx.stream("GET", url, timeout=self.timeout) as response:
+                if not response.is_success:
+                    raise ApiError(response.status_code, "download_failed", f"GET {url} answered {response.status_code}")
+                with open(path, "wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+        except httpx.TransportError as exc:
+            raise ApiError(0, "unreachable", f"cannot download {url}: {exc}") from exc
+        return path

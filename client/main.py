@@ -1,0 +1,153 @@
+"""`stillmoving` console script: customize, generate, jobs, job, cancel, customizations."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from client.http import ApiError, Client
+
+
+class StageBars:
+    """One progress bar per job stage, advanced from the job record's stage and progress."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet, self.bar, self.stage = quiet, None, None
+
+    def __call__(self, job: dict) -> None:
+        if self.quiet:
+            return
+        stage = job.get("stage") or job["status"]
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=100, desc=f"{job['kind']}:{stage}", unit="%", leave=True,
+                            bar_format="{desc:<28} {bar} {n:>3.0f}%", file=sys.stderr)
+        self.bar.n = round(100 * float(job.get("progress") or 0))
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _print(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _finish(client: Client, job: dict, quiet: bool) -> dict:
+    bars = StageBars(quiet)
+    try:
+        final = client.wait(job["job_id"], on_update=bars)
+    finally:
+        bars.close()
+    if final["status"] != "succeeded":
+        err = final.get("error") or {}
+        raise ApiError(0, err.get("code", final["status"]), err.get("message", f"job {final['status']}"))
+    return final
+
+
+def cmd_customize(client: Client, args) -> int:
+    config = {"prompts": args.prompt, "num_images": args.num_images, "train_steps": args.train_steps,
+              "seed": args.seed}
+    for key in ("name", "rank", "num_frames", "height", "width", "learning_rate"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    size = args.checkpoint.stat().st_size
+    with tqdm(total=size, unit="B", unit_scale=True, desc="upload", disable=args.quiet, file=sys.stderr) as bar:
+        accepted = client.customize(args.checkpoint, config, on_bytes=bar.update)
+    print(f"customization {accepted['customization_id']} (job {accepted['job_id']})", file=sys.stderr)
+    if args.no_wait:
+        _print(accepted)
+        return 0
+    _finish(client, accepted, args.quiet)
+    _print(client.customization(accepted["customization_id"]))
+    return 0
+
+
+def cmd_generate(client: Client, args) -> int:
+    request = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "format": args.output.suffix[1:] or "mp4"}
+    for key in ("customization", "num_frames", "height", "width", "steps", "seed", "method", "guidance_scale",
+                "fps", "scale"):
+        value = getattr(args, key)
+        if value is not None:
+            request[{"customization": "customization_id", "scale": "spatial_adapter_scale"}.get(key, key)] = value
+    accepted = client.generate(request)
+    final = _finish(client, accepted, args.quiet)
+    client.download(final["result"]["video_url"], args.output)
+    print(str(args.output))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stillmoving", description=__doc__)
+    parser.add_argument("--server", default=None, help="API URL (env STILLMOVING_URL, default http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", default=None, help="API key (env STILLMOVING_API_KEY)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("customize", help="upload a customized T2I checkpoint and train its spatial adapters")
+    c.add_argument("checkpoint", type=Path)
+    c.add_argument("--prompt", action="append", required=True)
+    c.add_argument("--name")
+    c.add_argument("--num-images", type=int, default=40)
+    c.add_argument("--train-steps", type=int, default=500)
+    c.add_argument("--rank", type=int)
+    c.add_argument("--learning-rate", type=float)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--num-frames", type=int)
+    c.add_argument("--height", type=int)
+    c.add_argument("--width", type=int)
+    c.add_argument("--no-wait", action="store_true", help="print the job and return at once")
+
+    g = sub.add_parser("generate", help="sample a video and download it")
+    g.add_argument("--customization", help="customization id (none: the base model)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--negative-prompt", default="")
+    g.add_argument("-o", "--output", type=Path, required=True, help="out.mp4 or out.gif")
+    g.add_argument("--method", choices=["still-moving", "naive", "base"])
+    g.add_argument("--num-frames", type=int)
+    g.add_argument("--height", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--guidance-scale", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--fps", type=int)
+    g.add_argument("--scale", type=float, help="spatial adapter scale")
+
+    sub.add_parser("jobs", help="your jobs, newest first").add_argument("--limit", type=int, default=20)
+    sub.add_parser("job", help="one job").add_argument("job_id")
+    sub.add_parser("cancel", help="cancel a job").add_argument("job_id")
+    sub.add_parser("customizations", help="your customizations").add_argument("--limit", type=int, default=20)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    client = Client(url=args.server, api_key=args.api_key)
+    try:
+        if args.command == "customize":
+            return cmd_customize(client, args)
+        if args.command == "generate":
+            return cmd_generate(client, args)
+        if args.command == "jobs":
+            _print(client.jobs(limit=args.limit))
+        elif args.command == "job":
+            _print(client.job(args.job_id))
+        elif args.command == "cancel":
+            _print(client.cancel(args.job_id))
+        else:
+            _print(client.customizations(limit=args.limit))
+        return 0
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

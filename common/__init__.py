@@ -1,0 +1,4 @@
+"""Code shared by the API and the worker: settings, schemas, errors, storage, job store, upload checks.
+
+Nothing here imports torch or the engine.
+"""

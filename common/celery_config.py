@@ -1,0 +1,42 @@
+"""The Celery application config shared by the API (which only sends tasks, by name) and the worker."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from common.settings import Settings
+
+CUSTOMIZE_TASK = "stillmoving.customize"
+GENERATE_TASK = "stillmoving.generate"
+TASK_FOR_KIND = {"customize": CUSTOMIZE_TASK, "generate": GENERATE_TASK}
+
+
+def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
+    """A Celery app on the Redis broker: JSON only, late acks, prefetch 1, no result backend."""
+    app = Celery("stillmoving", broker=settings.redis_url, include=include or [])
+    longest = max(settings.train_time_limit_s, settings.generate_time_limit_s)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        # A message unacked for longer than this is redelivered: keep it above the hard time limit.
+        broker_transport_options={"visibility_timeout": longest + 600},
+        task_queues=[Queue(settings.train_queue), Queue(settings.generate_queue)],
+        task_default_queue=settings.generate_queue,
+        task_routes={CUSTOMIZE_TASK: {"queue": settings.train_queue},
+                     GENERATE_TASK: {"queue": settings.generate_queue}},
+        task_annotations={
+            CUSTOMIZE_TASK: {"soft_time_limit": settings.train_soft_time_limit_s,
+                             "time_limit": settings.train_time_limit_s},
+            GENERATE_TASK: {"soft_time_limit": settings.generate_soft_time_limit_s,
+                            "time_limit": settings.generate_time_limit_s},
+        },
+    )
+    return app

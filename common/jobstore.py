@@ -1,0 +1,255 @@
+"""Job and customization records in Redis: the source of truth for state, progress and ownership.
+
+Layout (prefix ``sm:``)::
+
+    sm:job:<id>                hash, one JSON-encoded value per `JobRecord` field
+    sm:cus:<id>                hash, one JSON-encoded value per `CustomizationRecord` field
+    sm:owner:<o>:jobs          zset of job ids by creation time (newest-first listing)
+    sm:owner:<o>:customizations zset of customization ids by creation time
+    sm:owner:<o>:queued        zset of the owner's queued job ids (per-key limit)
+    sm:queued:<queue>          zset of queued job ids by enqueue time (queue position)
+    sm:idem:<o>:<scope>:<h>    JSON {"job_id", "customization_id", "fingerprint"} of an Idempotency-Key
+    sm:running                 zset of running job ids by last heartbeat (epoch seconds; the reaper's index)
+
+Status changes go through one Lua script (`transition`) so that, e.g., a cancel and a start never both win.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import redis
+from pydantic import BaseModel
+
+from common.errors import ServiceUnavailable
+from common.schemas import CustomizationRecord, JobRecord
+
+PREFIX = "sm:"
+
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return -1 end
+local ok = false
+for _, s in ipairs(cjson.decode(ARGV[1])) do if s == cur then ok = true end end
+if not ok then return 0 end
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[5] then return 0 end
+local fields = cjson.decode(ARGV[2])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+local new = ARGV[4]
+if new == 'queued' then
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[3])
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[3])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+elseif new == 'running' then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
+elseif new ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+end
+return 1
+"""
+
+# Liveness of a running job: only the attempt that holds the job may write (a worker that lost it learns so).
+_HEARTBEAT = """
+if redis.call('HGET', KEYS[1], 'status') ~= '"running"' then return 0 end
+if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
+for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"""
+
+# Create a queued job unless the owner already has `limit` queued jobs (atomic: no over-admission).
+_CREATE = """
+if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[1]) then return 0 end
+for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+if ARGV[5] ~= '' then
+  for k, v in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[5], k, v) end
+  redis.call('ZADD', KEYS[6], ARGV[2], ARGV[5])
+end
+return 1
+"""
+RUNNING_KEY = PREFIX + "running"
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _encode(record: BaseModel | dict) -> dict[str, str]:
+    data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
+    return {k: json.dumps(v, default=_json_default) for k, v in data.items()}
+
+
+def _json_default(value: Any):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _decode(raw: dict[str, str]) -> dict[str, Any]:
+    return {k: json.loads(v) for k, v in raw.items()}
+
+
+class JobStore:
+    """Typed access to the records; every Redis connection error surfaces as `ServiceUnavailable`."""
+
+    def __init__(self, redis_url: str):
+        self.redis = redis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=5,
+                                          socket_timeout=10, health_check_interval=30)
+        self._transition = self.redis.register_script(_TRANSITION)
+        self._heartbeat = self.redis.register_script(_HEARTBEAT)
+        self._create = self.redis.register_script(_CREATE)
+
+    def ping(self) -> None:
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"redis unreachable: {type(exc).__name__}") from exc
+
+    # ---- jobs -------------------------------------------------------------------------------------
+    @staticmethod
+    def job_key(job_id: str) -> str:
+        return f"{PREFIX}job:{job_id}"
+
+    @staticmethod
+    def _owner_key(owner: str, what: str) -> str:
+        return f"{PREFIX}owner:{owner}:{what}"
+
+    @staticmethod
+    def _queue_key(queue: str) -> str:
+        return f"{PREFIX}queued:{queue}"
+
+    def create_job(self, job: JobRecord, queue: str, customization: CustomizationRecord | None = None,
+                   limit: int = 0) -> bool:
+        """Store a queued job (and its customization) and index it, atomically; False (nothing written)
+        when `limit` > 0 and the owner already has `limit` queued jobs."""
+        cus_key = self.customization_key(customization.id) if customization else self.customization_key("-")
+        created = self._create(
+            keys=[self.job_key(job.id), self._owner_key(job.owner, "jobs"), self._queue_key(queue),
+                  self._owner_key(job.owner, "queued"), cus_key, self._owner_key(job.owner, "customizations")],
+            args=[limit, repr(time.time()), job.id, json.dumps({**_encode(job), "queue": json.dumps(queue)}),
+                  customization.id if customization else "",
+                  json.dumps(_encode(customization)) if customization else "{}"])
+        return created == 1
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        raw = self.redis.hgetall(self.job_key(job_id))
+        if not raw:
+            return None
+        data = _decode(raw)
+        data.pop("queue", None)
+        return JobRecord.model_validate(data)
+
+    def job_queue(self, job_id: str) -> str | None:
+        raw = self.redis.hget(self.job_key(job_id), "queue")
+        return json.loads(raw) if raw else None
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Set fields of an existing job (progress, stage, heartbeat...); no status change here."""
+        if fields and self.redis.exists(self.job_key(job_id)):
+            self.redis.hset(self.job_key(job_id), mapping=_encode(fields))
+
+    def transition(self, job_id: str, allowed_from: Iterable[str], attempt: int | None = None, **fields: Any) -> bool:
+        """Atomically apply `fields` (incl. ``status``) if the job's status is in `allowed_from` (and, when
+        `attempt` is given, the job is still on that attempt). Keeps the queue and running indexes in step."""
+        record = self.redis.hgetall(self.job_key(job_id))
+        if not record:
+            return False
+        owner, queue = json.loads(record["owner"]), json.loads(record.get("queue", '"none"'))
+        result = self._transition(
+            keys=[self.job_key(job_id), self._queue_key(queue), self._owner_key(owner, "queued"), RUNNING_KEY],
+            args=[json.dumps([json.dumps(s) for s in allowed_from]), json.dumps(_encode(fields)), job_id,
+                  fields.get("status", ""), "" if attempt is None else json.dumps(attempt), repr(time.time())])
+        return result == 1
+
+    def heartbeat(self, job_id: str, attempt: int, **fields: Any) -> bool:
+        """Mark attempt `attempt` of a running job alive (and set `fields`); False if the job is no longer
+        running on that attempt (canceled, finished, or re-queued after a missed heartbeat)."""
+        clock = time.time()
+        result = self._heartbeat(keys=[self.job_key(job_id), RUNNING_KEY],
+                                 args=[json.dumps(attempt), json.dumps(_encode({"heartbeat_at": now(), **fields})),
+                                       repr(clock), job_id])
+        return result == 1
+
+    def running(self) -> list[tuple[str, float]]:
+        """(job id, last heartbeat epoch) of every running job, oldest heartbeat first."""
+        return [(job_id, score) for job_id, score in self.redis.zrange(RUNNING_KEY, 0, -1, withscores=True)]
+
+    def forget_running(self, job_id: str) -> None:
+        self.redis.zrem(RUNNING_KEY, job_id)
+
+    def request_cancel(self, job_id: str) -> None:
+        self.update_job(job_id, cancel_requested=True)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        raw = self.redis.hget(self.job_key(job_id), "cancel_requested")
+        return bool(raw and json.loads(raw))
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1-based position among queued jobs of the job's queue (1 = next), None when not queued."""
+        queue = self.job_queue(job_id)
+        rank = self.redis.zrank(self._queue_key(queue), job_id) if queue else None
+        return None if rank is None else rank + 1
+
+    def queued_count(self, owner: str) -> int:
+        return self.redis.zcard(self._owner_key(owner, "queued"))
+
+    def list_jobs(self, owner: str, limit: int, cursor: float | None) -> tuple[list[JobRecord], float | None]:
+        ids, next_cursor = self._page(self._owner_key(owner, "jobs"), limit, cursor)
+        jobs = [job for job in (self.get_job(i) for i in ids) if job is not None]
+        return jobs, next_cursor
+
+    def _page(self, key: str, limit: int, cursor: float | None) -> tuple[list[str], float | None]:
+        top = f"({cursor!r}" if cursor is not None else "+inf"
+        rows = self.redis.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 1, withscores=True)
+        next_cursor = rows[limit - 1][1] if len(rows) > limit else None
+        return [member for member, _ in rows[:limit]], next_cursor
+
+    # ---- customizations ---------------------------------------------------------------------------
+    @staticmethod
+    def customization_key(customization_id: str) -> str:
+        return f"{PREFIX}cus:{customization_id}"
+
+    def get_customization(self, customization_id: str) -> CustomizationRecord | None:
+        raw = self.redis.hgetall(self.customization_key(customization_id))
+        return CustomizationRecord.model_validate(_decode(raw)) if raw else None
+
+    def update_customization(self, customization_id: str, **fields: Any) -> None:
+        if fields and self.redis.exists(self.customization_key(customization_id)):
+            self.redis.hset(self.customization_key(customization_id), mapping=_encode(fields))
+
+    def list_customizations(self, owner: str, limit: int, cursor: float | None):
+        ids, next_cursor = self._page(self._owner_key(owner, "customizations"), limit, cursor)
+        items = [c for c in (self.get_customization(i) for i in ids) if c is not None]
+        return items, next_cursor
+
+    # ---- idempotency keys -------------------------------------------------------------------------
+    @staticmethod
+    def _idem_key(owner: str, scope: str, key: str) -> str:
+        return f"{PREFIX}idem:{owner}:{scope}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+    def idempotency_reserve(self, owner: str, scope: str, key: str, ttl_s: int) -> dict | None:
+        """Claim an Idempotency-Key; return None if claimed now, else what it holds (``{}`` while pending)."""
+        name = self._idem_key(owner, scope, key)
+        if self.redis.set(name, json.dumps({}), nx=True, ex=ttl_s):
+            return None
+        raw = self.redis.get(name)
+        return json.loads(raw) if raw else {}
+
+    def idempotency_bind(self, owner: str, scope: str, key: str, value: dict, ttl_s: int) -> None:
+        self.redis.set(self._idem_key(owner, scope, key), json.dumps(value), ex=ttl_s)
+
+    def idempotency_release(self, owner: str, scope: str, key: str) -> None:
+        self.redis.delete(self._idem_key(owner, scope, key))

@@ -1,0 +1,204 @@
+"""Typed request, record and response shapes shared by the API and the worker."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+JobKind = Literal["customize", "generate"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+CustomizationStatus = Literal["queued", "training", "ready", "failed", "canceled"]
+TERMINAL = ("succeeded", "failed", "canceled")
+Method = Literal["still-moving", "naive", "base"]
+
+MAX_PROMPTS = 16
+MAX_PROMPT_CHARS = 500
+SEED_MAX = 2**32 - 1
+
+
+def _multiple_of_8(name: str, value: int | None) -> int | None:
+    if value is not None and value % 8:
+        raise ValueError(f"{name}={value} must be a multiple of 8")
+    return value
+
+
+class CustomizationConfig(BaseModel):
+    """The ``config`` part of ``POST /customizations``: what to train (Still-Moving settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[str] = Field(min_length=1, max_length=MAX_PROMPTS,
+                               description="prompts of the frozen-video source images")
+    base_model: str | None = Field(None, description="base preset (default: the server's model_preset)")
+    name: str | None = Field(None, max_length=100)
+    num_images: int = Field(40, ge=1, le=500)
+    train_steps: int = Field(500, ge=1, le=20000)
+    rank: int = Field(16, ge=1, le=256)
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    num_frames: int | None = Field(None, ge=2, le=64)
+    height: int | None = Field(None, ge=8, le=1024)
+    width: int | None = Field(None, ge=8, le=1024)
+    train_resnets: bool = False
+    use_motion_adapter: bool = True
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, prompts: list[str]) -> list[str]:
+        for i, prompt in enumerate(prompts):
+            if not prompt.strip():
+                raise ValueError(f"prompts[{i}] is empty")
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ValueError(f"prompts[{i}] is longer than {MAX_PROMPT_CHARS} characters")
+        return prompts
+
+    @field_validator("height", "width")
+    @classmethod
+    def _size(cls, value, info):
+        return _multiple_of_8(info.field_name, value)
+
+
+class GenerateRequest(BaseModel):
+    """``POST /generate``: one video from the base model or a customization."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customization_id: str | None = Field(None, max_length=64, description="none means the base model")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    num_frames: int | None = Field(None, ge=2, le=64, description="default: the preset's")
+    height: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
+    width: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
+    steps: int | None = Field(None, ge=1, le=150)
+    guidance_scale: float = Field(7.5, ge=0, le=30)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="default: random, reported in the result")
+    fps: int = Field(8, ge=1, le=60)
+    format: Literal["mp4", "gif"] = "mp4"
+    spatial_adapter_scale: float = Field(1.0, ge=-2, le=2)
+    method: Method | None = Field(None, description="default: still-moving with a customization, else base")
+
+    @field_validator("height", "width")
+    @classmethod
+    def _size(cls, value, info):
+        return _multiple_of_8(info.field_name, value)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _method(self):
+        if self.method is None:
+            self.method = "still-moving" if self.customization_id else "base"
+        elif self.method != "base" and not self.customization_id:
+            raise ValueError(f"method={self.method!r} needs a customization_id")
+        return self
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorInfo
+
+
+class JobRecord(BaseModel):
+    """A job as stored in Redis (the source of truth). ``result`` holds storage keys, not URLs."""
+
+    id: str
+    kind: JobKind
+    owner: str
+    status: JobStatus = "queued"
+    stage: str | None = None
+    progress: float = 0.0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: ErrorInfo | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    customization_id: str | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    heartbeat_at: datetime | None = None
+    worker: str | None = None  # "<host>:<pid>" of the attempt that holds a running job
+
+
+class CustomizationRecord(BaseModel):
+    """A customization as stored in Redis."""
+
+    id: str
+    owner: str
+    name: str | None = None
+    status: CustomizationStatus = "queued"
+    job_id: str
+    base_model: str
+    checkpoint_sha256: str
+    checkpoint_format: str
+    config: dict[str, Any]
+    created_at: datetime
+    finished_at: datetime | None = None
+    error: ErrorInfo | None = None
+    manifest_key: str | None = None
+    manifest: dict[str, Any] | None = None
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+    customization_id: str | None = None
+
+
+class JobView(BaseModel):
+    """``GET /jobs/{id}``."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    stage: str | None
+    progress: float
+    queue_position: int | None = Field(None, description="1 = next to run; only while queued")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: ErrorInfo | None
+    customization_id: str | None = None
+    attempts: int = Field(0, description="runs so far (more than 1 after a worker was lost)")
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+
+
+class JobList(BaseModel):
+    items: list[JobView]
+    next_cursor: str | None
+
+
+class CustomizationView(BaseModel):
+    """``GET /customizations/{id}``: state, settings, and the manifest once ready."""
+
+    id: str
+    name: str | None
+    status: CustomizationStatus
+    job_id: str
+    base_model: str
+    checkpoint: dict[str, str]
+    config: dict[str, Any]
+    created_at: datetime
+    finished_at: datetime | None
+    error: ErrorInfo | None
+    manifest: dict[str, Any] | None
+    preview_url: str | None = None
+    image_urls: list[str] = Field(default_factory=list)
+
+
+class CustomizationList(BaseModel):
+    items: list[CustomizationView]
+    next_cursor: str | None

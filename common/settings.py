@@ -1,0 +1,112 @@
+"""The one settings object of stillmoving, read from ``STILLMOVING_*`` environment variables (or `.env`).
+
+Built once per process (`get_settings`) and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_API_KEY = "sm-dev-key"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the env name is ``STILLMOVING_`` + the field name in capitals."""
+
+    model_config = SettingsConfigDict(env_prefix="STILLMOVING_", env_file=".env", extra="ignore")
+
+    # Connections
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = Field(None, description="endpoint used in presigned URLs (default: s3_endpoint_url)")
+    s3_bucket: str = "stillmoving"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_create_bucket: bool = True
+    presign_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEV_API_KEY])
+    max_upload_bytes: int = Field(8 * 1024**3, ge=1)
+    max_header_bytes: int = Field(16 * 1024**2, ge=1024)
+    upload_part_bytes: int = Field(8 * 1024**2, ge=5 * 1024**2)
+    max_queued_jobs_per_key: int = Field(50, ge=1)
+    idempotency_ttl_s: int = 24 * 3600
+
+    # Models (engine.ModelSpec / MotionAdapterSpec are built from these)
+    model_preset: Literal["tiny", "sd15"] = "tiny"
+    base_model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    motion_adapter_id: str = "guoyww/animatediff-motion-adapter-v1-5-2"
+    device: str = "auto"
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    hf_cache_dir: str | None = None
+    local_files_only: bool = False
+    motion_train_steps: int = Field(300, ge=1)
+    motion_num_images: int = Field(16, ge=1)
+    motion_rank: int = Field(16, ge=1)
+
+    # Worker
+    workdir: Path = Path("var/worker")
+    train_queue: str = "train"
+    generate_queue: str = "generate"
+    train_soft_time_limit_s: int = 4 * 3600
+    train_time_limit_s: int = 4 * 3600 + 300
+    generate_soft_time_limit_s: int = 1800
+    generate_time_limit_s: int = 1800 + 120
+    base_cache_size: int = Field(1, ge=1)
+    customization_cache_size: int = Field(4, ge=1)
+    wait_poll_s: float = Field(5.0, gt=0, description="how often a generation re-checks a customization in training")
+    progress_interval_s: float = Field(0.5, ge=0)
+
+    # Fault tolerance
+    heartbeat_interval_s: float = Field(10.0, gt=0, description="how often a running job's worker writes heartbeat_at")
+    heartbeat_timeout_s: float = Field(120.0, gt=0, description="a running job with no heartbeat for this long is "
+                                                               "re-queued by the reaper")
+    reaper_interval_s: float = Field(15.0, gt=0, description="how often each worker looks for dead or overdue jobs")
+    max_attempts: int = Field(3, ge=1, description="runs of one job (first + retries after a lost worker)")
+    train_checkpoint_every: int = Field(50, ge=1, description="training steps between resume states in storage")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",")]
+        keys = [k for k in value if k]
+        if not keys:
+            raise ValueError("at least one API key is required")
+        return keys
+
+    def queue_for(self, kind: str) -> str:
+        """Celery queue of a job kind ("customize" or "generate")."""
+        return self.train_queue if kind == "customize" else self.generate_queue
+
+    def time_limits(self, kind: str) -> tuple[int, int]:
+        """(soft, hard) time limit in seconds of a job kind."""
+        if kind == "customize":
+            return self.train_soft_time_limit_s, self.train_time_limit_s
+        return self.generate_soft_time_limit_s, self.generate_time_limit_s
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``STILLMOVING_*`` variables (to start a worker with the same settings)."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, list):
+                value = ",".join(value)
+            env[f"STILLMOVING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()

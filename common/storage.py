@@ -1,0 +1,194 @@
+"""S3-compatible object storage (boto3): key layout, streaming uploads with sha256, presigned URLs.
+
+Key layout::
+
+    checkpoints/<sha256>.safetensors      uploaded customized T2I checkpoints, stored once per content
+    customizations/<id>/...               a customization's artifact (manifest.json written last)
+    videos/<job_id>/...                   a generation's video and poster
+    motion-adapters/<key>/...             Motion Adapters shared by every customization on one base
+    uploads/<uuid>                        staging of uploads in flight (moved or deleted when done)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+import boto3
+from botocore.client import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from common.errors import ServiceUnavailable
+from common.settings import Settings
+
+
+def checkpoint_key(sha256: str) -> str:
+    return f"checkpoints/{sha256}.safetensors"
+
+
+def customization_prefix(customization_id: str) -> str:
+    return f"customizations/{customization_id}/"
+
+
+def video_prefix(job_id: str) -> str:
+    return f"videos/{job_id}/"
+
+
+def motion_adapter_prefix(key: str) -> str:
+    return f"motion-adapters/{key}/"
+
+
+def make_client(settings: Settings, endpoint_url: str | None = None):
+    """A boto3 S3 client for the configured endpoint (path-style addressing, SigV4)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url or settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                      retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+    )
+
+
+class Storage:
+    """The bucket of one deployment."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.bucket = settings.s3_bucket
+        self.client = make_client(settings)
+        public = settings.s3_public_endpoint_url
+        self.presign_client = make_client(settings, public) if public else self.client
+
+    def ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def ping(self) -> None:
+        """Raise `ServiceUnavailable` unless the bucket is reachable."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise ServiceUnavailable(f"storage unreachable: {type(exc).__name__}") from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def put_file(self, path: Path, key: str, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else None
+        self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra)
+
+    def put_bytes(self, data: bytes, key: str, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def get_file(self, key: str, path: Path) -> Path:
+        """Download to `path` atomically (temp name then rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+        self.client.download_file(self.bucket, key, str(tmp))
+        tmp.replace(path)
+        return path
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def presign(self, key: str, expires_s: int | None = None) -> str:
+        """A GET URL for one object, valid for `expires_s` (default: the presign_expiry_s setting)."""
+        return self.presign_client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key},
+            ExpiresIn=expires_s or self.settings.presign_expiry_s)
+
+    def upload_stream(self) -> "StreamingUpload":
+        return StreamingUpload(self)
+
+
+class StreamingUpload:
+    """Write bytes as they arrive into a staging object (S3 multipart), hashing and counting them.
+
+    Memory holds at most one part. `commit(key)` moves the staging object to its final key (or drops
+    it when the key already exists: identical uploads are stored once); `abort()` leaves nothing behind.
+    """
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+        self.client, self.bucket = storage.client, storage.bucket
+        self.part_bytes = storage.settings.upload_part_bytes
+        self.staging_key = f"uploads/{uuid.uuid4().hex}"
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.head = bytearray()  # the first bytes (safetensors header), bounded by head_limit
+        self.head_limit = 8 + storage.settings.max_header_bytes
+        self._buffer = bytearray()
+        self._parts: list[dict] = []
+        self._upload_id: str | None = None
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.size += len(data)
+        if len(self.head) < self.head_limit:
+            self.head += data[: self.head_limit - len(self.head)]
+        self._buffer += data
+        while len(self._buffer) >= self.part_bytes:
+            self._send_part(bytes(self._buffer[: self.part_bytes]))
+            del self._buffer[: self.part_bytes]
+
+    def _send_part(self, data: bytes) -> None:
+        if self._upload_id is None:
+            self._upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.staging_key)["UploadId"]
+        number = len(self._parts) + 1
+        etag = self.client.upload_part(Bucket=self.bucket, Key=self.staging_key, UploadId=self._upload_id,
+                                       PartNumber=number, Body=data)["ETag"]
+        self._parts.append({"ETag": etag, "PartNumber": number})
+
+    def hexdigest(self) -> str:
+        return self.sha256.hexdigest()
+
+    def commit(self, key: str) -> bool:
+        """Store the upload under `key`; return False when an identical object was already there."""
+        if self.storage.exists(key):
+            self.abort()
+            return False
+        if self._upload_id is None:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(self._buffer))
+        else:
+            if self._buffer:
+                self._send_part(bytes(self._buffer))
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.staging_key, UploadId=self._upload_id,
+                                                  MultipartUpload={"Parts": self._parts})
+            self.client.copy({"Bucket": self.bucket, "Key": self.staging_key}, self.bucket, key)
+            self.client.delete_object(Bucket=self.bucket, Key=self.staging_key)
+        self._done = True
+        return True
+
+    def abort(self) -> None:
+        """Drop everything written so far (idempotent, best effort)."""
+        if self._done:
+            return
+        self._done = True
+        self._buffer.clear()
+        try:
+            if self._upload_id is not None:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.staging_key, UploadId=self._upload_id)
+            self.client.delete_object(Bucket=self.bucket, Key=self.staging_key)
+        except (BotoCoreError, ClientError):
+            pass

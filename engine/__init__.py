@@ -1,0 +1,26 @@
+"""stillmoving's ML engine: Still-Moving customization and video sampling on diffusers + peft.
+
+A plain library: it imports neither FastAPI nor Celery and never reads the environment.
+
+    base = load_base_models(ModelSpec(preset="tiny"), workdir)
+    manifest = customize(base, "lora.safetensors", TrainSpec(prompts=("a sks dog",)), out_dir, cache_dir)
+    custom = load_customization(base, out_dir, "lora.safetensors")
+    result = generate(base, custom, SampleSpec(prompt="a sks dog running"), video_dir)
+"""
+
+from engine.artifact import Customization, load_customization, read_manifest
+from engine.checkpoints import CheckpointInfo, inspect_checkpoint
+from engine.customize import customize
+from engine.errors import CancelledError, CheckpointError, EngineError, ModelLoadError, SpecError
+from engine.models import BaseModels, load_base_models
+from engine.motion_adapter import motion_adapter_key
+from engine.sampling import generate
+from engine.specs import MotionAdapterSpec, ModelSpec, SampleSpec, TrainSpec
+from engine.tiny_checkpoints import make_tiny_checkpoint
+
+__all__ = [
+    "BaseModels", "CancelledError", "CheckpointError", "CheckpointInfo", "Customization", "EngineError",
+    "ModelLoadError", "ModelSpec", "MotionAdapterSpec", "SampleSpec", "SpecError", "TrainSpec", "customize",
+    "generate", "inspect_checkpoint", "load_base_models", "load_customization", "make_tiny_checkpoint",
+    "motion_adapter_key", "read_manifest",
+]

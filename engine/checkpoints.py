@@ -1,0 +1,182 @@
+"""Customized T2I uploads: detect the format from the keys, validate, load into copies of the base.
+
+Formats (safetensors only; nothing is ever unpickled):
+  * ``lora``: diffusers/peft keys (``unet.…lora_A.weight``) or kohya/A1111 keys (``lora_unet_…lora_down.weight``),
+    loaded with diffusers' ``load_lora_weights`` and fused into the weights.
+  * ``unet``: a full UNet state dict in diffusers key layout.
+  * ``ldm``: a single-file SD 1.5 checkpoint in the original LDM layout (``model.diffusion_model.…``),
+    converted by ``UNet2DConditionModel.from_single_file`` with the base's local UNet config.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from engine.errors import CheckpointError
+from engine.models import place
+
+LORA_MARKERS = ("lora_A", "lora_B", "lora_down", "lora_up", "lora.down", "lora.up", "lora_te", "lora_unet")
+LDM_UNET_PREFIX = "model.diffusion_model."
+LDM_CLIP_PREFIX = "cond_stage_model.transformer."
+LDM_IGNORED_PREFIXES = ("first_stage_model.", "cond_stage_model.", "model_ema.", "alphas", "betas", "log_")
+LDM_IGNORED_KEYS = {
+    "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+    "posterior_mean_coef1", "posterior_mean_coef2", "logvar",
+}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What an uploaded file is: its format, tensor count and content hash."""
+
+    format: str
+    num_tensors: int
+    sha256: str
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_keys(path: Path) -> list[str]:
+    """Keys of a safetensors file, from its header only; anything else is a `CheckpointError`."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint is not a valid safetensors file: {exc}", field="checkpoint") from exc
+
+
+def detect_format(keys: list[str]) -> str:
+    """Return "lora", "ldm" or "unet" from the key names alone."""
+    if not keys:
+        raise CheckpointError("checkpoint holds no tensors", field="checkpoint")
+    if any(marker in key for key in keys for marker in LORA_MARKERS):
+        return "lora"
+    if any(key.startswith(LDM_UNET_PREFIX) for key in keys):
+        return "ldm"
+    return "unet"
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load every tensor (CPU) and reject NaN/Inf values, naming the first bad key."""
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint is not a valid safetensors file: {exc}", field="checkpoint") from exc
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"tensor {key!r} contains NaN or Inf values", field="checkpoint")
+    return tensors
+
+
+def _check_against(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
+    unknown = sorted(set(state) - set(expected))
+    if unknown:
+        raise CheckpointError(f"{what}: {len(unknown)} unknown keys for this base, e.g. {unknown[:3]}", field="checkpoint")
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(f"{what}: {len(missing)} keys missing, e.g. {missing[:3]}", field="checkpoint")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{what}: tensor {key!r} has shape {tuple(tensor.shape)}, the base expects "
+                f"{tuple(expected[key].shape)}",
+                field="checkpoint",
+            )
+
+
+def _load_unet_dict(unet: UNet2DConditionModel, tensors: dict[str, torch.Tensor]) -> None:
+    _check_against(tensors, unet.state_dict(), "UNet checkpoint")
+    unet.load_state_dict(tensors, strict=True)
+
+
+def _load_ldm(unet: UNet2DConditionModel, text_encoder, tensors: dict, unet_config_dir: Path) -> None:
+    stray = [
+        k for k in tensors
+        if not k.startswith(LDM_UNET_PREFIX) and not k.startswith(LDM_IGNORED_PREFIXES) and k not in LDM_IGNORED_KEYS
+    ]
+    if stray:
+        raise CheckpointError(f"single-file checkpoint: unknown keys {sorted(stray)[:3]}", field="checkpoint")
+    unet_part = {k: v for k, v in tensors.items() if k.startswith(LDM_UNET_PREFIX)}
+    try:
+        converted = UNet2DConditionModel.from_single_file(
+            unet_part, config=str(unet_config_dir), local_files_only=True, torch_dtype=torch.float32
+        )
+    except (KeyError, IndexError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"single-file checkpoint does not fit the base UNet: {exc}", field="checkpoint") from exc
+    _load_unet_dict(unet, converted.state_dict())
+    clip_part = {k: v for k, v in tensors.items() if k.startswith(LDM_CLIP_PREFIX)}
+    if clip_part:
+        text_state = convert_ldm_clip_checkpoint(clip_part)
+        expected = text_encoder.state_dict()
+        if not any(k in expected for k in text_state):  # transformers 5 drops the "text_model." prefix
+            text_state = {k.removeprefix("text_model."): v for k, v in text_state.items()}
+        text_state = {k: v for k, v in text_state.items() if k in expected or not k.endswith("position_ids")}
+        _check_against(text_state, expected, "single-file text encoder")
+        text_encoder.load_state_dict(text_state, strict=True)
+
+
+def _load_lora(unet, text_encoder, tokenizer, scheduler, vae, tensors: dict) -> None:
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    try:
+        pipe.load_lora_weights(dict(tensors), adapter_name="customization")
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"LoRA does not fit the base model: {exc}", field="checkpoint") from exc
+    pipe.fuse_lora(adapter_names=["customization"], lora_scale=1.0)
+    pipe.unload_lora_weights()
+    changed = any(not torch.equal(before[k], v) for k, v in unet.state_dict().items() if k in before)
+    if not changed and not any("te" in k or "text" in k for k in tensors):
+        raise CheckpointError("LoRA matched no module of the base UNet", field="checkpoint")
+
+
+def inspect_checkpoint(path: Path) -> CheckpointInfo:
+    """Cheap check of an upload (header, keys, format) without loading tensors."""
+    keys = read_keys(path)
+    return CheckpointInfo(format=detect_format(keys), num_tensors=len(keys), sha256=file_sha256(path))
+
+
+def load_customized_t2i(components: dict, path: Path, unet_config_dir: Path) -> tuple[str, dict]:
+    """Return (format, components) where unet/text_encoder are customized copies of the base ones.
+
+    Args:
+        components: the base T2I components (``unet``, ``text_encoder``, ``vae``, ``tokenizer``,
+            ``scheduler``); never modified.
+        path: the uploaded ``.safetensors`` file.
+        unet_config_dir: a local directory holding the base UNet's ``config.json``.
+    """
+    fmt = detect_format(read_keys(path))
+    tensors = load_tensors(path)
+    device, dtype = components["unet"].device, components["unet"].dtype
+    unet = place(copy.deepcopy(components["unet"]), torch.device("cpu"), torch.float32)
+    text_encoder = place(copy.deepcopy(components["text_encoder"]), torch.device("cpu"), torch.float32)
+    if fmt == "unet":
+        _load_unet_dict(unet, tensors)
+    elif fmt == "ldm":
+        _load_ldm(unet, text_encoder, tensors, unet_config_dir)
+    else:
+        vae = components["vae"]
+        _load_lora(unet, text_encoder, components["tokenizer"], components["scheduler"], vae, tensors)
+    customized = dict(components)
+    customized["unet"] = place(unet, device, dtype).eval()
+    customized["text_encoder"] = place(text_encoder, device, dtype).eval()
+    return fmt, customized

@@ -1,0 +1,176 @@
+"""The Still-Moving recipe: inject, make frozen videos, train Spatial Adapters with the Motion Adapter on.
+
+    customized T2I ──sample N stills──▶ frozen videos (latent repeated over F frames)
+    AnimateDiff(customized spatial) + Motion Adapter (frozen) + Spatial Adapter (trained, zero-init)
+    drop the Motion Adapter ──▶ spatial_adapter.safetensors + manifest + preview
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from engine import adapters, frozen_videos
+from engine.artifact import SPATIAL_ADAPTER, Customization, versions, write_manifest
+from engine.checkpoints import file_sha256, load_customized_t2i
+from engine.errors import SpecError
+from engine.models import BaseModels, build_motion_unet, make_training_scheduler
+from engine.motion_adapter import ensure_motion_adapter, motion_adapter_key, resolved_size
+from engine.progress import Reporter
+from engine.sampling import render_frames
+from engine.specs import SampleSpec, TrainSpec
+from engine.training import TrainData, train_adapter
+
+
+def validate_train_spec(base: BaseModels, train: TrainSpec) -> dict[str, int]:
+    """Check ranges (naming the field and value) and return the resolved video size."""
+    checks = [
+        ("prompts", len(train.prompts) >= 1 and all(p.strip() for p in train.prompts), "need 1+ non-empty prompts"),
+        ("num_images", train.num_images >= 1, "must be >= 1"),
+        ("train_steps", train.train_steps >= 1, "must be >= 1"),
+        ("rank", 1 <= train.rank <= 256, "must be in 1..256"),
+        ("learning_rate", 0 < train.learning_rate <= 1, "must be in (0, 1]"),
+        ("batch_size", train.batch_size >= 1, "must be >= 1"),
+    ]
+    for name, ok, why in checks:
+        if not ok:
+            raise SpecError(f"{name}={getattr(train, name)!r}: {why}", field=name)
+    size = resolved_size(base, train)
+    for name in ("height", "width"):
+        if size[name] % 8:
+            raise SpecError(f"{name}={size[name]} must be a multiple of 8", field=name)
+    return size
+
+
+def _save_stills(stills: frozen_videos.Stills, out_dir: Path) -> list[dict]:
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, (image, prompt, seed) in enumerate(zip(stills.images, stills.prompts, stills.seeds)):
+        name = f"images/{i:03d}.png"
+        image.save(out_dir / name)
+        records.append({"file": name, "prompt": prompt, "seed": seed})
+    return records
+
+
+def customize(
+    base: BaseModels,
+    checkpoint_path: Path,
+    train: TrainSpec,
+    out_dir: Path,
+    motion_cache_dir: Path,
+    progress=None,
+    should_cancel=None,
+    state_dir: Path | None = None,
+    on_checkpoint=None,
+) -> dict:
+    """Run a Still-Moving customization and write its artifact directory; return the manifest.
+
+    Args:
+        base: loaded base models (`load_base_models`).
+        checkpoint_path: the customized T2I upload (.safetensors: LoRA, diffusers UNet or LDM single file).
+        train: settings; sizes of 0 take the preset's defaults.
+        out_dir: where the artifact goes (created).
+        motion_cache_dir: Motion Adapter cache; loaded from ``<dir>/<key>/`` or trained and written there.
+        progress: ``progress(stage, step, total)``; should_cancel: polled between steps.
+        state_dir: resume state of spatial training, saved every ``train.checkpoint_every`` steps.
+        on_checkpoint: called with ``state_dir`` after each save (e.g. to upload it).
+    """
+    reporter = Reporter(progress, should_cancel)
+    size = validate_train_spec(base, train)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 4)
+        clock = now
+
+    reporter.step("load", 0, 1)
+    fmt, components = load_customized_t2i(base.components, Path(checkpoint_path), base.unet_config_dir)
+    reporter.step("load", 1, 1)
+    lap("load")
+
+    motion_path, trained_now = None, False
+    if train.use_motion_adapter:
+        motion_path, trained_now = ensure_motion_adapter(base, train, motion_cache_dir, reporter)
+    lap("motion_adapter")
+
+    stills = frozen_videos.sample_stills(
+        components, train.prompts, train.num_images, train.seed, size["height"], size["width"],
+        size["image_steps"], train.image_guidance_scale, train.negative_prompt, reporter,
+    )
+    images = _save_stills(stills, out_dir)
+    lap("sample_images")
+
+    data = TrainData(
+        latents=frozen_videos.freeze(frozen_videos.encode_images(components["vae"], stills.images),
+                                     size["num_frames"]),
+        embeddings=frozen_videos.encode_prompts(components, stills.prompts),
+    )
+    unet = build_motion_unet(base, components["unet"])
+    active = []
+    if motion_path is not None:
+        adapters.load_adapter(unet, adapters.MOTION, motion_path)
+        active.append(adapters.MOTION)
+    config = adapters.spatial_lora_config(train.rank, train.train_resnets, train.train_projections)
+    adapters.add_adapter(unet, adapters.SPATIAL, config, seed=train.seed)
+    adapters.activate(unet, active + [adapters.SPATIAL])
+    lap("prepare")
+
+    result = train_adapter(unet, adapters.SPATIAL, data, make_training_scheduler(base), train.train_steps,
+                           train.learning_rate, train.batch_size, train.seed, reporter, stage="train",
+                           state_dir=state_dir, checkpoint_every=train.checkpoint_every,
+                           on_checkpoint=on_checkpoint)
+    lap("train")
+
+    if motion_path is not None:
+        unet.delete_adapters(adapters.MOTION)  # test time: the motion prior of the T2V model comes back
+    adapters.activate(unet, [adapters.SPATIAL])
+    adapters.save_adapter(unet, adapters.SPATIAL, config, out_dir / SPATIAL_ADAPTER)
+
+    preview = None
+    if train.preview:
+        custom = Customization(manifest={}, components=components, unet=unet, directory=out_dir)
+        sample = SampleSpec(prompt=train.prompts[0], seed=train.seed, num_frames=size["num_frames"],
+                            height=size["height"], width=size["width"])
+        from engine import export
+
+        frames, _ = render_frames(base, custom, sample, Reporter(_preview_progress(reporter), should_cancel))
+        export.write_video(export.to_uint8(frames), out_dir, "preview", "mp4", sample.fps)
+        preview = {"video": "preview.mp4", "poster": "preview.png", "prompt": sample.prompt, "seed": sample.seed}
+    lap("preview")
+
+    manifest = {
+        "checkpoint": {"sha256": file_sha256(Path(checkpoint_path)), "format": fmt},
+        "model": base.spec.identity(),
+        "settings": asdict(train),
+        "resolved": size,
+        "motion_adapter": {
+            "used": motion_path is not None,
+            "key": motion_adapter_key(base, train) if motion_path is not None else None,
+            "trained_now": trained_now,
+        },
+        "spatial_adapter": {"file": SPATIAL_ADAPTER, "sha256": file_sha256(out_dir / SPATIAL_ADAPTER),
+                            "rank": train.rank, "target_modules": config.target_modules},
+        "images": images,
+        "loss_curve": result.losses,
+        "resumed_from_step": result.resumed_from,
+        "preview": preview,
+        "timings": timings,
+        "versions": versions(),
+    }
+    write_manifest(out_dir, manifest)
+    reporter.step("done", 1, 1)
+    return manifest
+
+
+def _preview_progress(reporter: Reporter):
+    def forward(stage: str, step: int, total: int) -> None:
+        if reporter.progress is not None:
+            reporter.progress("preview" if stage == "denoise" else stage, step, total)
+
+    return forward

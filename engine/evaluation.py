@@ -1,0 +1,103 @@
+"""Side-by-side evaluation: one prompt and seed rendered four ways, a contact sheet and metrics.
+
+Rows: base T2V, naive injection, Still-Moving, Still-Moving trained without the Motion Adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from engine import metrics
+from engine.artifact import Customization, load_customization
+from engine.customize import customize
+from engine.models import BaseModels
+from engine.progress import Reporter
+from engine.sampling import render_frames
+from engine.specs import SampleSpec, TrainSpec
+
+ROWS = ("base", "naive", "still-moving", "still-moving-no-motion-adapter")
+LABEL_WIDTH = 200
+
+
+def _train_spec(manifest: dict) -> TrainSpec:
+    from engine.specs import MotionAdapterSpec
+
+    settings = dict(manifest["settings"])
+    settings["prompts"] = tuple(settings["prompts"])
+    motion = dict(settings.pop("motion"))
+    motion["prompts"] = tuple(motion["prompts"])
+    return TrainSpec(**settings, motion=MotionAdapterSpec(**motion))
+
+
+def ablation(base: BaseModels, custom: Customization, checkpoint: Path, work_dir: Path,
+             reporter: Reporter) -> Customization:
+    """The same customization trained without the Motion Adapter (trained once, then reused)."""
+    target = work_dir / "no-motion-adapter"
+    if not (target / "manifest.json").exists():
+        spec = replace(_train_spec(custom.manifest), use_motion_adapter=False, preview=False)
+        customize(base, checkpoint, spec, target, work_dir / "unused-motion-cache",
+                  progress=reporter.progress, should_cancel=reporter.should_cancel)
+    return load_customization(base, target, checkpoint)
+
+
+def contact_sheet(rows: dict[str, np.ndarray], path: Path) -> Path:
+    """PNG grid: one row per method (labelled), one column per frame."""
+    first = next(iter(rows.values()))
+    frames, h, w = first.shape[:3]
+    sheet = Image.new("RGB", (LABEL_WIDTH + frames * w, len(rows) * h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, video) in enumerate(rows.items()):
+        draw.text((6, r * h + h // 2 - 6), name, fill="black")
+        for f in range(frames):
+            sheet.paste(Image.fromarray(video[f]), (LABEL_WIDTH + f * w, r * h))
+    sheet.save(path)
+    return path
+
+
+def evaluate(base: BaseModels, custom_dir: Path, checkpoint: Path, prompt: str, out_dir: Path, seed: int = 0,
+             num_frames: int = 0, steps: int = 0, progress=None, should_cancel=None,
+             clip_model: str | None = None, local_files_only: bool = False) -> dict:
+    """Render the four rows, write ``contact_sheet.png`` and ``metrics.json`` into `out_dir`.
+
+    With `clip_model` (hub id or local directory of CLIP weights) CLIP-I and CLIP-T are added per row.
+
+    Returns:
+        ``{"metrics": {method: {motion, temporal_consistency, fidelity_proxy}}, "contact_sheet": path, ...}``
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reporter = Reporter(progress, should_cancel)
+    custom = load_customization(base, custom_dir, checkpoint)
+    no_ma = ablation(base, custom, checkpoint, out_dir, reporter)
+    references = [Image.open(Path(custom_dir) / i["file"]).convert("RGB") for i in custom.manifest["images"]]
+    size = custom.manifest["resolved"]
+    spec = SampleSpec(prompt=prompt, seed=seed, num_frames=num_frames or size["num_frames"], steps=steps,
+                      height=size["height"], width=size["width"])
+    plan = {"base": (None, "base"), "naive": (custom, "naive"), "still-moving": (custom, "still-moving"),
+            "still-moving-no-motion-adapter": (no_ma, "still-moving")}
+    scorer = None
+    if clip_model:
+        from engine.clip_scores import ClipScorer
+
+        scorer = ClipScorer.load(clip_model, local_files_only=local_files_only)
+    videos, results = {}, {}
+    for name, (model, method) in plan.items():
+        frames, _ = render_frames(base, model, replace(spec, method=method), reporter)
+        videos[name] = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+        results[name] = {"motion": metrics.motion(videos[name]),
+                         "temporal_consistency": metrics.temporal_consistency(videos[name]),
+                         "fidelity_proxy": metrics.fidelity_proxy(videos[name], references)}
+        if scorer is not None:
+            results[name].update(scorer.scores(videos[name], references, prompt))
+    sheet = contact_sheet(videos, out_dir / "contact_sheet.png")
+    report = {"prompt": prompt, "seed": seed, "rows": list(ROWS), "metrics": results,
+              "fidelity": f"CLIP-I/CLIP-T with {clip_model}" if clip_model else
+              "model-free proxy (see engine/metrics.py); pass clip_model for CLIP-I/CLIP-T",
+              "contact_sheet": str(sheet)}
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,172 @@
+"""Loading the base models: the T2I components, the AnimateDiff motion adapter, device and dtype."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    MotionAdapter,
+    UNet2DConditionModel,
+    UNetMotionModel,
+)
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from engine import tiny_models
+from engine.errors import ModelLoadError, SpecError
+from engine.specs import ModelSpec
+
+
+@dataclass(frozen=True)
+class PresetDefaults:
+    """Per-preset defaults for sizes and step counts (0 in a spec means "use these")."""
+
+    height: int
+    width: int
+    num_frames: int
+    image_steps: int
+    sample_steps: int
+
+
+PRESET_DEFAULTS = {
+    "tiny": PresetDefaults(height=32, width=32, num_frames=8, image_steps=4, sample_steps=4),
+    "sd15": PresetDefaults(height=512, width=512, num_frames=16, image_steps=25, sample_steps=25),
+}
+
+
+@dataclass
+class BaseModels:
+    """The loaded base: T2I components, motion adapter, where they run. Shared read-only by all jobs."""
+
+    spec: ModelSpec
+    device: torch.device
+    dtype: torch.dtype
+    components: dict
+    motion_adapter: MotionAdapter
+    unet_config_dir: Path
+    defaults: PresetDefaults
+    workdir: Path
+    _motion_unet_cache: dict = field(default_factory=dict, repr=False)
+
+    def sampling_motion_unet(self) -> UNetMotionModel:
+        """The plain AnimateDiff UNet (base spatial layers + motion modules), built once; read-only."""
+        if "base" not in self._motion_unet_cache:
+            self._motion_unet_cache["base"] = build_motion_unet(self, self.components["unet"])
+        return self._motion_unet_cache["base"]
+
+    def base_motion_unet(self) -> UNetMotionModel:
+        """A private copy of the plain AnimateDiff UNet, for attaching and training adapters."""
+        return copy.deepcopy(self.sampling_motion_unet())
+
+
+def place(module, device: torch.device, dtype: torch.dtype):
+    """Move a module; cast only when the dtype differs (diffusers warns on every cast)."""
+    module = module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype)
+    return module
+
+
+def resolve_device(spec: ModelSpec) -> tuple[torch.device, torch.dtype]:
+    """CUDA when present (fp16 by default), else CPU in fp32; half precision on CPU is refused."""
+    name = spec.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device={spec.device!r} but CUDA is not available", field="device")
+    precision = spec.precision
+    if precision == "auto":
+        precision = "float16" if device.type == "cuda" else "float32"
+    if device.type == "cpu" and precision != "float32":
+        raise SpecError(f"precision={spec.precision!r} is not supported on CPU; use float32", field="precision")
+    return device, getattr(torch, precision)
+
+
+def _load_tiny(workdir: Path) -> tuple[dict, MotionAdapter]:
+    return tiny_models.build_tiny_components(workdir), tiny_models.build_tiny_motion_adapter()
+
+
+def _load_sd15(spec: ModelSpec, dtype: torch.dtype) -> tuple[dict, MotionAdapter]:
+    kwargs = dict(cache_dir=spec.cache_dir, local_files_only=spec.local_files_only, torch_dtype=dtype)
+    src = spec.base_model
+    try:
+        components = {
+            "unet": UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kwargs),
+            "vae": AutoencoderKL.from_pretrained(src, subfolder="vae", **kwargs),
+            "text_encoder": CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **kwargs),
+            "tokenizer": CLIPTokenizer.from_pretrained(
+                src, subfolder="tokenizer", cache_dir=spec.cache_dir, local_files_only=spec.local_files_only
+            ),
+            "scheduler": DDIMScheduler.from_pretrained(
+                src, subfolder="scheduler", cache_dir=spec.cache_dir, local_files_only=spec.local_files_only
+            ),
+            "safety_checker": None,
+            "feature_extractor": None,
+            "requires_safety_checker": False,
+        }
+        adapter = MotionAdapter.from_pretrained(spec.motion_adapter, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load base_model={src!r} / motion_adapter={spec.motion_adapter!r}: {exc}")
+    return components, adapter
+
+
+def load_base_models(spec: ModelSpec, workdir: Path) -> BaseModels:
+    """Load (or build, for `tiny`) the base T2I and motion adapter onto the spec's device and dtype."""
+    if spec.preset not in PRESET_DEFAULTS:
+        raise SpecError(f"preset={spec.preset!r}; expected one of {sorted(PRESET_DEFAULTS)}", field="preset")
+    device, dtype = resolve_device(spec)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if spec.preset == "tiny":
+        components, adapter = _load_tiny(workdir)
+    else:
+        components, adapter = _load_sd15(spec, dtype)
+    for name in ("unet", "vae", "text_encoder"):
+        components[name] = place(components[name], device, dtype).eval().requires_grad_(False)
+    adapter = place(adapter, device, dtype).eval().requires_grad_(False)
+    if spec.enable_vae_slicing:
+        components["vae"].enable_slicing()
+    unet_config_dir = workdir / "unet_config"
+    unet_config_dir.mkdir(exist_ok=True)
+    (unet_config_dir / "config.json").write_text(json.dumps(dict(components["unet"].config), default=list))
+    return BaseModels(spec, device, dtype, components, adapter, unet_config_dir, PRESET_DEFAULTS[spec.preset], workdir)
+
+
+def build_motion_unet(base: BaseModels, unet2d: UNet2DConditionModel) -> UNetMotionModel:
+    """Inflate a (possibly customized) SD UNet into AnimateDiff: its spatial weights + the motion modules."""
+    unet = UNetMotionModel.from_unet2d(unet2d, base.motion_adapter)
+    unet = place(unet, base.device, base.dtype).eval().requires_grad_(False)
+    if base.spec.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return unet
+
+
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {"beta_schedule": "linear", "clip_sample": False, "timestep_spacing": "linspace",
+                             "steps_offset": 1}),
+    "euler": (EulerDiscreteScheduler, {"beta_schedule": "linear", "timestep_spacing": "linspace", "steps_offset": 1}),
+    "dpm++": (DPMSolverMultistepScheduler, {"beta_schedule": "linear", "algorithm_type": "dpmsolver++",
+                                            "steps_offset": 1}),
+}
+
+
+def make_scheduler(base: BaseModels, name: str):
+    """A fresh sampling scheduler (AnimateDiff's recommended linear betas) from the base config."""
+    if name not in SCHEDULERS:
+        raise SpecError(f"scheduler={name!r}; expected one of {sorted(SCHEDULERS)}", field="scheduler")
+    cls, overrides = SCHEDULERS[name]
+    return cls.from_config(base.components["scheduler"].config, **overrides)
+
+
+def make_training_scheduler(base: BaseModels) -> DDPMScheduler:
+    """The noise schedule used to add noise during adapter training (the base's own betas)."""
+    return DDPMScheduler.from_config(base.components["scheduler"].config)

@@ -1,0 +1,78 @@
+"""The Motion Adapter: trained once per base model on frozen videos of base-T2I stills, then reused.
+
+It depends on the base T2V model, not on the customization, so it is cached under a key of
+(base model, adapter settings, video size) and every customization on that base shares it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from engine import adapters, frozen_videos
+from engine.models import BaseModels, make_training_scheduler
+from engine.progress import Reporter
+from engine.specs import TrainSpec
+from engine.training import TrainData, train_adapter
+
+ADAPTER_FILE = "motion_adapter.safetensors"
+META_FILE = "meta.json"
+
+
+def motion_adapter_key(base: BaseModels, train: TrainSpec) -> str:
+    """Cache key of the Motion Adapter that `customize(base, …, train)` uses."""
+    size = resolved_size(base, train)
+    return train.motion.cache_key(base.spec, size["height"], size["width"], size["num_frames"])
+
+
+def resolved_size(base: BaseModels, train: TrainSpec) -> dict[str, int]:
+    """Training video size with the preset's defaults filled in."""
+    d = base.defaults
+    return {
+        "height": train.height or d.height,
+        "width": train.width or d.width,
+        "num_frames": train.num_frames or d.num_frames,
+        "image_steps": train.image_steps or d.image_steps,
+    }
+
+
+def ensure_motion_adapter(base: BaseModels, train: TrainSpec, cache_dir: Path, reporter: Reporter) -> tuple[Path, bool]:
+    """Return (path of the cached Motion Adapter file, whether it was trained now)."""
+    key = motion_adapter_key(base, train)
+    target = Path(cache_dir) / key
+    if (target / ADAPTER_FILE).exists() and (target / META_FILE).exists():
+        reporter.step("motion_adapter", 1, 1)
+        return target / ADAPTER_FILE, False
+    spec, size = train.motion, resolved_size(base, train)
+    stills = frozen_videos.sample_stills(
+        base.components, spec.prompts, spec.num_images, spec.seed, size["height"], size["width"],
+        size["image_steps"], train.image_guidance_scale, "", reporter, stage="motion_adapter_images",
+    )
+    data = TrainData(
+        latents=frozen_videos.freeze(frozen_videos.encode_images(base.components["vae"], stills.images),
+                                     size["num_frames"]),
+        embeddings=frozen_videos.encode_prompts(base.components, stills.prompts),
+    )
+    unet = base.base_motion_unet()
+    config = adapters.motion_lora_config(spec.rank)
+    adapters.add_adapter(unet, adapters.MOTION, config, seed=spec.seed)
+    result = train_adapter(unet, adapters.MOTION, data, make_training_scheduler(base), spec.train_steps,
+                           spec.learning_rate, 1, spec.seed, reporter, stage="motion_adapter")
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{key}-"))
+    adapters.save_adapter(unet, adapters.MOTION, config, staging / ADAPTER_FILE)
+    (staging / META_FILE).write_text(json.dumps({"key": key, "model": base.spec.identity(), "size": size,
+                                                 "settings": _jsonable(spec), "losses": result.losses}))
+    if target.exists():
+        shutil.rmtree(staging)  # another job wrote it meanwhile; keep the first
+    else:
+        staging.rename(target)
+    return target / ADAPTER_FILE, True
+
+
+def _jsonable(spec) -> dict:
+    from dataclasses import asdict
+
+    return asdict(spec)

@@ -1,0 +1,127 @@
+"""Plain, typed descriptions of what the engine is asked to do.
+
+The engine never reads the environment: the worker (or the CLI) builds these from its settings
+and request payloads and passes them in. Defaults marked *(ours)* follow `method.md`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Method = Literal["still-moving", "naive", "base"]
+Precision = Literal["auto", "float32", "float16", "bfloat16"]
+SchedulerName = Literal["ddim", "euler", "dpm++", "lcm"]
+
+SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD15_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
+
+GENERIC_MOTION_PROMPTS = (
+    "a photo of a person",
+    "a photo of a dog",
+    "a landscape with mountains",
+    "a city street",
+    "a bowl of fruit on a table",
+    "a painting of a house",
+    "a car on a road",
+    "a close-up of a flower",
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which base T2I + motion adapter to load, and where/how to run it.
+
+    Args:
+        preset: "tiny" (random weights built in code) or "sd15" (real weights).
+        base_model: hub id or local directory of an SD 1.5 diffusers pipeline (sd15 only).
+        motion_adapter: hub id or local directory of an AnimateDiff motion adapter (sd15 only).
+        device: "auto" picks CUDA when present, else CPU.
+        precision: "auto" is fp16 on CUDA and fp32 on CPU.
+        cache_dir: Hugging Face cache directory for downloads.
+        local_files_only: never touch the network (offline machines).
+    """
+
+    preset: Literal["tiny", "sd15"] = "tiny"
+    base_model: str = SD15_BASE
+    motion_adapter: str = SD15_MOTION_ADAPTER
+    device: str = "auto"
+    precision: Precision = "auto"
+    cache_dir: str | None = None
+    local_files_only: bool = False
+    enable_vae_slicing: bool = True
+    gradient_checkpointing: bool = False
+
+    def identity(self) -> dict:
+        """What defines the weights (not where they run): used in manifests and cache keys."""
+        if self.preset == "tiny":
+            return {"preset": "tiny"}
+        return {"preset": self.preset, "base_model": self.base_model, "motion_adapter": self.motion_adapter}
+
+
+@dataclass(frozen=True)
+class MotionAdapterSpec:
+    """Training settings of the Motion Adapter (a LoRA on the motion modules). All *(ours)*."""
+
+    rank: int = 16
+    learning_rate: float = 1e-4
+    train_steps: int = 300
+    num_images: int = 16
+    prompts: tuple[str, ...] = GENERIC_MOTION_PROMPTS
+    seed: int = 1234
+
+    def cache_key(self, model: ModelSpec, height: int, width: int, num_frames: int) -> str:
+        """Stable key of (base model, adapter settings): customizations on one base share it."""
+        payload = {"model": model.identity(), "adapter": asdict(self), "size": [num_frames, height, width]}
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return digest[:24]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A Still-Moving customization: frozen videos from the customized T2I, then Spatial Adapters.
+
+    `height`, `width`, `num_frames`, `image_steps` of 0 mean "the preset's default".
+    """
+
+    prompts: tuple[str, ...]
+    num_images: int = 40
+    train_steps: int = 500
+    rank: int = 16
+    learning_rate: float = 1e-4
+    seed: int = 0
+    batch_size: int = 1
+    train_resnets: bool = False
+    train_projections: bool = False
+    use_motion_adapter: bool = True
+    num_frames: int = 0
+    height: int = 0
+    width: int = 0
+    image_steps: int = 0
+    image_guidance_scale: float = 7.5
+    negative_prompt: str = ""
+    checkpoint_every: int = 50
+    preview: bool = True
+    motion: MotionAdapterSpec = field(default_factory=MotionAdapterSpec)
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One video to sample. Size/frames/steps of 0 mean "the preset's default"."""
+
+    prompt: str
+    negative_prompt: str = ""
+    num_frames: int = 0
+    height: int = 0
+    width: int = 0
+    steps: int = 0
+    guidance_scale: float = 7.5
+    seed: int = 0
+    fps: int = 8
+    format: Literal["mp4", "gif"] = "mp4"
+    spatial_adapter_scale: float = 1.0
+    motion_adapter_scale: float = 0.0
+    method: Method = "still-moving"
+    scheduler: SchedulerName = "ddim"

@@ -1,0 +1,116 @@
+"""The customization recipe end to end: artifact, Motion Adapter cache, progress, cancel, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import engine
+from engine.checkpoints import file_sha256
+from engine.motion_adapter import motion_adapter_key
+
+from .conftest import small_train
+
+
+def test_artifact_has_everything_needed_to_regenerate(trained, checkpoints):
+    manifest, out_dir, _ = trained
+    on_disk = json.loads((out_dir / "manifest.json").read_text())
+    assert on_disk["checkpoint"] == {"sha256": file_sha256(checkpoints["lora"]), "format": "lora"}
+    assert on_disk["model"] == {"preset": "tiny"}
+    assert on_disk["settings"]["prompts"] == ["a sks toy", "a sks toy on a table"]
+    assert [i["seed"] for i in on_disk["images"]] == [0, 1]
+    assert all((out_dir / i["file"]).exists() for i in on_disk["images"])
+    assert len(on_disk["loss_curve"]) == 4 and all(v > 0 for v in on_disk["loss_curve"])
+    assert (out_dir / "preview.mp4").stat().st_size > 0 and (out_dir / "preview.png").exists()
+    assert on_disk["spatial_adapter"]["sha256"] == file_sha256(out_dir / "spatial_adapter.safetensors")
+    assert set(on_disk["versions"]) >= {"torch", "diffusers", "peft"}
+    keys = load_file(str(out_dir / "spatial_adapter.safetensors"))
+    assert keys and all("lora_" in k and "motion_modules" not in k for k in keys)
+    assert manifest["motion_adapter"]["used"] is True
+
+
+def test_motion_adapter_is_trained_once_per_base(base, checkpoints, tmp_path):
+    train = small_train()
+    first = engine.customize(base, checkpoints["unet"], train, tmp_path / "a", tmp_path / "motion")
+    second = engine.customize(base, checkpoints["ldm"], train, tmp_path / "b", tmp_path / "motion")
+    key = motion_adapter_key(base, train)
+    assert first["motion_adapter"] == {"used": True, "key": key, "trained_now": True}
+    assert second["motion_adapter"] == {"used": True, "key": key, "trained_now": False}
+    assert (tmp_path / "motion" / key / "motion_adapter.safetensors").exists()
+    other = small_train(motion=engine.MotionAdapterSpec(train_steps=2, num_images=2, rank=4))
+    assert motion_adapter_key(base, other) != key
+
+
+def test_without_motion_adapter_trains_differently(base, checkpoints, tmp_path):
+    with_ma = engine.customize(base, checkpoints["unet"], small_train(), tmp_path / "a", tmp_path / "m")
+    without = engine.customize(base, checkpoints["unet"], small_train(use_motion_adapter=False), tmp_path / "b",
+                               tmp_path / "m2")
+    assert without["motion_adapter"]["used"] is False
+    assert not (tmp_path / "m2").exists()
+    a, b = (load_file(str(tmp_path / d / "spatial_adapter.safetensors")) for d in ("a", "b"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_progress_reports_every_stage_and_cancel_stops_between_steps(base, checkpoints, tmp_path):
+    seen = []
+    engine.customize(base, checkpoints["unet"], small_train(), tmp_path / "a", tmp_path / "m",
+                     progress=lambda s, i, n: seen.append((s, i, n)))
+    stages = [s for s, _, _ in seen]
+    for stage in ("load", "motion_adapter", "sample_images", "train", "done"):
+        assert stage in stages
+    assert ("train", 4, 4) in seen
+
+    calls = []
+
+    def cancel_at_train_step_2(stage, step, total):
+        calls.append((stage, step))
+
+    with pytest.raises(engine.CancelledError):
+        engine.customize(base, checkpoints["unet"], small_train(train_steps=50), tmp_path / "b", tmp_path / "m",
+                         progress=cancel_at_train_step_2, should_cancel=lambda: ("train", 2) in calls)
+    assert calls[-1] == ("train", 2)
+    assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_resumed_training_matches_an_uninterrupted_run(base, checkpoints, tmp_path):
+    train = small_train(train_steps=6, checkpoint_every=2)
+    full = engine.customize(base, checkpoints["unet"], train, tmp_path / "full", tmp_path / "m")
+    saves = []
+    with pytest.raises(engine.CancelledError):
+        engine.customize(base, checkpoints["unet"], train, tmp_path / "cut", tmp_path / "m",
+                         state_dir=tmp_path / "state", on_checkpoint=saves.append,
+                         progress=lambda s, i, n: None,
+                         should_cancel=lambda: len(saves) == 2)
+    assert json.loads((tmp_path / "state" / "state.json").read_text())["step"] == 4
+    resumed = engine.customize(base, checkpoints["unet"], train, tmp_path / "cut", tmp_path / "m",
+                               state_dir=tmp_path / "state")
+    assert resumed["resumed_from_step"] == 4
+    assert resumed["loss_curve"] == full["loss_curve"]
+    a = load_file(str(tmp_path / "full" / "spatial_adapter.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "spatial_adapter.safetensors"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_same_settings_train_the_same_adapter(base, checkpoints, tmp_path):
+    runs = [engine.customize(base, checkpoints["unet"], small_train(), tmp_path / d, tmp_path / "m")
+            for d in ("a", "b")]
+    assert runs[0]["loss_curve"] == runs[1]["loss_curve"]
+    assert runs[0]["spatial_adapter"]["sha256"] == runs[1]["spatial_adapter"]["sha256"]
+    other = engine.customize(base, checkpoints["unet"], small_train(seed=7), tmp_path / "c", tmp_path / "m")
+    assert other["spatial_adapter"]["sha256"] != runs[0]["spatial_adapter"]["sha256"]
+
+
+@pytest.mark.parametrize("field,value", [("num_images", 0), ("train_steps", 0), ("rank", 0),
+                                         ("learning_rate", 0.0), ("height", 36), ("prompts", ("",))])
+def test_bad_settings_name_the_field(base, checkpoints, tmp_path, field, value):
+    with pytest.raises(engine.SpecError) as info:
+        engine.customize(base, checkpoints["unet"], small_train(**{field: value}), tmp_path / "x", tmp_path / "m")
+    assert info.value.field == field and field in str(info.value)
+
+
+def test_customization_refuses_a_different_checkpoint(base, trained, checkpoints):
+    with pytest.raises(engine.CheckpointError, match="sha256"):
+        engine.load_customization(base, trained[1], checkpoints["unet"])

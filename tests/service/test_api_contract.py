@@ -1,0 +1,366 @@
+"""The HTTP contract of every endpoint and error status. Jobs here go to queues no worker serves,
+so they stay queued and the assertions about queued state are deterministic."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from tests.conftest import KEY_A, KEY_B
+from tests.service.helpers import TINY_CONFIG, assert_error, upload
+
+KEY_C = "test-key-c"
+GEN = {"prompt": "a dog", "num_frames": 4, "height": 32, "width": 32, "steps": 1}
+
+
+@pytest.fixture(scope="module")
+def api_settings(settings):
+    return settings.model_copy(update={"train_queue": "contract-train", "generate_queue": "contract-generate",
+                                       "api_keys": [KEY_A, KEY_B, KEY_C]})
+
+
+@pytest.fixture(scope="module")
+def api(api_settings):
+    with TestClient(create_app(api_settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def a():
+    return {"Authorization": f"Bearer {KEY_A}"}
+
+
+@pytest.fixture(scope="module")
+def b():
+    return {"Authorization": f"Bearer {KEY_B}"}
+
+
+def stored_keys(api, prefix: str) -> list[str]:
+    return api.app.state.storage.list_keys(prefix)
+
+
+def safetensors_bytes(header: dict, data: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+# ---- health, docs ---------------------------------------------------------------------------------
+def test_health_ready_docs(api):
+    assert api.get("/healthz").json() == {"status": "ok"}
+    ready = api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "storage": "ok"}
+    assert api.get("/docs").status_code == 200
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {"/customizations", "/customizations/{customization_id}", "/generate", "/jobs", "/jobs/{job_id}",
+            "/jobs/{job_id}/cancel", "/healthz", "/readyz"} <= set(paths)
+    assert "multipart/form-data" in paths["/customizations"]["post"]["requestBody"]["content"]
+
+
+def test_redis_down_gives_503_with_retry_after(api_settings):
+    from tests.conftest import free_port
+
+    down = api_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with TestClient(create_app(down)) as client:
+        ready = client.get("/readyz")
+        assert_error(ready, 503, "unavailable")
+        assert ready.headers["Retry-After"]
+        jobs = client.get("/jobs", headers={"Authorization": f"Bearer {KEY_A}"})
+        assert_error(jobs, 503, "unavailable")
+        assert jobs.headers["Retry-After"]
+
+
+def test_unknown_route_uses_the_envelope(api, a):
+    assert_error(api.get("/nope", headers=a), 404, "not_found")
+    assert_error(api.delete("/jobs", headers=a), 405, "method_not_allowed")
+
+
+# ---- auth -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method,path", [("get", "/jobs"), ("get", "/jobs/job_x"), ("post", "/jobs/job_x/cancel"),
+                                         ("get", "/customizations"), ("get", "/customizations/cus_x"),
+                                         ("post", "/generate"), ("post", "/customizations")])
+@pytest.mark.parametrize("header", [None, "Bearer wrong-key", f"Basic {KEY_A}", "Bearer "])
+def test_every_endpoint_needs_a_valid_key(api, method, path, header):
+    headers = {"Authorization": header} if header else {}
+    response = getattr(api, method)(path, headers=headers, **({"json": GEN} if path == "/generate" else {}))
+    assert_error(response, 401, "unauthorized")
+    assert KEY_A not in response.text
+
+
+# ---- generate validation --------------------------------------------------------------------------
+@pytest.mark.parametrize("change,field", [
+    ({"height": 30}, "height"), ({"width": 1030}, "width"), ({"num_frames": 0}, "num_frames"),
+    ({"num_frames": 1000}, "num_frames"), ({"steps": 0}, "steps"), ({"guidance_scale": -1}, "guidance_scale"),
+    ({"prompt": ""}, "prompt"), ({"prompt": "x" * 501}, "prompt"), ({"method": "magic"}, "method"),
+    ({"method": "naive"}, None), ({"format": "avi"}, "format"), ({"fps": 0}, "fps"), ({"seed": -1}, "seed"),
+    ({"height": "tall"}, "height"), ({"unknown": 1}, "unknown"), ({"prompt": None}, "prompt"),
+])
+def test_generate_rejects_bad_values(api, a, change, field):
+    response = api.post("/generate", headers=a, json={**GEN, **change})
+    error = assert_error(response, 422, "invalid_argument")
+    if field:
+        assert error["field"] == field
+
+
+def test_generate_malformed_json_and_content_type(api, a):
+    bad = api.post("/generate", headers={**a, "Content-Type": "application/json"}, content=b"{not json")
+    assert_error(bad, 400, "malformed_json")
+    text = api.post("/generate", headers={**a, "Content-Type": "text/plain"}, content=json.dumps(GEN))
+    assert text.status_code in (415, 422)
+    assert text.json()["error"]["code"] in ("unsupported_media_type", "invalid_argument")
+
+
+def test_generate_unknown_customization_is_404(api, a):
+    assert_error(api.post("/generate", headers=a, json={**GEN, "customization_id": "cus_nope"}),
+                 404, "not_found", "customization_id")
+
+
+# ---- generate accepted, jobs ----------------------------------------------------------------------
+def test_generate_accepts_and_job_is_visible_only_to_its_key(api, a, b):
+    response = api.post("/generate", headers=a, json=GEN)
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "queued" and body["job_id"].startswith("job_")
+    assert response.headers["Location"] == f"/jobs/{body['job_id']}"
+    job = api.get(f"/jobs/{body['job_id']}", headers=a).json()
+    assert job["kind"] == "generate" and job["status"] == "queued" and job["progress"] == 0
+    assert job["queue_position"] >= 1 and job["result"] is None and job["error"] is None
+    assert job["params"]["method"] == "base" and isinstance(job["params"]["seed"], int)
+    assert_error(api.get(f"/jobs/{body['job_id']}", headers=b), 404, "not_found")
+    assert_error(api.post(f"/jobs/{body['job_id']}/cancel", headers=b), 404, "not_found")
+    assert body["job_id"] not in [j["id"] for j in api.get("/jobs?limit=100", headers=b).json()["items"]]
+
+
+def test_queue_position_counts_jobs_ahead(api, a):
+    first = api.post("/generate", headers=a, json=GEN).json()["job_id"]
+    second = api.post("/generate", headers=a, json=GEN).json()["job_id"]
+    p1 = api.get(f"/jobs/{first}", headers=a).json()["queue_position"]
+    p2 = api.get(f"/jobs/{second}", headers=a).json()["queue_position"]
+    assert p2 == p1 + 1
+    assert api.post(f"/jobs/{first}/cancel", headers=a).json()["status"] == "canceled"
+    assert api.get(f"/jobs/{second}", headers=a).json()["queue_position"] == p1
+    assert api.get(f"/jobs/{first}", headers=a).json()["queue_position"] is None
+
+
+def test_cancel_queued_job(api, a):
+    job_id = api.post("/generate", headers=a, json=GEN).json()["job_id"]
+    response = api.post(f"/jobs/{job_id}/cancel", headers=a)
+    assert response.status_code == 200
+    job = response.json()
+    assert job["status"] == "canceled" and job["finished_at"] and job["error"]["code"] == "canceled"
+    assert api.post(f"/jobs/{job_id}/cancel", headers=a).status_code == 200
+    assert_error(api.post("/jobs/job_missing/cancel", headers=a), 404, "not_found")
+
+
+def test_list_jobs_newest_first_paginated(api):
+    c = {"Authorization": f"Bearer {KEY_C}"}
+    ids = [api.post("/generate", headers=c, json={**GEN, "seed": i}).json()["job_id"] for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        page = api.get("/jobs", headers=c, params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        assert len(page["items"]) <= 2
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    assert_error(api.get("/jobs?limit=0", headers=c), 422, "invalid_argument", "limit")
+    assert_error(api.get("/jobs?limit=101", headers=c), 422, "invalid_argument", "limit")
+    assert_error(api.get("/jobs?cursor=abc", headers=c), 422, "invalid_argument", "cursor")
+    for job_id in ids:
+        api.post(f"/jobs/{job_id}/cancel", headers=c)
+
+
+def test_per_key_queue_limit_is_429(api_settings):
+    limited = api_settings.model_copy(update={"max_queued_jobs_per_key": 2, "api_keys": ["limited-key"]})
+    headers = {"Authorization": "Bearer limited-key"}
+    with TestClient(create_app(limited)) as client:
+        ids = [client.post("/generate", headers=headers, json=GEN) for _ in range(2)]
+        assert all(r.status_code == 202 for r in ids)
+        assert_error(client.post("/generate", headers=headers, json=GEN), 429, "too_many_requests")
+        client.post(f"/jobs/{ids[0].json()['job_id']}/cancel", headers=headers)
+        assert client.post("/generate", headers=headers, json=GEN).status_code == 202
+
+
+# ---- idempotency ----------------------------------------------------------------------------------
+def test_generate_idempotency_key(api, a, b):
+    key = {"Idempotency-Key": "retry-123"}
+    first = api.post("/generate", headers={**a, **key}, json=GEN)
+    again = api.post("/generate", headers={**a, **key}, json=GEN)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["job_id"] == again.json()["job_id"]
+    other_body = api.post("/generate", headers={**a, **key}, json={**GEN, "prompt": "a cat"})
+    assert_error(other_body, 409, "idempotency_key_reused")
+    other_key = api.post("/generate", headers={**b, **key}, json=GEN)  # keys are per tenant
+    assert other_key.status_code == 202 and other_key.json()["job_id"] != first.json()["job_id"]
+
+
+def test_upload_idempotency_key_and_dedup(api, a, checkpoints):
+    key = {"Idempotency-Key": "upload-1"}
+    first = upload(api, a, checkpoints["lora"], headers=key)
+    again = upload(api, a, checkpoints["lora"], headers=key)
+    assert first.status_code == again.status_code == 202
+    assert first.json() == {**again.json(), "status": first.json()["status"]}
+    third = upload(api, a, checkpoints["lora"])  # same bytes, no key: a new customization, one stored object
+    assert third.json()["customization_id"] != first.json()["customization_id"]
+    sha = api.get(f"/customizations/{first.json()['customization_id']}", headers=a).json()["checkpoint"]["sha256"]
+    assert api.get(f"/customizations/{third.json()['customization_id']}", headers=a).json()["checkpoint"]["sha256"] == sha
+    assert stored_keys(api, f"checkpoints/{sha}") == [f"checkpoints/{sha}.safetensors"]
+    assert stored_keys(api, "uploads/") == []
+
+
+# ---- customizations -------------------------------------------------------------------------------
+def test_upload_accepted_and_customization_views(api, a, b, checkpoints):
+    import hashlib
+
+    response = upload(api, a, checkpoints["unet"], {**TINY_CONFIG, "name": "mine"})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert set(body) == {"job_id", "customization_id", "status"} and body["status"] == "queued"
+    assert response.headers["Location"] == f"/jobs/{body['job_id']}"
+    view = api.get(f"/customizations/{body['customization_id']}", headers=a).json()
+    assert view["status"] == "queued" and view["name"] == "mine" and view["manifest"] is None
+    assert view["checkpoint"] == {"sha256": hashlib.sha256(checkpoints["unet"].read_bytes()).hexdigest(),
+                                  "format": "unet"}
+    assert view["base_model"] == "tiny" and view["config"]["train_steps"] == TINY_CONFIG["train_steps"]
+    job = api.get(f"/jobs/{body['job_id']}", headers=a).json()
+    assert job["kind"] == "customize" and job["customization_id"] == body["customization_id"]
+    listed = [c["id"] for c in api.get("/customizations", headers=a).json()["items"]]
+    assert listed[0] == body["customization_id"]
+    assert body["customization_id"] not in [c["id"] for c in api.get("/customizations", headers=b).json()["items"]]
+    assert_error(api.get(f"/customizations/{body['customization_id']}", headers=b), 404, "not_found")
+    assert_error(api.post("/generate", headers=b, json={**GEN, "customization_id": body["customization_id"]}),
+                 404, "not_found", "customization_id")
+    assert api.post("/generate", headers=a, json={**GEN, "customization_id": body["customization_id"]}).status_code == 202
+    assert_error(api.get("/customizations/cus_missing", headers=a), 404, "not_found")
+    api.post(f"/jobs/{body['job_id']}/cancel", headers=a)
+    assert api.get(f"/customizations/{body['customization_id']}", headers=a).json()["status"] == "canceled"
+    assert_error(api.post("/generate", headers=a, json={**GEN, "customization_id": body["customization_id"]}),
+                 409, "customization_failed")
+
+
+
+class Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/stillmoving-pwned",))
+
+
+BAD_UPLOADS = {
+    "empty": (b"", "invalid_argument"),
+    "random bytes": (b"\x00\x01garbage" * 100, "invalid_checkpoint"),
+    "pickle": (pickle.dumps({"state_dict": Evil()}), "invalid_checkpoint"),
+    "huge header length": (struct.pack("<Q", 2**60) + b"{}", "invalid_checkpoint"),
+    "header not json": (struct.pack("<Q", 10) + b"not json!!" + b"\x00" * 8, "invalid_checkpoint"),
+    "offsets past the file": (safetensors_bytes({"conv_in.bias": {"dtype": "F32", "shape": [16],
+                                                                  "data_offsets": [0, 64]}}, b"\x00" * 8),
+                              "invalid_checkpoint"),
+    "unknown keys": (safetensors_bytes({"not.a.unet.key": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+                                       b"\x00" * 8), "invalid_checkpoint"),
+    "lora for a missing module": (safetensors_bytes(
+        {"unet.down_blocks.9.attn1.to_q.lora_A.weight": {"dtype": "F32", "shape": [1, 16], "data_offsets": [0, 64]}},
+        b"\x00" * 64), "invalid_checkpoint"),
+    "lora with wrong shape": (safetensors_bytes(
+        {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight":
+         {"dtype": "F32", "shape": [1, 7], "data_offsets": [0, 28]}}, b"\x00" * 28), "invalid_checkpoint"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_UPLOADS))
+def test_bad_checkpoints_are_refused_and_nothing_is_stored_or_queued(api, tmp_path, name):
+    content, code = BAD_UPLOADS[name]
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    c = {"Authorization": f"Bearer {KEY_C}"}
+    before_jobs = api.get("/jobs?limit=100", headers=c).json()["items"]
+    before_objects = stored_keys(api, "checkpoints/")
+    error = assert_error(upload(api, c, path), 422, code, "checkpoint")
+    assert len(error["message"]) > 10
+    assert stored_keys(api, "checkpoints/") == before_objects
+    assert stored_keys(api, "uploads/") == []
+    assert api.get("/jobs?limit=100", headers=c).json()["items"] == before_jobs
+    import os
+
+    assert not os.path.exists("/tmp/stillmoving-pwned")
+
+
+def test_unet_with_a_wrong_shape_names_the_tensor(api, a, checkpoints, tmp_path):
+    raw = checkpoints["unet"].read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    name = "conv_in.bias"
+    header[name]["shape"] = [4, 4]  # same byte count, wrong shape
+    path = tmp_path / "reshaped.safetensors"
+    path.write_bytes(safetensors_bytes(header, raw[8 + length:]))
+    error = assert_error(upload(api, a, path), 422, "invalid_checkpoint", "checkpoint")
+    assert name in error["message"]
+
+
+@pytest.mark.parametrize("filename,message", [("../evil.safetensors", "path separators"),
+                                              ("dir\\x.safetensors", "path separators"),
+                                              ("model.ckpt", ".safetensors")])
+def test_bad_filenames(api, a, checkpoints, filename, message):
+    error = assert_error(upload(api, a, checkpoints["lora"], filename=filename), 422, "invalid_argument", "checkpoint")
+    assert message in error["message"]
+
+
+@pytest.mark.parametrize("config,field", [
+    ({}, "config.prompts"), ({**TINY_CONFIG, "prompts": []}, "config.prompts"),
+    ({**TINY_CONFIG, "prompts": ["x"] * 17}, "config.prompts"), ({**TINY_CONFIG, "prompts": ["x" * 501]}, "config.prompts"),
+    ({**TINY_CONFIG, "num_images": 0}, "config.num_images"), ({**TINY_CONFIG, "rank": 0}, "config.rank"),
+    ({**TINY_CONFIG, "learning_rate": 0}, "config.learning_rate"), ({**TINY_CONFIG, "height": 33}, "config.height"),
+    ({**TINY_CONFIG, "base_model": "sdxl"}, "config.base_model"), ({**TINY_CONFIG, "bogus": 1}, "config.bogus"),
+])
+def test_bad_configs(api, a, checkpoints, config, field):
+    assert_error(upload(api, a, checkpoints["lora"], config), 422, "invalid_argument", field)
+
+
+def test_malformed_forms(api, a, checkpoints):
+    assert_error(api.post("/customizations", headers=a, json={"prompts": ["x"]}), 415, "unsupported_media_type")
+    no_config = api.post("/customizations", headers=a,
+                         files={"checkpoint": ("x.safetensors", checkpoints["lora"].read_bytes())})
+    assert_error(no_config, 422, "invalid_argument", "config")
+    no_file = api.post("/customizations", headers=a, files={"config": (None, json.dumps(TINY_CONFIG))})
+    assert_error(no_file, 422, "invalid_argument", "checkpoint")
+    bad_json = api.post("/customizations", headers=a, data={"config": "{nope"},
+                        files={"checkpoint": ("x.safetensors", checkpoints["lora"].read_bytes())})
+    assert_error(bad_json, 422, "invalid_argument", "config")
+
+
+def test_upload_over_the_limit_is_413_and_nothing_is_stored(api_settings, checkpoints):
+    small = api_settings.model_copy(update={"max_upload_bytes": 4096})
+    with TestClient(create_app(small)) as client:
+        before = stored_keys(client, "checkpoints/")
+        response = upload(client, {"Authorization": f"Bearer {KEY_A}"}, checkpoints["unet"])
+        assert_error(response, 413, "payload_too_large", "checkpoint")
+        assert stored_keys(client, "checkpoints/") == before
+        assert stored_keys(client, "uploads/") == []
+
+
+def test_upload_over_the_limit_without_content_length_is_rejected_while_streaming(api_settings):
+    """A chunked body (no Content-Length) is cut off once the checkpoint passes the limit."""
+    small = api_settings.model_copy(update={"max_upload_bytes": 64 * 1024})
+    boundary = "stillmovingboundary"
+    sent = []
+
+    def body():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"config\"\r\n\r\n"
+               f"{json.dumps(TINY_CONFIG)}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"checkpoint\"; "
+               f"filename=\"big.safetensors\"\r\n\r\n").encode()
+        for _ in range(64):  # 4 MiB in total if everything were read
+            sent.append(1)
+            yield b"\x00" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    with TestClient(create_app(small)) as client:
+        before = stored_keys(client, "checkpoints/")
+        response = client.post("/customizations", content=body(),
+                               headers={"Authorization": f"Bearer {KEY_A}",
+                                        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert_error(response, 413, "payload_too_large", "checkpoint")
+        assert stored_keys(client, "checkpoints/") == before and stored_keys(client, "uploads/") == []

