@@ -76,9 +76,13 @@ def adapter_state(unet, name: str) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(unet, name: str, config: LoraConfig, path: Path) -> Path:
-    """Write the adapter as safetensors; its LoRA config travels in the file's metadata."""
+    """Write the adapter as safetensors; its LoRA config travels in the file's metadata.
+
+    One metadata key only: safetensors writes several keys in a per-process random order, and the
+    artifact's sha256 must be reproducible.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"lora_config": json.dumps(config.to_dict(), default=list), "adapter": name}
+    meta = {"lora_config": json.dumps(config.to_dict(), default=list, sort_keys=True)}
     save_file(adapter_state(unet, name), str(path), metadata=meta)
     return path
 

@@ -123,5 +123,5 @@ def make_tiny_checkpoint(fmt: str, path: Path, seed: int = 0) -> Path:
         tensors = _to_kohya(_random_lora(seed))
     else:
         raise SpecError(f"format={fmt!r}; expected one of {FORMATS}", field="format")
-    save_file(tensors, str(path), metadata={"format": "pt", "stillmoving_tiny": fmt})
+    save_file(tensors, str(path), metadata={"format": "pt"})  # one key: several are written in random order
     return path

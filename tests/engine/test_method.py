@@ -117,6 +117,19 @@ def test_saved_spatial_adapter_reloads_bit_identical(base, customized, tmp_path)
     assert torch.equal(forward(fresh, unet_inputs(fresh)), out)
 
 
+def test_saved_adapter_files_are_byte_reproducible(base, tmp_path):
+    """The artifact's sha256 is its identity: saving the same adapter again must give the same bytes."""
+    from engine.checkpoints import file_sha256
+
+    unet = base.base_motion_unet()
+    config = adapters.spatial_lora_config(4, init=False)
+    adapters.add_adapter(unet, adapters.SPATIAL, config)
+    paths = [adapters.save_adapter(unet, adapters.SPATIAL, config, tmp_path / f"{i}.safetensors") for i in range(8)]
+    assert len({file_sha256(p) for p in paths}) == 1
+    tiny = [engine.make_tiny_checkpoint("lora", tmp_path / f"t{i}.safetensors") for i in range(8)]
+    assert len({file_sha256(p) for p in tiny}) == 1
+
+
 def test_customization_artifact_round_trips_to_identical_videos(base, checkpoints, trained, tmp_path):
     manifest, out_dir, _ = trained
     custom = engine.load_customization(base, out_dir, checkpoints["lora"])
