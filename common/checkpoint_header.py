@@ -77,8 +77,8 @@ def parse_header(head: bytes, file_size: int, max_header_bytes: int) -> HeaderIn
         raise _bad("truncated safetensors header")
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(f"safetensors header is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, an int past 4300 digits, deep nesting
+        raise _bad(f"safetensors header is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise _bad("safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -108,7 +108,7 @@ def _entry(name: str, entry) -> tuple[str, tuple[int, ...], tuple[int, int]]:
     if not isinstance(entry, dict):
         raise _bad(f"tensor {name!r}: header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:  # a list or object is not even hashable
         raise _bad(f"tensor {name!r}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise _bad(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
@@ -214,6 +214,9 @@ def _check_lora(shapes: dict, base: dict) -> None:
         if module not in modules[part]:
             raise _bad(f"LoRA key {key!r} targets module {module!r}, which the base {part} does not have")
         weight = modules[part][module]
+        if len(weight) < 2 and kind != "alpha":
+            raise _bad(f"LoRA key {key!r} targets {module!r}, a {len(weight)}-D parameter; LoRA adapts "
+                       "linear and conv layers")
         if kind == "alpha":
             if len(shape) > 1 or (shape and shape[0] != 1):
                 raise _bad(f"LoRA alpha {key!r} must be a scalar, has shape {list(shape)}")

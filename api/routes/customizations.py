@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -25,28 +25,38 @@ SCOPE = "customizations"
 FORM_SCHEMA = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["checkpoint", "config"],
-            "properties": {
-                "checkpoint": {"type": "string", "format": "binary",
-                               "description": ".safetensors: LoRA, diffusers UNet or single-file SD 1.5"},
-                "config": {"type": "string", "description": "JSON of CustomizationConfig",
-                           "example": json.dumps({"prompts": ["a photo of sks dog"]})},
+        "content": {"multipart/form-data": {
+            "schema": {
+                "type": "object", "required": ["checkpoint", "config"],
+                "properties": {
+                    "checkpoint": {"type": "string", "format": "binary",
+                                   "description": ".safetensors: LoRA, diffusers UNet or single-file SD 1.5"},
+                    "config": {**CustomizationConfig.model_json_schema(), "description": "CustomizationConfig as JSON",
+                               "example": {"prompts": ["a photo of sks dog"]}},
+                },
             },
-        }}},
+            # The filename must end in .safetensors; documented so generated clients (and the fuzz) send one.
+            "encoding": {
+                "config": {"contentType": "application/json"},
+                "checkpoint": {"contentType": "application/octet-stream", "headers": {"Content-Disposition": {
+                    "schema": {"type": "string"},
+                    "example": 'form-data; name="checkpoint"; filename="model.safetensors"'}}},
+            },
+        }},
     }
 }
 
 
 def parse_config(raw: bytes, default_base: str) -> CustomizationConfig:
+    """Parse with pydantic's JSON parser, as /generate bodies are: deep nesting, huge numbers and lone
+    surrogates (which no response could encode later) are a 422 on ``config``, never a 500."""
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument(f"config is not valid JSON: {exc}", field="config") from None
-    try:
-        config = CustomizationConfig.model_validate(data)
+        config = CustomizationConfig.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            reason = first["msg"].removeprefix("Invalid JSON: ")
+            raise InvalidArgument(f"config is not valid JSON: {reason}", field="config") from None
         where = ".".join(str(p) for p in first["loc"])
         field = f"config.{where}" if where else "config"
         raise InvalidArgument(f"{field}: {first['msg'].removeprefix('Value error, ')}", field=field) from None
@@ -100,9 +110,12 @@ def parse_cursor(cursor: str | None) -> float | None:
     if cursor is None:
         return None
     try:
-        return float(cursor)
+        value = float(cursor)
     except ValueError:
-        raise InvalidArgument(f"cursor={cursor!r} is not a cursor returned by this API", field="cursor") from None
+        value = math.nan
+    if not math.isfinite(value):  # "nan" parses as a float, and Redis rejects it as a score bound
+        raise InvalidArgument(f"cursor={cursor!r} is not a cursor returned by this API", field="cursor")
+    return value
 
 
 Limit = Annotated[int, Query(ge=1, le=100)]

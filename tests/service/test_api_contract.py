@@ -58,7 +58,10 @@ def test_health_ready_docs(api):
     paths = api.get("/openapi.json").json()["paths"]
     assert {"/customizations", "/customizations/{customization_id}", "/generate", "/jobs", "/jobs/{job_id}",
             "/jobs/{job_id}/cancel", "/healthz", "/readyz"} <= set(paths)
-    assert "multipart/form-data" in paths["/customizations"]["post"]["requestBody"]["content"]
+    form = paths["/customizations"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert form["schema"]["properties"]["config"]["required"] == ["prompts"]  # the config's own schema
+    assert form["encoding"]["config"]["contentType"] == "application/json"
+    assert ".safetensors" in form["encoding"]["checkpoint"]["headers"]["Content-Disposition"]["example"]
 
 
 def test_redis_down_gives_503_with_retry_after(api_settings):
@@ -268,6 +271,18 @@ BAD_UPLOADS = {
     "lora with wrong shape": (safetensors_bytes(
         {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight":
          {"dtype": "F32", "shape": [1, 7], "data_offsets": [0, 28]}}, b"\x00" * 28), "invalid_checkpoint"),
+    # Each of these four was a 500. tests/service/test_fuzz.py found the first two (an unhashable dtype, a LoRA
+    # on a 1-D norm weight); the last two are headers stdlib json fails on with RecursionError or ValueError.
+    "dtype not a string": (safetensors_bytes({"conv_in.bias": {"dtype": ["F32"], "shape": [16],
+                                                               "data_offsets": [0, 64]}}, b"\x00" * 64),
+                           "invalid_checkpoint"),
+    "lora on a 1-d weight": (safetensors_bytes(
+        {"unet.down_blocks.0.attentions.0.norm.lora_A.weight": {"dtype": "F32", "shape": [4, 16],
+                                                               "data_offsets": [0, 256]}}, b"\x00" * 256),
+        "invalid_checkpoint"),
+    "header nested too deep": (struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000, "invalid_checkpoint"),
+    "header with a 5000-digit number": (struct.pack("<Q", 5010) + b'{"x": ' + b"9" * 5000 + b"}   ",
+                                        "invalid_checkpoint"),
 }
 
 
@@ -318,6 +333,26 @@ def test_bad_filenames(api, a, checkpoints, filename, message):
 ])
 def test_bad_configs(api, a, checkpoints, config, field):
     assert_error(upload(api, a, checkpoints["lora"], config), 422, "invalid_argument", field)
+
+
+@pytest.mark.parametrize("raw", ["[" * 30_000 + "]" * 30_000, '{"prompts": ["x"], "seed": 1' + "0" * 5000 + "}",
+                                 '{"prompts": ["\\ud800"]}'], ids=["deep", "huge-int", "lone-surrogate"])
+def test_config_json_that_no_response_could_hold_is_422(api, checkpoints, raw):
+    """Was a 500 (RecursionError, ValueError) or, for the surrogate, a 202 whose records no view could render."""
+    c = {"Authorization": f"Bearer {KEY_C}"}
+    before = api.get("/jobs?limit=100", headers=c).json()["items"]
+    response = api.post("/customizations", headers=c, data={"config": raw},
+                        files={"checkpoint": ("x.safetensors", checkpoints["lora"].read_bytes())})
+    error = assert_error(response, 422, "invalid_argument", "config")
+    assert "not valid JSON" in error["message"]
+    assert api.get("/jobs?limit=100", headers=c).json()["items"] == before
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/customizations"])
+@pytest.mark.parametrize("cursor", ["nan", "-NaN", "inf", "abc"])
+def test_cursor_not_from_this_api_is_422(api, a, path, cursor):
+    """A "nan" cursor was a 503 (job store unreachable): it parses as a float, which Redis refuses as a bound."""
+    assert_error(api.get(path, headers=a, params={"cursor": cursor}), 422, "invalid_argument", "cursor")
 
 
 def test_malformed_forms(api, a, checkpoints):
