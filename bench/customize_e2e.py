@@ -15,15 +15,13 @@ import argparse
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import engine
-from bench.harness import quiet, report
-from bench.tiny import quick_customization, tiny_base, tiny_checkpoint
+from bench.harness import quiet, report, timed
+from bench.tiny import PROMPTS, quick_customization, tiny_base, tiny_checkpoint
 
 TARGET_S = 60.0
-PROMPTS = ("a photo of sks dog", "sks dog on a beach")
 CONFIGS = {
     "default": engine.TrainSpec(prompts=PROMPTS),
     "demo": engine.TrainSpec(prompts=PROMPTS, num_images=4, train_steps=40, rank=4, num_frames=8, height=32,
@@ -34,9 +32,7 @@ STAGES = ("load", "motion_adapter", "sample_images", "prepare", "train", "previe
 
 def run_once(base, checkpoint: Path, train: engine.TrainSpec, work: Path, cache: Path) -> dict:
     out = Path(tempfile.mkdtemp(dir=work, prefix="custom-"))
-    start = time.perf_counter()
-    manifest = engine.customize(base, checkpoint, train, out, cache)
-    total = time.perf_counter() - start
+    total, manifest = timed(lambda: engine.customize(base, checkpoint, train, out, cache))
     shutil.rmtree(out)
     return {"total": total, **manifest["timings"], "motion_trained_now": manifest["motion_adapter"]["trained_now"]}
 

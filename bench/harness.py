@@ -100,10 +100,6 @@ def interleaved(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1, dev
             for name, t in times.items()}
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 class PeakMemory:
     """Peak memory over a `with` block: CUDA allocator peak on a GPU, else the process RSS sampled every 5 ms.
 

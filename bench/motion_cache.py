@@ -13,21 +13,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import engine
-from bench.harness import quiet, report
-from bench.tiny import quick_customization, tiny_base, tiny_checkpoint
+from bench.harness import quiet, report, timed
+from bench.tiny import PROMPTS, quick_customization, tiny_base, tiny_checkpoint
 
-PROMPTS = ("a photo of sks dog", "sks dog on a beach")
 TRAIN = engine.TrainSpec(prompts=PROMPTS, num_images=4, train_steps=20, rank=4, preview=False)
 
 
 def run(base, checkpoint: Path, out: Path, cache: Path) -> dict:
-    start = time.perf_counter()
-    manifest = engine.customize(base, checkpoint, TRAIN, out, cache)
-    return {"total": time.perf_counter() - start, "motion_stage": manifest["timings"]["motion_adapter"],
+    total, manifest = timed(lambda: engine.customize(base, checkpoint, TRAIN, out, cache))
+    return {"total": total, "motion_stage": manifest["timings"]["motion_adapter"],
             "trained_now": manifest["motion_adapter"]["trained_now"], "key": manifest["motion_adapter"]["key"],
             "spatial": str(out / manifest["spatial_adapter"]["file"])}
 

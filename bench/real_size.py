@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.harness import PeakMemory, quiet, report, sync, timed
 from engine import adapters, real_size
-from engine.models import PRESET_DEFAULTS, BaseModels, build_motion_unet, make_training_scheduler
+from engine.models import PRESET_DEFAULTS, BaseModels, build_motion_unet, compile_unet, make_training_scheduler
 from engine.progress import Reporter
 from engine.specs import ModelSpec
 from engine.training import TrainData, train_adapter
@@ -45,15 +45,31 @@ from engine.training import TrainData, train_adapter
 TEXT_LEN, TEXT_DIM = 77, 768
 
 
+# ---------------------------------------------------------------- shared by 7 and 7b (train_memory)
+def meta_motion_unet(meta: dict, dtype: torch.dtype = torch.float32):
+    """The real-size AnimateDiff UNet on the meta device (shapes only: no memory, no compute), from the
+    meta-device modules of `real_size.build_sd15(meta=True)`."""
+    from diffusers import UNetMotionModel
+
+    with torch.device("meta"):
+        return UNetMotionModel.from_unet2d(meta["unet"], meta["motion_adapter"]).to(dtype)
+
+
+def attach_training_adapters(unet, rank: int) -> list[torch.nn.Parameter]:
+    """The engine's training model: Motion Adapter LoRA (active, frozen) + Spatial Adapter LoRA (trained, fp32
+    weights); returns the trained parameters."""
+    adapters.add_adapter(unet, adapters.MOTION, adapters.motion_lora_config(rank), seed=1)
+    adapters.add_adapter(unet, adapters.SPATIAL, adapters.spatial_lora_config(rank), seed=0)
+    adapters.activate(unet, [adapters.MOTION, adapters.SPATIAL])
+    return adapters.trainable_only(unet, adapters.SPATIAL)
+
+
 # ---------------------------------------------------------------- FLOP counts (meta device, no memory)
 def count_flops(frames: int, size: int, rank: int = 16) -> dict:
     """FLOPs of one CFG sampling step (UNet forward, batch 2), one VAE decode of `frames` frames and one
     training step (forward + backward, batch 1, LoRA on; + one forward recompute with checkpointing)."""
-    from diffusers import UNetMotionModel
-
     meta = real_size.build_sd15(meta=True)
-    with torch.device("meta"):
-        unet = UNetMotionModel.from_unet2d(meta["unet"], meta["motion_adapter"])
+    unet = meta_motion_unet(meta)
     h = size // 8
     out = {}
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
@@ -64,10 +80,7 @@ def count_flops(frames: int, size: int, rank: int = 16) -> dict:
         meta["vae"].decode(torch.empty(1, 4, h, h, device="meta"))
     out["vae_decode"] = fc.get_total_flops() * frames
     unet.requires_grad_(False)
-    adapters.add_adapter(unet, adapters.MOTION, adapters.motion_lora_config(rank))
-    adapters.add_adapter(unet, adapters.SPATIAL, adapters.spatial_lora_config(rank))
-    adapters.activate(unet, [adapters.MOTION, adapters.SPATIAL])
-    adapters.trainable_only(unet, adapters.SPATIAL)
+    attach_training_adapters(unet, rank)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
         pred = unet(torch.empty(1, 4, frames, h, h, device="meta"), torch.tensor([500], device="meta"),
                     encoder_hidden_states=torch.empty(frames, TEXT_LEN, TEXT_DIM, device="meta")).sample
@@ -190,7 +203,7 @@ def main() -> None:
     if not args.no_sample:
         forward_unet = unet
         if args.compile:
-            forward_unet = torch.compile(unet)
+            forward_unet = compile_unet(unet)  # what ModelSpec(compile_unet=True) samples with
         latents = torch.randn(2, 4, frames, h, h, device=device, dtype=dtype)
         text = torch.randn(2 * frames, TEXT_LEN, TEXT_DIM, device=device, dtype=dtype)
         t = torch.tensor(500, device=device)
@@ -242,9 +255,7 @@ def main() -> None:
         rows.append(row)
 
     if not args.no_train:
-        adapters.add_adapter(unet, adapters.MOTION, adapters.motion_lora_config(args.rank), seed=1)
-        adapters.add_adapter(unet, adapters.SPATIAL, adapters.spatial_lora_config(args.rank), seed=0)
-        adapters.activate(unet, [adapters.MOTION, adapters.SPATIAL])
+        attach_training_adapters(unet, args.rank)
         data = TrainData(latents=torch.randn(1, 4, frames, h, h), embeddings=torch.randn(1, TEXT_LEN, TEXT_DIM))
         stamps = []
         with PeakMemory(device) as mem:

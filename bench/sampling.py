@@ -24,7 +24,7 @@ from diffusers import AnimateDiffPipeline
 
 import engine
 from bench.harness import interleaved, quiet, report
-from bench.tiny import quick_customization, tiny_base, tiny_checkpoint
+from bench.tiny import add_video_size_args, quick_customization, tiny_base, tiny_checkpoint
 from engine import adapters, export
 from engine.models import make_scheduler
 from engine.progress import Reporter
@@ -43,9 +43,7 @@ def plain_pipeline(components: dict, unet, scheduler) -> AnimateDiffPipeline:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=0, help="0: the tiny preset's default (8)")
-    parser.add_argument("--size", type=int, default=0, help="0: the tiny preset's default (32)")
-    parser.add_argument("--steps", type=int, default=0, help="0: the tiny preset's default (4)")
+    add_video_size_args(parser, steps=True)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
@@ -54,8 +52,8 @@ def main() -> None:
     base = tiny_base(work)
     d = base.defaults
     frames, size, steps = args.frames or d.num_frames, args.size or d.height, args.steps or d.sample_steps
-    custom = engine.load_customization(base, quick_customization(base, work, tiny_checkpoint(work)),
-                                       tiny_checkpoint(work))
+    checkpoint = tiny_checkpoint(work)
+    custom = engine.load_customization(base, quick_customization(base, work, checkpoint), checkpoint)
     prompt, seed = "a photo of sks dog running", 7
 
     def spec(method: str) -> engine.SampleSpec:

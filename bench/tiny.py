@@ -1,15 +1,25 @@
-"""Tiny-preset fixtures shared by the benchmarks: a base, a customized checkpoint, a quick customization."""
+"""Tiny-preset fixtures shared by the benchmarks: a base, a customized checkpoint, a quick customization,
+the prompts, the video-size arguments."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import engine
 
+PROMPTS = ("a photo of sks dog", "sks dog on a beach")
 # A deliberately short customization, used where a benchmark only needs *a* trained spatial adapter.
-QUICK_TRAIN = engine.TrainSpec(prompts=("a photo of sks dog", "sks dog on a beach"), num_images=2, train_steps=4,
-                               rank=4, preview=False,
+QUICK_TRAIN = engine.TrainSpec(prompts=PROMPTS, num_images=2, train_steps=4, rank=4, preview=False,
                                motion=engine.MotionAdapterSpec(train_steps=4, num_images=2))
+
+
+def add_video_size_args(parser: argparse.ArgumentParser, steps: bool = False) -> None:
+    """``--frames``, ``--size`` (and ``--steps``); 0 means the tiny preset's default."""
+    parser.add_argument("--frames", type=int, default=0, help="0: the tiny preset's default (8)")
+    parser.add_argument("--size", type=int, default=0, help="0: the tiny preset's default (32)")
+    if steps:
+        parser.add_argument("--steps", type=int, default=0, help="0: the tiny preset's default (4)")
 
 
 def tiny_base(workdir: Path) -> engine.BaseModels:

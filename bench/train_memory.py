@@ -25,11 +25,11 @@ import time
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
-from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
 from bench.harness import quiet, report
-from engine import adapters, real_size
+from bench.real_size import attach_training_adapters, meta_motion_unet
+from engine import real_size
 
 BUDGET_GIB = 24.0
 VARIANTS = ("diffusers-ckpt", "diffusers-ckpt+motion-ckpt", "no-ckpt")
@@ -69,18 +69,13 @@ def _checkpoint_motion_modules(unet) -> int:
 def estimate(variant: str, frames: int, size: int, dtype: torch.dtype, rank: int) -> dict:
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    with torch.device("meta"):
-        unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(**real_size.load_config("unet")),
-                                           MotionAdapter(**real_size.load_config("motion_adapter"))).to(dtype)
+    unet = meta_motion_unet(real_size.build_sd15(meta=True), dtype)
     unet.requires_grad_(False)
     if variant != "no-ckpt":
         unet.enable_gradient_checkpointing()
     if variant.endswith("motion-ckpt"):
         _checkpoint_motion_modules(unet)
-    adapters.add_adapter(unet, adapters.MOTION, adapters.motion_lora_config(rank))
-    adapters.add_adapter(unet, adapters.SPATIAL, adapters.spatial_lora_config(rank))
-    adapters.activate(unet, [adapters.MOTION, adapters.SPATIAL])
-    params = adapters.trainable_only(unet, adapters.SPATIAL)
+    params = attach_training_adapters(unet, rank)
     h = size // 8
     x = torch.randn(1, 4, frames, h, h, device="meta", dtype=dtype)
     text = torch.randn(frames, 77, 768, device="meta", dtype=dtype)

@@ -30,7 +30,7 @@ from peft.utils import set_peft_model_state_dict
 
 import engine
 from bench.harness import quiet, report, sync
-from bench.tiny import tiny_checkpoint
+from bench.tiny import PROMPTS, add_video_size_args, tiny_checkpoint
 from engine import adapters, frozen_videos
 from engine.checkpoints import load_customized_t2i
 from engine.models import build_motion_unet, make_training_scheduler
@@ -116,8 +116,7 @@ def ours_loop(unet, data: TrainData, scheduler, steps: int, lr: float, batch: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=0, help="0: the tiny preset's default (8)")
-    parser.add_argument("--size", type=int, default=0, help="0: the tiny preset's default (32)")
+    add_video_size_args(parser)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--chunks", type=int, default=6, help="interleaved chunks per side")
@@ -132,7 +131,7 @@ def main() -> None:
                                    work / "models")
     d = base.defaults
     frames, size = args.frames or d.num_frames, args.size or d.height
-    train = engine.TrainSpec(prompts=("a photo of sks dog", "sks dog on a beach"), num_images=4, rank=args.rank,
+    train = engine.TrainSpec(prompts=PROMPTS, num_images=4, rank=args.rank,
                              num_frames=frames, height=size, width=size, batch_size=args.batch,
                              motion=engine.MotionAdapterSpec(train_steps=2, num_images=2))
     motion_path, _ = ensure_motion_adapter(base, train, work / "motion-cache", Reporter())

@@ -26,6 +26,12 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        # Redis restarted or briefly away: reconnect for as long as it takes (the default gives up after 100
+        # tries), and let running tasks go on meanwhile: their job records, not the broker, say what is done,
+        # and a redelivered message for a finished job is a no-op.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         # A message unacked for longer than this is redelivered: keep it above the hard time limit.
         broker_transport_options={"visibility_timeout": longest + 600},
         task_queues=[Queue(settings.train_queue), Queue(settings.generate_queue)],

@@ -68,3 +68,9 @@ class ServiceUnavailable(ServiceError):
     def __init__(self, message: str, *, retry_after: int = 5, **kwargs):
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """Object storage stayed unreachable through every retry of one operation (the worker's jobs fail with it)."""
+
+    code = "storage_unavailable"

@@ -145,12 +145,22 @@ class JobStore:
         return created == 1
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        raw = self.redis.hgetall(self.job_key(job_id))
+        return self._job_from(self.redis.hgetall(self.job_key(job_id)))
+
+    @staticmethod
+    def _job_from(raw: dict[str, str]) -> JobRecord | None:
         if not raw:
             return None
         data = _decode(raw)
         data.pop("queue", None)
         return JobRecord.model_validate(data)
+
+    def _hgetall_many(self, keys: list[str]) -> list[dict[str, str]]:
+        """HGETALL of each key in one round trip (a pipeline, not a transaction)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return pipe.execute()
 
     def job_queue(self, job_id: str) -> str | None:
         raw = self.redis.hget(self.job_key(job_id), "queue")
@@ -208,8 +218,8 @@ class JobStore:
 
     def list_jobs(self, owner: str, limit: int, cursor: float | None) -> tuple[list[JobRecord], float | None]:
         ids, next_cursor = self._page(self._owner_key(owner, "jobs"), limit, cursor)
-        jobs = [job for job in (self.get_job(i) for i in ids) if job is not None]
-        return jobs, next_cursor
+        jobs = [self._job_from(raw) for raw in self._hgetall_many([self.job_key(i) for i in ids])]
+        return [job for job in jobs if job is not None], next_cursor
 
     def _page(self, key: str, limit: int, cursor: float | None) -> tuple[list[str], float | None]:
         top = f"({cursor!r}" if cursor is not None else "+inf"
@@ -232,8 +242,8 @@ class JobStore:
 
     def list_customizations(self, owner: str, limit: int, cursor: float | None):
         ids, next_cursor = self._page(self._owner_key(owner, "customizations"), limit, cursor)
-        items = [c for c in (self.get_customization(i) for i in ids) if c is not None]
-        return items, next_cursor
+        raws = self._hgetall_many([self.customization_key(i) for i in ids])
+        return [CustomizationRecord.model_validate(_decode(raw)) for raw in raws if raw], next_cursor
 
     # ---- idempotency keys -------------------------------------------------------------------------
     @staticmethod

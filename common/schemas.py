@@ -119,6 +119,8 @@ class JobRecord(BaseModel):
     status: JobStatus = "queued"
     stage: str | None = None
     progress: float = 0.0
+    step: int | None = None  # step of `steps` within `stage`, as the engine last reported it
+    steps: int | None = None
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     motion_train_steps: int = Field(300, ge=1)
     motion_num_images: int = Field(16, ge=1)
     motion_rank: int = Field(16, ge=1)
+    gradient_checkpointing: bool = Field(False, description="recompute activations in training (sd15 at 512x512x16 "
+                                                             "within 24 GB of GPU memory)")
+    compile_unet: bool = Field(False, description="torch.compile the sampling UNets (GPU; each loaded model's first "
+                                                  "video pays the compile time)")
 
     # Worker
     workdir: Path = Path("var/worker")
@@ -73,6 +77,12 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(15.0, gt=0, description="how often each worker looks for dead or overdue jobs")
     max_attempts: int = Field(3, ge=1, description="runs of one job (first + retries after a lost worker)")
     train_checkpoint_every: int = Field(50, ge=1, description="training steps between resume states in storage")
+    storage_retries: int = Field(5, ge=0, description="retries of a worker's failed storage operation before its "
+                                                      "job fails with storage_unavailable")
+    storage_backoff_s: float = Field(1.0, gt=0, description="wait before the first storage retry; doubles each retry")
+    storage_backoff_max_s: float = Field(30.0, gt=0, description="longest wait between two storage retries")
+    storage_timeout_s: float = Field(60.0, gt=0, description="read timeout of one storage request (connect: at "
+                                                             "most 5 s)")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -12,15 +12,26 @@ Key layout::
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 import uuid
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import boto3
+from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 from botocore.client import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from common.errors import ServiceUnavailable
+from common.errors import ServiceUnavailable, StorageUnavailable
 from common.settings import Settings
+
+log = logging.getLogger("stillmoving.storage")
+T = TypeVar("T")
+# Error codes of a storage that is (re)starting, overloaded or briefly inconsistent: worth another try.
+TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
+                   "ThrottlingException", "RequestLimitExceeded", "NoSuchBucket"}
 
 
 def checkpoint_key(sha256: str) -> str:
@@ -39,8 +50,8 @@ def motion_adapter_prefix(key: str) -> str:
     return f"motion-adapters/{key}/"
 
 
-def make_client(settings: Settings, endpoint_url: str | None = None):
-    """A boto3 S3 client for the configured endpoint (path-style addressing, SigV4)."""
+def make_client(settings: Settings, endpoint_url: str | None = None, attempts: int = 4):
+    """A boto3 S3 client for the configured endpoint (path-style addressing, SigV4, `attempts` per request)."""
     return boto3.client(
         "s3",
         endpoint_url=endpoint_url or settings.s3_endpoint_url,
@@ -48,17 +59,30 @@ def make_client(settings: Settings, endpoint_url: str | None = None):
         aws_access_key_id=settings.s3_access_key_id,
         aws_secret_access_key=settings.s3_secret_access_key,
         config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                      retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+                      retries={"total_max_attempts": attempts, "mode": "standard"},
+                      connect_timeout=min(5.0, settings.storage_timeout_s), read_timeout=settings.storage_timeout_s),
     )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage error may go away on its own (unreachable, timed out, 5xx, throttled)."""
+    if isinstance(exc, S3UploadFailedError) and exc.__context__ is not None:
+        exc = exc.__context__  # boto3 wraps the upload's ClientError in its own exception
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or exc.response.get("Error", {}).get("Code") in TRANSIENT_CODES
+    return isinstance(exc, (BotoConnectionError, HTTPClientError, RetriesExceededError))
 
 
 class Storage:
     """The bucket of one deployment."""
 
+    attempts = 4  # per request, boto3's own retries (the API's uploads: fail fast, the client retries)
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.bucket = settings.s3_bucket
-        self.client = make_client(settings)
+        self.client = make_client(settings, attempts=self.attempts)
         public = settings.s3_public_endpoint_url
         self.presign_client = make_client(settings, public) if public else self.client
 
@@ -119,6 +143,56 @@ class Storage:
 
     def upload_stream(self) -> "StreamingUpload":
         return StreamingUpload(self)
+
+
+class RetryingStorage(Storage):
+    """The worker's storage: each operation retries transient failures with exponential backoff
+    (``storage_retries``, ``storage_backoff_s`` doubling up to ``storage_backoff_max_s``), then raises
+    `StorageUnavailable` naming the operation. Each call is idempotent (whole objects, fixed keys)."""
+
+    attempts = 1  # one retry loop, this one, so that the retry window is what the settings say
+
+    def __init__(self, settings: Settings, sleep: Callable[[float], None] = time.sleep):
+        super().__init__(settings)
+        self.sleep = sleep
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        retries, delay, attempts = self.settings.storage_retries, self.settings.storage_backoff_s, 0
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                attempts += 1
+                reason = f"{type(exc).__name__}: {exc}"
+                if attempts > retries:
+                    raise StorageUnavailable(f"storage unavailable: {what} failed after {attempts} attempts "
+                                             f"({reason})") from exc
+                log.warning("storage: %s failed (%s); retry %d/%d in %.1f s", what, reason, attempts, retries, delay)
+            self.sleep(delay)
+            delay = min(delay * 2, self.settings.storage_backoff_max_s)
+
+    def exists(self, key: str) -> bool:
+        return self._retry(f"lookup of {key}", lambda: Storage.exists(self, key))
+
+    def put_file(self, path: Path, key: str, content_type: str | None = None) -> None:
+        self._retry(f"upload of {key}", lambda: Storage.put_file(self, path, key, content_type))
+
+    def put_bytes(self, data: bytes, key: str, content_type: str = "application/octet-stream") -> None:
+        self._retry(f"upload of {key}", lambda: Storage.put_bytes(self, data, key, content_type))
+
+    def get_file(self, key: str, path: Path) -> Path:
+        return self._retry(f"download of {key}", lambda: Storage.get_file(self, key, path))
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._retry(f"download of {key}", lambda: Storage.get_bytes(self, key))
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return self._retry(f"listing of {prefix}", lambda: Storage.list_keys(self, prefix))
+
+    def delete(self, key: str) -> None:
+        self._retry(f"deletion of {key}", lambda: Storage.delete(self, key))
 
 
 class StreamingUpload:

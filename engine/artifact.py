@@ -15,7 +15,7 @@ from pathlib import Path
 from engine import adapters
 from engine.checkpoints import file_sha256, load_customized_t2i
 from engine.errors import CheckpointError, SpecError
-from engine.models import BaseModels, build_motion_unet
+from engine.models import BaseModels, build_motion_unet, compile_unet
 
 MANIFEST = "manifest.json"
 SPATIAL_ADAPTER = "spatial_adapter.safetensors"
@@ -24,13 +24,17 @@ MANIFEST_VERSION = 1
 
 @dataclass
 class Customization:
-    """A loaded customization: customized T2I components and the AnimateDiff UNet with its spatial adapter."""
+    """A loaded customization: customized T2I components and the AnimateDiff UNet with its spatial adapter.
+
+    `compiled_unet`: `unet` under `torch.compile` (`ModelSpec.compile_unet`), what sampling calls; None: eager.
+    """
 
     manifest: dict
     components: dict
     unet: object
     directory: Path | None = None
     extra: dict = field(default_factory=dict)
+    compiled_unet: object | None = None
 
 
 def versions() -> dict[str, str]:
@@ -80,4 +84,6 @@ def load_customization(base: BaseModels, directory: Path, checkpoint_path: Path)
     _, components = load_customized_t2i(base.components, checkpoint_path, base.unet_config_dir)
     unet = build_motion_unet(base, components["unet"])
     adapters.load_adapter(unet, adapters.SPATIAL, directory / SPATIAL_ADAPTER)
-    return Customization(manifest=manifest, components=components, unet=unet, directory=directory)
+    compiled = compile_unet(unet) if base.spec.compile_unet else None
+    return Customization(manifest=manifest, components=components, unet=unet, directory=directory,
+                         compiled_unet=compiled)

@@ -62,6 +62,15 @@ class BaseModels:
             self._motion_unet_cache["base"] = build_motion_unet(self, self.components["unet"])
         return self._motion_unet_cache["base"]
 
+    def sampling_forward(self):
+        """What sampling calls for the base method: `sampling_motion_unet`, `torch.compile`d (once) when
+        ``spec.compile_unet``."""
+        if not self.spec.compile_unet:
+            return self.sampling_motion_unet()
+        if "compiled" not in self._motion_unet_cache:
+            self._motion_unet_cache["compiled"] = compile_unet(self.sampling_motion_unet())
+        return self._motion_unet_cache["compiled"]
+
     def base_motion_unet(self) -> UNetMotionModel:
         """A private copy of the plain AnimateDiff UNet, for attaching and training adapters."""
         return copy.deepcopy(self.sampling_motion_unet())
@@ -148,6 +157,12 @@ def build_motion_unet(base: BaseModels, unet2d: UNet2DConditionModel) -> UNetMot
     if base.spec.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     return unet
+
+
+def compile_unet(unet: UNetMotionModel):
+    """A `torch.compile` wrapper of `unet` for sampling: it shares the UNet's weights and adapters and leaves
+    the UNet itself as it was (copies of it stay plain modules). Compiles at its first call per input shape."""
+    return torch.compile(unet)
 
 
 SCHEDULERS = {

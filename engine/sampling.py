@@ -36,16 +36,19 @@ def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
 
 
 def _pick_model(base: BaseModels, custom: Customization | None, sample: SampleSpec):
-    """Return (components, unet, method used) and set the adapters for the requested method."""
+    """Return (components, the UNet to call, method used) and set the adapters for the requested method.
+
+    The UNet to call is the `torch.compile`d one when the base's spec asks for it (`ModelSpec.compile_unet`).
+    """
     if custom is None or sample.method == "base":
-        return base.components, base.sampling_motion_unet(), "base"
+        return base.components, base.sampling_forward(), "base"
     unet = custom.unet
     if sample.method == "naive":
         unet.disable_adapters()
     else:
         unet.enable_adapters()
         adapters.activate(unet, [adapters.SPATIAL], [sample.spatial_adapter_scale])
-    return custom.components, unet, sample.method
+    return custom.components, unet if custom.compiled_unet is None else custom.compiled_unet, sample.method
 
 
 def render_frames(base: BaseModels, custom: Customization | None, sample: SampleSpec, reporter: Reporter,

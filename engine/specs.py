@@ -42,6 +42,10 @@ class ModelSpec:
         precision: "auto" is fp16 on CUDA and fp32 on CPU.
         cache_dir: Hugging Face cache directory for downloads.
         local_files_only: never touch the network (offline machines).
+        enable_vae_slicing: decode a video's frames one at a time (peak memory of one frame, same output).
+        gradient_checkpointing: recompute UNet activations in backward (training within 24 GB at 512x512x16).
+        compile_unet: sample with `torch.compile`d UNets (off by default: the first video of each loaded
+            model pays the compile time; whether later ones gain is measured by `bench.real_size --compile`).
     """
 
     preset: Literal["tiny", "sd15"] = "tiny"
@@ -53,6 +57,7 @@ class ModelSpec:
     local_files_only: bool = False
     enable_vae_slicing: bool = True
     gradient_checkpointing: bool = False
+    compile_unet: bool = False
 
     def identity(self) -> dict:
         """What defines the weights (not where they run): used in manifests and cache keys."""

@@ -28,6 +28,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def worker_env(settings) -> dict[str, str]:
+    """Environment of a worker process started by a test: its settings, and one torch thread unless told
+    otherwise (the tiny preset gains nothing from more, and on a shared machine OpenMP threads spinning
+    against other processes' work made a 0.1 s sampling step take 6 s)."""
+    return {"OMP_NUM_THREADS": "1", **os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
+
+
 def wait_until(check, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,7 +101,7 @@ def settings(redis_url, s3_endpoint, tmp_path_factory):
 def worker(settings, tmp_path_factory):
     """A real Celery worker process serving both queues with one pool process."""
     log_path = tmp_path_factory.mktemp("celery") / "worker.log"
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
+    env = worker_env(settings)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [PYTHON, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q",

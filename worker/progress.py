@@ -6,7 +6,9 @@ import logging
 import threading
 import time
 
-from common.jobstore import JobStore, now
+import redis
+
+from common.jobstore import JobStore
 
 log = logging.getLogger("stillmoving.worker")
 
@@ -23,6 +25,7 @@ class JobProgress:
 
     Writes go through `JobStore.heartbeat` for this job's `attempt`: once the job is no longer ours
     (re-queued by the reaper, canceled, finished elsewhere) writes stop and `should_cancel` says True.
+    While Redis is unreachable the job goes on: writes are skipped and a cancel cannot be seen.
     """
 
     def __init__(self, store: JobStore, job_id: str, kind: str, interval_s: float, attempt: int):
@@ -31,10 +34,25 @@ class JobProgress:
         self.value = 0.0
         self.stage: str | None = None
         self.lost = False
+        self.unreachable = False
         self._last_write = 0.0
 
+    def _redis_down(self, what: str, exc: Exception) -> None:
+        if not self.unreachable:
+            log.warning("job %s: %s failed (%s); going on while Redis is unreachable", self.job_id, what,
+                        type(exc).__name__)
+        self.unreachable = True
+
     def _write(self, **fields) -> None:
-        if not self.lost and not self.store.heartbeat(self.job_id, self.attempt, **fields):
+        if self.lost:
+            return
+        try:
+            ours = self.store.heartbeat(self.job_id, self.attempt, **fields)
+        except redis.RedisError as exc:
+            self._redis_down("heartbeat", exc)
+            return
+        self.unreachable = False
+        if not ours:
             self.lost = True
             log.warning("job %s attempt %d: no longer ours, stopping", self.job_id, self.attempt)
 
@@ -46,15 +64,21 @@ class JobProgress:
         clock = time.monotonic()
         if changed or step >= total or clock - self._last_write >= self.interval_s:
             self._last_write = clock
-            self._write(stage=stage, progress=round(self.value, 4))
+            self._write(stage=stage, progress=round(self.value, 4), step=step, steps=total)
             log.info("job %s %s %d/%d (%.0f%%)", self.job_id, stage, step, total, 100 * self.value)
 
     def set_stage(self, stage: str) -> None:
         self.stage = stage
-        self._write(stage=stage)
+        self._write(stage=stage, step=None, steps=None)
 
     def should_cancel(self) -> bool:
-        return self.lost or self.store.cancel_requested(self.job_id)
+        if self.lost:
+            return True
+        try:
+            return self.store.cancel_requested(self.job_id)
+        except redis.RedisError as exc:
+            self._redis_down("cancel check", exc)
+            return False
 
 
 class Heartbeat:
@@ -71,9 +95,9 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s) and not self.progress.lost:
             try:
-                self.progress._write()
-            except Exception as exc:  # Redis briefly unreachable: try again next beat
-                log.warning("heartbeat of job %s failed: %s", self.progress.job_id, type(exc).__name__)
+                self.progress._write()  # Redis unreachable: skipped there, the next beat tries again
+            except Exception:
+                log.exception("heartbeat of job %s failed", self.progress.job_id)
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()

@@ -1,9 +1,11 @@
 """What a task does, step by step: load the job, fetch inputs, call the engine, store artifacts, finish.
 
 Runs inside the Celery pool process. Idempotent: a re-delivered job starts over in a clean directory
-and writes the same storage keys; artifacts are uploaded first and the manifest last. A running job
-holds a lease (its attempt number) and keeps it alive with a heartbeat; training saves a resume state
-to storage every ``train_checkpoint_every`` steps, and a retry continues from it.
+and writes the same storage keys; artifacts are uploaded first, the manifest after them, and the job's
+result (the keys it names) is recorded last. Storage calls retry with backoff (`RetryingStorage`); an
+outage past the retry window fails the job with ``storage_unavailable``. A running job holds a lease
+(its attempt number) and keeps it alive with a heartbeat; training saves a resume state to storage every
+``train_checkpoint_every`` steps, and a retry continues from it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import engine
 from common import storage as keys
+from common.errors import StorageUnavailable
 from common.jobstore import JobStore, now
 from common.schemas import TERMINAL, ErrorInfo, JobRecord
 from common.settings import Settings, get_settings
-from common.storage import Storage
+from common.storage import RetryingStorage
 from worker.cache import LRUCache
 from worker import train_state
 from worker.progress import Heartbeat, JobProgress
@@ -44,7 +47,8 @@ def model_spec(settings: Settings) -> engine.ModelSpec:
     return engine.ModelSpec(preset=settings.model_preset, base_model=settings.base_model_id,
                             motion_adapter=settings.motion_adapter_id, device=settings.device,
                             precision=settings.precision, cache_dir=settings.hf_cache_dir,
-                            local_files_only=settings.local_files_only)
+                            local_files_only=settings.local_files_only,
+                            gradient_checkpointing=settings.gradient_checkpointing, compile_unet=settings.compile_unet)
 
 
 def train_spec(config: dict, settings: Settings) -> engine.TrainSpec:
@@ -73,7 +77,7 @@ class Runner:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = JobStore(settings.redis_url)
-        self.storage = Storage(settings)
+        self.storage = RetryingStorage(settings)
         self.workdir = Path(settings.workdir).resolve()
         self.bases: LRUCache = LRUCache(settings.base_cache_size)
         self.customizations: LRUCache = LRUCache(settings.customization_cache_size)
@@ -161,7 +165,7 @@ class Runner:
             raise
         except engine.CancelledError:
             self.finish(job, "canceled", ErrorInfo(code="canceled", message="canceled by request"))
-        except JobFailed as exc:
+        except (JobFailed, StorageUnavailable) as exc:
             self.finish(job, "failed", ErrorInfo(code=exc.code, message=exc.message))
         except engine.EngineError as exc:
             self.finish(job, "failed", ErrorInfo(code=exc.code, message=str(exc)))

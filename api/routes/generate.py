@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep
-from api.enqueue import accepted, check_queue_limit, enqueue, new_id, replay
+from api.enqueue import accepted, enqueue, new_id, replay
 from common.errors import Conflict, NotFound, UnsupportedMediaType
 from common.jobstore import now
 from common.schemas import GenerateRequest, JobAccepted, JobRecord
@@ -18,7 +18,7 @@ router = APIRouter(tags=["generate"])
 SCOPE = "generate"
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType("POST /generate takes application/json")
 
@@ -27,8 +27,9 @@ def require_json(request: Request) -> None:
 def create_generation(body: GenerateRequest, owner: OwnerDep, settings: SettingsDep, store: StoreDep,
                       celery: CeleryDep, _json: Annotated[None, Depends(require_json)] = None,
                       idempotency_key: IdempotencyKey = None):
-    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    fingerprint = None
     if idempotency_key:
+        fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
         held = store.idempotency_reserve(owner, SCOPE, idempotency_key, settings.idempotency_ttl_s)
         if held is not None:
             return replay(store, owner, held, fingerprint)
@@ -40,10 +41,10 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
             if customization.status in ("failed", "canceled"):
                 raise Conflict(f"customization {body.customization_id!r} is {customization.status}; "
                                "it cannot be used", code="customization_failed", field="customization_id")
-        check_queue_limit(store, settings, owner)
         params = body.model_dump()
         if params["seed"] is None:
             params["seed"] = secrets.randbelow(2**32)
+        # the per-key queue limit: `enqueue` checks it atomically (no early check, nothing is streamed here)
         job = JobRecord(id=new_id("job"), kind="generate", owner=owner, created_at=now(), params=params,
                         customization_id=body.customization_id)
         enqueue(store, celery, settings, job)

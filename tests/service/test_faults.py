@@ -1,14 +1,17 @@
-"""Faults injected for real: a Celery worker SIGKILLed mid-training, jobs past their time limits,
-a worker lost for good. Each test owns its redis-server and workers (the session's stay untouched).
+"""Faults injected for real: a Celery worker SIGKILLed mid-training or mid-sampling, jobs past their time
+limits, a worker lost for good, Redis restarted under a live worker, storage killed, restarted or frozen
+(SIGSTOP) under a running job. Each test owns its servers and workers (the session's stay untouched).
 
-Lease and reaper logic against a real Redis is checked without a worker (fast); the rest is slow.
+Lease, reaper and storage-retry logic against real servers is checked without a worker (fast); the rest is slow.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,12 +20,16 @@ from common.celery_config import make_celery
 from common.jobstore import JobStore, now
 from common.schemas import JobRecord
 from tests.conftest import KEY_A, free_port, wait_until
-from tests.service.helpers import TINY_CONFIG, upload, wait_job
-from tests.service.processes import kill_group, start_redis, start_worker, stop_group
+from tests.service.helpers import TERMINAL, TINY_CONFIG, upload, wait_job
+from tests.service.processes import Moto, StorageProxy, in_group, kill_group, start_redis, start_worker, stop_group
 
 A = {"Authorization": f"Bearer {KEY_A}"}
 # No Motion Adapter: its one-off training would dominate these tests' time; the spatial training is what resumes.
 RESUMABLE = {**TINY_CONFIG, "train_steps": 60, "use_motion_adapter": False}
+# A generation whose sampling lasts seconds on the tiny preset (time to inject a fault), and a quick one.
+SLOW_VIDEO = {"prompt": "a slow one", "num_frames": 8, "height": 32, "width": 32, "steps": 60, "seed": 5,
+              "format": "gif"}
+QUICK_VIDEO = {"prompt": "x", "num_frames": 2, "height": 32, "width": 32, "steps": 1}
 
 
 @pytest.fixture
@@ -32,6 +39,32 @@ def own_redis(tmp_path):
     proc = start_redis(port, data)
     yield f"redis://127.0.0.1:{port}/0"
     stop_group(proc)
+
+
+@pytest.fixture
+def own_moto(tmp_path):
+    moto = Moto(free_port(), tmp_path / "moto.log")
+    yield moto
+    moto.stop()
+
+
+def wait_stage(api, job_id: str, stage: str, timeout: float = 120) -> dict:
+    """Poll until the job is running in `stage`; fail at once if it ended first."""
+    def check():
+        job = api.get(f"/jobs/{job_id}", headers=A).json()
+        assert job["status"] not in TERMINAL, job
+        return job if job["status"] == "running" and job["stage"] == stage else None
+
+    deadline = time.monotonic() + timeout
+    while not (job := check()):
+        assert time.monotonic() < deadline, f"job {job_id} never reached stage {stage!r}"
+        time.sleep(0.05)
+    return job
+
+
+def worker_pid(redis_url: str, job_id: str) -> int:
+    """The pid of the pool process that holds (or last held) a job, from its record."""
+    return int(JobStore(redis_url).get_job(job_id).worker.rsplit(":", 1)[1])
 
 
 def fault_settings(settings, redis_url: str, tmp_path, **update):
@@ -155,6 +188,40 @@ def test_worker_killed_during_training_resumes_from_checkpoint_on_another_worker
             stop_group(second)
 
 
+# ---- SIGKILL during sampling ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_worker_killed_during_sampling_is_rerun_by_a_live_worker(settings, own_redis, tmp_path):
+    """Two workers; the one sampling the video is SIGKILLed mid-denoise. The other's reaper sees the
+    heartbeat stop, re-queues the job, and runs it again from the start to `succeeded`."""
+    conf = fault_settings(settings, own_redis, tmp_path, heartbeat_timeout_s=3.0)
+    with ThreadPoolExecutor(2) as pool:  # start both at once: worker start-up is the slow part
+        starts = [pool.submit(start_worker, conf.model_copy(update={"workdir": tmp_path / name}),
+                              tmp_path / f"{name}.log", name) for name in ("w1", "w2")]
+        workers = [start.result() for start in starts]
+    try:
+        with TestClient(create_app(conf)) as api:
+            job_id = api.post("/generate", headers=A, json=SLOW_VIDEO).json()["job_id"]
+            wait_stage(api, job_id, "denoise")
+            holder = worker_pid(own_redis, job_id)
+            victim, survivor = workers if in_group(workers[0], holder) else workers[::-1]
+            assert in_group(victim, holder)
+            kill_group(victim)
+            killed_at = time.monotonic()
+            assert api.get(f"/jobs/{job_id}", headers=A).json()["status"] == "running"  # until the reaper looks
+
+            job = wait_job(api, A, job_id, timeout=120)
+            assert job["status"] == "succeeded" and job["attempts"] == 2, job
+            assert time.monotonic() - killed_at > conf.heartbeat_timeout_s  # re-queued for the silence, not before
+            assert in_group(survivor, worker_pid(own_redis, job_id))
+            assert f"job {job_id}: no heartbeat" in survivor.log_path.read_text()
+            assert job["result"]["seed"] == SLOW_VIDEO["seed"] and job["result"]["num_frames"] == 8
+            video = httpx.get(job["result"]["video_url"], timeout=30)
+            assert video.status_code == 200 and video.content[:6] == b"GIF89a"
+    finally:
+        for worker in workers:
+            stop_group(worker)
+
+
 # ---- time limits ----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_jobs_over_their_soft_or_hard_time_limit_fail_with_timeout(settings, checkpoints, own_redis, tmp_path):
@@ -185,18 +252,24 @@ def test_jobs_over_their_soft_or_hard_time_limit_fail_with_timeout(settings, che
 
 
 # ---- Redis and storage outages --------------------------------------------------------------------
+@pytest.mark.slow
 def test_redis_restart_503_then_recovers_and_queued_jobs_survive(settings, tmp_path):
-    """SIGKILL the API's redis-server (AOF on, as in compose): 503 + Retry-After, never 500; once a
-    redis-server is back on the same port and data dir, the API recovers by itself, queued jobs intact."""
+    """SIGKILL the redis-server (AOF on, as in compose) under the API and a live worker busy with a job:
+    503 + Retry-After, never 500; once a redis-server is back on the same port and data dir, the API
+    recovers by itself, the running job goes on (same attempt), the job queued before the restart survives
+    and runs, and the same worker process (not a new one) also runs a job submitted after the restart."""
     port, data = free_port(), tmp_path / "redis"
     data.mkdir()
     proc = start_redis(port, data, appendonly=True)
-    conf = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0", "train_queue": "outage-train",
-                                       "generate_queue": "outage-generate"})
-    gen = {"prompt": "x", "num_frames": 2, "height": 32, "width": 32, "steps": 1}
+    conf = fault_settings(settings, f"redis://127.0.0.1:{port}/0", tmp_path)
+    worker = start_worker(conf, tmp_path / "worker.log", "outage")
+    gen = {**QUICK_VIDEO, "format": "gif"}
     try:
         with TestClient(create_app(conf)) as api:
+            busy = api.post("/generate", headers=A, json={**SLOW_VIDEO, "steps": 150}).json()["job_id"]
+            wait_stage(api, busy, "denoise")
             job_id = api.post("/generate", headers=A, json=gen).json()["job_id"]
+            assert api.get(f"/jobs/{job_id}", headers=A).json()["queue_position"] == 1
             time.sleep(1.5)  # appendfsync everysec
             kill_group(proc)
             for response in (api.get(f"/jobs/{job_id}", headers=A), api.post("/generate", headers=A, json=gen),
@@ -205,12 +278,19 @@ def test_redis_restart_503_then_recovers_and_queued_jobs_survive(settings, tmp_p
                 assert response.json()["error"]["code"] == "unavailable" and int(response.headers["Retry-After"]) > 0
             proc = start_redis(port, data, appendonly=True)
             job = wait_until(lambda: api.get(f"/jobs/{job_id}", headers=A).json(), 30, "the API to recover")
-            assert job["status"] == "queued" and job["queue_position"] == 1, job
+            assert job["status"] == "queued" and job["queue_position"] == 1, job  # the worker is still busy
             assert api.get("/readyz").status_code == 200
             again = api.post("/generate", headers=A, json=gen)
             assert again.status_code == 202, again.text
             assert api.get(f"/jobs/{again.json()['job_id']}", headers=A).json()["queue_position"] == 2
+
+            for each in (busy, job_id, again.json()["job_id"]):
+                done = wait_job(api, A, each, timeout=120)
+                assert done["status"] == "succeeded" and done["attempts"] == 1, done
+                assert in_group(worker, worker_pid(conf.redis_url, each))  # the same worker process ran each
+            assert worker.poll() is None
     finally:
+        stop_group(worker)
         stop_group(proc)
 
 
@@ -234,3 +314,155 @@ def test_storage_down_upload_is_503_and_nothing_is_queued(settings, checkpoints,
             assert upload(api, A, checkpoints["lora"]).status_code == 202
     finally:
         stop_group(moto)
+
+
+# ---- storage outages on the worker side -------------------------------------------------------------
+def test_worker_storage_retries_with_backoff_then_names_the_failed_operation(settings, own_moto):
+    """The worker's storage against a real server killed and restarted (no worker; the waits are recorded)."""
+    from botocore.exceptions import ClientError
+
+    from common.errors import StorageUnavailable
+    from common.storage import RetryingStorage
+
+    conf = settings.model_copy(update={"s3_endpoint_url": own_moto.url, "s3_bucket": "retry-test",
+                                       "storage_retries": 3, "storage_backoff_s": 0.1, "storage_backoff_max_s": 0.25})
+    waits: list[float] = []
+    storage = RetryingStorage(conf, sleep=waits.append)
+    storage.ensure_bucket()
+    own_moto.kill()
+    with pytest.raises(StorageUnavailable) as failure:
+        storage.put_bytes(b"video", "videos/job_x/video.mp4")
+    assert failure.value.code == "storage_unavailable" and failure.value.status == 503
+    assert "upload of videos/job_x/video.mp4 failed after 4 attempts" in failure.value.message, failure.value.message
+    assert waits == [0.1, 0.2, 0.25]  # doubling, capped
+
+    def back_on_second_wait(delay: float) -> None:
+        waits.append(delay)
+        if len(waits) == 2:  # the server comes back (empty: moto is in memory) within the retry window
+            own_moto.restart()
+            RetryingStorage(conf).ensure_bucket()
+
+    waits.clear()
+    storage.sleep = back_on_second_wait
+    storage.put_bytes(b"video", "videos/job_x/video.mp4")
+    assert waits == [0.1, 0.2] and storage.get_bytes("videos/job_x/video.mp4") == b"video"
+    waits.clear()
+    with pytest.raises(ClientError):  # a missing object is no outage: no retry
+        storage.get_bytes("videos/job_x/missing.mp4")
+    assert waits == []
+
+
+@pytest.mark.slow
+def test_storage_restarted_within_the_retry_window_the_job_still_succeeds(settings, own_redis, own_moto, tmp_path):
+    """Storage SIGKILLed while a video is sampled: its upload fails, is retried with backoff, and succeeds
+    once a storage server is back on the same port; the job succeeds on its first attempt."""
+    conf = fault_settings(settings, own_redis, tmp_path, s3_endpoint_url=own_moto.url, storage_retries=8,
+                          storage_backoff_s=0.5, storage_backoff_max_s=4.0, storage_timeout_s=2.0)
+    worker = start_worker(conf, tmp_path / "worker.log", "storage")
+    try:
+        with TestClient(create_app(conf)) as api:
+            job_id = api.post("/generate", headers=A, json=SLOW_VIDEO).json()["job_id"]
+            wait_stage(api, job_id, "denoise")
+            own_moto.kill()
+            retrying = f"storage: upload of videos/{job_id}/"
+            wait_until(lambda: retrying in worker.log_path.read_text(), 120, "the worker to retry its upload")
+            assert api.get(f"/jobs/{job_id}", headers=A).json()["status"] == "running"
+            own_moto.restart()
+            api.app.state.storage.ensure_bucket()  # in-memory moto comes back empty
+
+            job = wait_job(api, A, job_id, timeout=60)
+            assert job["status"] == "succeeded" and job["attempts"] == 1, job
+            video = httpx.get(job["result"]["video_url"], timeout=30)
+            assert video.status_code == 200 and video.content[:6] == b"GIF89a"
+            assert httpx.get(job["result"]["poster_url"], timeout=30).content[:4] == b"\x89PNG"
+    finally:
+        stop_group(worker)
+
+
+@pytest.mark.slow
+def test_storage_down_fails_the_job_clearly_and_the_worker_goes_on(settings, checkpoints, own_redis, own_moto,
+                                                                   tmp_path):
+    """Storage frozen (SIGSTOP: requests hang) before a customization uploads its artifact: every retry times
+    out, and the job fails with `storage_unavailable` within the retry window, with no result or manifest.
+    Storage killed (connection refused): a video job fails the same way. The worker stays up and runs the
+    next job once storage is back."""
+    conf = fault_settings(settings, own_redis, tmp_path, s3_endpoint_url=own_moto.url, storage_retries=2,
+                          storage_backoff_s=0.2, storage_timeout_s=1.0, train_checkpoint_every=1000)
+    window = 3 * (2 * 1.0) + 0.2 + 0.4  # attempts x (100-continue wait + response wait, 1 s each) + the waits
+    worker = start_worker(conf, tmp_path / "worker.log", "storage")
+    try:
+        with TestClient(create_app(conf)) as api:
+            storage, store = api.app.state.storage, JobStore(conf.redis_url)
+            body = upload(api, A, checkpoints["lora"], {**RESUMABLE, "train_steps": 30}).json()
+            job_id, cus_id = body["job_id"], body["customization_id"]
+            wait_stage(api, job_id, "train")
+            own_moto.freeze()
+            wait_stage(api, job_id, "upload")
+            upload_started = time.monotonic()
+            job = wait_job(api, A, job_id, timeout=120)
+            assert time.monotonic() - upload_started < window + 5, "the job outlived its storage retry window"
+            assert job["status"] == "failed" and job["error"]["code"] == "storage_unavailable", job
+            assert f"upload of customizations/{cus_id}/" in job["error"]["message"]
+            assert "after 3 attempts" in job["error"]["message"]
+            assert job["result"] is None and store.get_job(job_id).result is None
+            customization = api.get(f"/customizations/{cus_id}", headers=A).json()
+            assert customization["status"] == "failed" and customization["error"]["code"] == "storage_unavailable"
+            assert customization["manifest"] is None and store.get_customization(cus_id).manifest_key is None
+
+            own_moto.thaw()
+            own_moto.kill()
+            video = api.post("/generate", headers=A, json=QUICK_VIDEO).json()["job_id"]
+            job = wait_job(api, A, video, timeout=60)
+            assert job["status"] == "failed" and job["error"]["code"] == "storage_unavailable", job
+            assert f"upload of videos/{video}/" in job["error"]["message"] and job["result"] is None
+
+            own_moto.restart()
+            storage.ensure_bucket()
+            assert worker.poll() is None
+            after = api.post("/generate", headers=A, json=QUICK_VIDEO).json()["job_id"]
+            job = wait_job(api, A, after, timeout=60)
+            assert job["status"] == "succeeded", job
+            assert storage.exists(store.get_job(after).result["video_key"])
+    finally:
+        stop_group(worker)
+
+
+@pytest.mark.slow
+def test_storage_failing_mid_upload_leaves_no_manifest_and_no_result(settings, checkpoints, own_redis, tmp_path):
+    """One object's upload keeps failing (a proxy in front of storage answers 503 for it: a partial outage)
+    after the objects before it were written. The job fails with `storage_unavailable`, and what would name
+    the missing object was never written: no manifest for a customization, no result for a video."""
+    proxy = StorageProxy(settings.s3_endpoint_url)
+    conf = fault_settings(settings, own_redis, tmp_path, s3_endpoint_url=proxy.url, storage_retries=2,
+                          storage_backoff_s=0.1)
+    worker = start_worker(conf, tmp_path / "worker.log", "partial")
+    try:
+        with TestClient(create_app(conf)) as api:
+            storage, store = api.app.state.storage, JobStore(conf.redis_url)
+            # the last artifact before a customization's manifest; a video's poster, written after the video
+            down = ("/spatial_adapter.safetensors", "/poster.png")
+            proxy.refuse = lambda method, path: method == "PUT" and path.endswith(down)
+            body = upload(api, A, checkpoints["lora"], {**RESUMABLE, "train_steps": 4}).json()
+            job_id, cus_id = body["job_id"], body["customization_id"]
+            job = wait_job(api, A, job_id, timeout=120)
+            prefix = f"customizations/{cus_id}/"
+            assert job["status"] == "failed" and job["error"]["code"] == "storage_unavailable", job
+            assert f"upload of {prefix}spatial_adapter.safetensors failed after 3 attempts" in job["error"]["message"]
+            assert len(proxy.refused) == 3  # each attempt reached storage
+            assert sorted(storage.list_keys(prefix)) == [prefix + name for name in (
+                "images/000.png", "images/001.png", "preview.mp4", "preview.png")]  # all before it; no manifest
+            assert job["result"] is None and store.get_job(job_id).result is None
+            customization = api.get(f"/customizations/{cus_id}", headers=A).json()
+            assert customization["status"] == "failed" and customization["manifest"] is None
+            assert store.get_customization(cus_id).manifest_key is None
+
+            video = api.post("/generate", headers=A, json=QUICK_VIDEO).json()["job_id"]
+            job = wait_job(api, A, video, timeout=60)
+            assert job["status"] == "failed" and job["error"]["code"] == "storage_unavailable", job
+            assert f"upload of videos/{video}/poster.png" in job["error"]["message"]
+            assert storage.list_keys(f"videos/{video}/") == [f"videos/{video}/video.mp4"]  # written, never named
+            assert job["result"] is None and store.get_job(video).result is None
+    finally:
+        stop_group(worker)
+        proxy.close()
+

@@ -159,8 +159,30 @@ def test_bad_tensor_values_fail_the_job_and_its_generations(client, auth_a, work
     assert_error(again, 409, "customization_failed", "customization_id")
 
 
-def test_cancel_queued_and_running(client, auth_a, worker, checkpoints):
-    long = upload(client, auth_a, checkpoints["lora"], {**TINY_CONFIG, "train_steps": 20000})
+def cancel_running(client, auth, store, job_id: str, stage: str) -> tuple[int, object]:
+    """Cancel a job a few steps into `stage`; return (step read right after the cancel call, final record)."""
+    deadline = time.monotonic() + 60
+    while (record := store.get_job(job_id)).stage != stage or (record.step or 0) < 2:
+        assert record.status == "running" or record.status == "queued", record
+        assert time.monotonic() < deadline, f"{stage} never started: {record}"
+        time.sleep(0.02)
+    response = client.post(f"/jobs/{job_id}/cancel", headers=auth)
+    assert response.status_code == 202, response.text
+    at_cancel = store.get_job(job_id).step  # the cancel flag is set by now: later steps are the job's slack
+    job = wait_job(client, auth, job_id, timeout=30)
+    assert job["status"] == "canceled" and job["error"]["code"] == "canceled" and job["result"] is None, job
+    return at_cancel, store.get_job(job_id)
+
+
+def test_cancel_queued_and_running(client, auth_a, worker, checkpoints, settings):
+    """A queued job is canceled at once and never runs; a running training and a running sampling stop
+    within one step of the cancel (the engine checks between steps), store nothing, and free the worker."""
+    from common.jobstore import JobStore
+
+    store, storage = JobStore(settings.redis_url), client.app.state.storage
+    # no Motion Adapter: its one-off training (when no earlier test stored one) is not what is canceled here
+    long = upload(client, auth_a, checkpoints["lora"], {**TINY_CONFIG, "train_steps": 20000,
+                                                        "use_motion_adapter": False})
     queued = upload(client, auth_a, checkpoints["lora"], {**TINY_CONFIG, "seed": 99})
     long_id, queued_id = long.json()["job_id"], queued.json()["job_id"]
     assert wait_job(client, auth_a, long_id, until=("running",), timeout=60)["status"] == "running"
@@ -173,21 +195,27 @@ def test_cancel_queued_and_running(client, auth_a, worker, checkpoints):
     cus = client.get(f"/customizations/{queued.json()['customization_id']}", headers=auth_a).json()
     assert cus["status"] == "canceled"
 
-    # wait until training really runs, then cancel it: it stops between two steps
-    deadline = time.monotonic() + 60
-    while client.get(f"/jobs/{long_id}", headers=auth_a).json()["stage"] != "train":
-        assert time.monotonic() < deadline, "training never started"
-        time.sleep(0.1)
-    response = client.post(f"/jobs/{long_id}/cancel", headers=auth_a)
-    assert response.status_code == 202, response.text
-    job = wait_job(client, auth_a, long_id, timeout=30)
-    assert job["status"] == "canceled" and job["error"]["code"] == "canceled"
-    assert job["progress"] < 0.9  # it did not run to the end
+    at_cancel, stopped = cancel_running(client, auth_a, store, long_id, "train")
+    assert stopped.stage == "train" and at_cancel <= stopped.step <= at_cancel + 1, (at_cancel, stopped)
+    assert stopped.steps == 20000
+    cus_id = long.json()["customization_id"]
+    assert client.get(f"/customizations/{cus_id}", headers=auth_a).json()["status"] == "canceled"
+    assert f"customizations/{cus_id}/manifest.json" not in storage.list_keys(f"customizations/{cus_id}/")
     assert client.post(f"/jobs/{long_id}/cancel", headers=auth_a).status_code == 200  # idempotent
+
+    sampling = client.post("/generate", headers=auth_a, json={"prompt": "x", "num_frames": 8, "height": 32,
+                                                               "width": 32, "steps": 150, "format": "gif"})
+    sampling_id = sampling.json()["job_id"]
+    at_cancel, stopped = cancel_running(client, auth_a, store, sampling_id, "denoise")
+    assert stopped.stage == "denoise" and at_cancel <= stopped.step <= at_cancel + 1, (at_cancel, stopped)
+    assert stopped.steps == 150 and storage.list_keys(f"videos/{sampling_id}/") == []
 
     # the canceled queued job never runs, and the worker is free again
     after = client.post("/generate", headers=auth_a,
                         json={"prompt": "x", "num_frames": 4, "height": 32, "width": 32, "steps": 1})
-    assert wait_job(client, auth_a, after.json()["job_id"])["status"] == "succeeded"
+    job = wait_job(client, auth_a, after.json()["job_id"], timeout=60)
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    assert job["started_at"] >= stopped.finished_at.isoformat().replace("+00:00", "Z")
     assert client.get(f"/jobs/{queued_id}", headers=auth_a).json()["status"] == "canceled"
+    assert store.get_job(queued_id).attempts == 0
     assert_error(client.post(f"/jobs/{after.json()['job_id']}/cancel", headers=auth_a), 409, "job_finished")
