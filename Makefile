@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,https://download.pytorch.org/whl/cpu)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo up down test test-fast clean
+.PHONY: venv demo up down test test-fast clean shapes-world shapes-bars
 
 $(VENV)/.installed: requirements/dev.lock requirements/constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Train the shapes world from nothing (seeded, 2 CPU cores, about an hour) into models/shapes/, then measure it.
+shapes-world: venv
+	$(PY) -m engine.shapes.build
+	$(PY) -m scripts.base_keys shapes
+
+shapes-bars: venv
+	$(PY) -m engine.shapes.bars
 
 clean:
 	rm -rf var out .pytest_cache

@@ -42,9 +42,10 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = 24 * 3600
 
     # Models (engine.ModelSpec / MotionAdapterSpec are built from these)
-    model_preset: Literal["tiny", "sd15"] = "tiny"
-    base_model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    motion_adapter_id: str = "guoyww/animatediff-motion-adapter-v1-5-2"
+    model_preset: Literal["shapes", "tiny", "sd15"] = "shapes"
+    base_model_id: str | None = Field(None, description="hub id or local directory (default: the preset's own: "
+                                                        "SD 1.5 for sd15, the committed world for shapes)")
+    motion_adapter_id: str | None = Field(None, description="hub id or local directory (default: the preset's own)")
     device: str = "auto"
     precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     hf_cache_dir: str | None = None

@@ -14,9 +14,9 @@ from engine.specs import ModelSpec, MotionAdapterSpec, SampleSpec, TrainSpec
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=["tiny", "sd15"], default="tiny")
-    parser.add_argument("--base-model", default=ModelSpec.base_model, help="hub id or local dir (sd15)")
-    parser.add_argument("--motion-adapter", default=ModelSpec.motion_adapter, help="hub id or local dir (sd15)")
+    parser.add_argument("--preset", choices=["shapes", "tiny", "sd15"], default=ModelSpec.preset)
+    parser.add_argument("--base-model", default=None, help="hub id or local dir (default: the preset's)")
+    parser.add_argument("--motion-adapter", default=None, help="hub id or local dir (default: the preset's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--cache-dir", default=None)
@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", default="lora", choices=["lora", "lora-kohya", "unet", "ldm"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("output", type=Path)
+    m = sub.add_parser("make-checkpoint", help="write the shapes world's customized checkpoint (two-tone `sks`)")
+    m.add_argument("--format", default="lora", choices=["lora", "lora-kohya", "unet", "ldm"])
+    m.add_argument("--no-prior-preservation", action="store_true", help="the LoRA fine-tuned without class images")
+    m.add_argument("output", type=Path)
     for p in (c, g, e):
         p.add_argument("--quiet", action="store_true")
     return parser
@@ -129,6 +133,11 @@ def run(argv: list[str] | None = None) -> int:
     try:
         if args.command == "make-tiny-checkpoint":
             print(engine.make_tiny_checkpoint(args.format, args.output, seed=args.seed))
+            return 0
+        if args.command == "make-checkpoint":
+            from engine.shapes.checkpoints import make_shapes_checkpoint
+
+            print(make_shapes_checkpoint(args.format, args.output, not args.no_prior_preservation))
             return 0
         base = engine.load_base_models(_model_spec(args), _workdir(args))
         if args.command == "customize":

@@ -38,6 +38,7 @@ class PresetDefaults:
 
 PRESET_DEFAULTS = {
     "tiny": PresetDefaults(height=32, width=32, num_frames=8, image_steps=4, sample_steps=4),
+    "shapes": PresetDefaults(height=32, width=32, num_frames=8, image_steps=25, sample_steps=25),
     "sd15": PresetDefaults(height=512, width=512, num_frames=16, image_steps=25, sample_steps=25),
 }
 
@@ -104,9 +105,10 @@ def _load_tiny(workdir: Path) -> tuple[dict, MotionAdapter]:
     return tiny_models.build_tiny_components(workdir), tiny_models.build_tiny_motion_adapter()
 
 
-def _load_sd15(spec: ModelSpec, dtype: torch.dtype) -> tuple[dict, MotionAdapter]:
+def _load_pretrained(spec: ModelSpec, dtype: torch.dtype) -> tuple[dict, MotionAdapter]:
+    """`from_pretrained` of an SD 1.5 pipeline layout and a motion adapter: hub ids or local directories."""
     kwargs = dict(cache_dir=spec.cache_dir, local_files_only=spec.local_files_only, torch_dtype=dtype)
-    src = spec.base_model
+    src, motion = spec.sources()
     try:
         components = {
             "unet": UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kwargs),
@@ -122,14 +124,16 @@ def _load_sd15(spec: ModelSpec, dtype: torch.dtype) -> tuple[dict, MotionAdapter
             "feature_extractor": None,
             "requires_safety_checker": False,
         }
-        adapter = MotionAdapter.from_pretrained(spec.motion_adapter, **kwargs)
+        adapter = MotionAdapter.from_pretrained(motion, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load base_model={src!r} / motion_adapter={spec.motion_adapter!r}: {exc}")
+        raise ModelLoadError(f"could not load base_model={src!r} / motion_adapter={motion!r}: {exc}") from exc
     return components, adapter
 
 
 def load_base_models(spec: ModelSpec, workdir: Path) -> BaseModels:
-    """Load (or build, for `tiny`) the base T2I and motion adapter onto the spec's device and dtype."""
+    """Load (or build, for `tiny`) the base T2I and motion adapter onto the spec's device and dtype.
+
+    `shapes` and `sd15` take the same path: `from_pretrained` of diffusers directories (or hub ids)."""
     if spec.preset not in PRESET_DEFAULTS:
         raise SpecError(f"preset={spec.preset!r}; expected one of {sorted(PRESET_DEFAULTS)}", field="preset")
     device, dtype = resolve_device(spec)
@@ -138,7 +142,7 @@ def load_base_models(spec: ModelSpec, workdir: Path) -> BaseModels:
     if spec.preset == "tiny":
         components, adapter = _load_tiny(workdir)
     else:
-        components, adapter = _load_sd15(spec, dtype)
+        components, adapter = _load_pretrained(spec, dtype)
     for name in ("unet", "vae", "text_encoder"):
         components[name] = place(components[name], device, dtype).eval().requires_grad_(False)
     adapter = place(adapter, device, dtype).eval().requires_grad_(False)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 Method = Literal["still-moving", "naive", "base"]
+Preset = Literal["tiny", "shapes", "sd15"]
 Precision = Literal["auto", "float32", "float16", "bfloat16"]
 SchedulerName = Literal["ddim", "euler", "dpm++", "lcm"]
 
@@ -35,9 +36,10 @@ class ModelSpec:
     """Which base T2I + motion adapter to load, and where/how to run it.
 
     Args:
-        preset: "tiny" (random weights built in code) or "sd15" (real weights).
-        base_model: hub id or local directory of an SD 1.5 diffusers pipeline (sd15 only).
-        motion_adapter: hub id or local directory of an AnimateDiff motion adapter (sd15 only).
+        preset: "shapes" (the committed world trained here, loaded like real weights), "tiny" (random
+            weights built in code, for fast tests) or "sd15" (real weights).
+        base_model: hub id or local directory of an SD 1.5 diffusers pipeline; None = the preset's own.
+        motion_adapter: hub id or local directory of an AnimateDiff motion adapter; None = the preset's own.
         device: "auto" picks CUDA when present, else CPU.
         precision: "auto" is fp16 on CUDA and fp32 on CPU.
         cache_dir: Hugging Face cache directory for downloads.
@@ -48,9 +50,9 @@ class ModelSpec:
             model pays the compile time; whether later ones gain is measured by `bench.real_size --compile`).
     """
 
-    preset: Literal["tiny", "sd15"] = "tiny"
-    base_model: str = SD15_BASE
-    motion_adapter: str = SD15_MOTION_ADAPTER
+    preset: Preset = "shapes"
+    base_model: str | None = None
+    motion_adapter: str | None = None
     device: str = "auto"
     precision: Precision = "auto"
     cache_dir: str | None = None
@@ -59,11 +61,30 @@ class ModelSpec:
     gradient_checkpointing: bool = False
     compile_unet: bool = False
 
+    def sources(self) -> tuple[str, str]:
+        """(base model, motion adapter) to load: the spec's, else the preset's own (not for `tiny`)."""
+        own = preset_sources(self.preset)
+        return self.base_model or own[0], self.motion_adapter or own[1]
+
     def identity(self) -> dict:
         """What defines the weights (not where they run): used in manifests and cache keys."""
         if self.preset == "tiny":
             return {"preset": "tiny"}
-        return {"preset": self.preset, "base_model": self.base_model, "motion_adapter": self.motion_adapter}
+        if self.preset == "shapes" and self.base_model is None and self.motion_adapter is None:
+            from engine.shapes.paths import revision
+
+            return {"preset": "shapes", "revision": revision()}
+        base, motion = self.sources()
+        return {"preset": self.preset, "base_model": base, "motion_adapter": motion}
+
+
+def preset_sources(preset: str) -> tuple[str, str]:
+    """The hub ids or committed directories a preset loads by default."""
+    if preset == "shapes":
+        from engine.shapes.paths import BASE_DIR, MOTION_DIR
+
+        return str(BASE_DIR), str(MOTION_DIR)
+    return SD15_BASE, SD15_MOTION_ADAPTER
 
 
 @dataclass(frozen=True)

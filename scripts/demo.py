@@ -1,5 +1,7 @@
-"""`make demo`: start the local stack, then as an HTTP client make a customization from a tiny checkpoint
-and a video, print each job's progress, write ``out/demo.mp4``, and stop what was started."""
+"""`make demo`: start the local stack on the `shapes` preset, then as an HTTP client upload the world's
+committed customized checkpoint (a DreamBooth LoRA: `sks` = the two-tone look), train a Still-Moving
+customization, generate a video of the customized object moving, write ``out/demo.mp4``, print what the
+world's judge reads from it (look, shape, colour, direction), and stop what was started."""
 
 from __future__ import annotations
 
@@ -15,10 +17,14 @@ import httpx
 from scripts import stack
 
 ROOT = stack.ROOT
-DEMO_ENV = {  # the tiny preset, with a small shared Motion Adapter so the demo takes about a minute on CPU
-    "STILLMOVING_MODEL_PRESET": "tiny", "STILLMOVING_MOTION_TRAIN_STEPS": "50",
-    "STILLMOVING_MOTION_NUM_IMAGES": "4", "STILLMOVING_WAIT_POLL_S": "1",
+DEMO_ENV = {  # the shapes preset, with a smaller shared Motion Adapter so the demo takes a few minutes on CPU
+    "STILLMOVING_MODEL_PRESET": "shapes", "STILLMOVING_MOTION_TRAIN_STEPS": "100",
+    "STILLMOVING_MOTION_NUM_IMAGES": "16", "STILLMOVING_WAIT_POLL_S": "1",
 }
+DEMO_CONFIG = {"name": "two-tone shapes", "prompts": ["a sks red circle", "a sks blue square", "a sks yellow triangle",
+                                                      "a sks green circle"],
+               "num_images": 8, "train_steps": 100, "seed": 0}
+DEMO_PROMPT = "a sks red square moving right"
 
 
 def wait(client: httpx.Client, job_id: str, label: str) -> dict:
@@ -40,22 +46,19 @@ def wait(client: httpx.Client, job_id: str, label: str) -> dict:
 def run_client(url: str, key: str) -> Path:
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
-    checkpoint = out / "tiny-lora.safetensors"
-    subprocess.run([sys.executable, "-m", "engine", "make-tiny-checkpoint", "--format", "lora", str(checkpoint)],
+    checkpoint = out / "shapes-dreambooth-lora.safetensors"
+    subprocess.run([sys.executable, "-m", "engine", "make-checkpoint", "--format", "lora", str(checkpoint)],
                    cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
-    print(f"made a tiny customized checkpoint: {checkpoint}")
+    print(f"the shapes world's customized T2I (DreamBooth LoRA, 'sks' = two-tone): {checkpoint}")
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-        config = {"name": "demo", "prompts": ["a photo of sks dog", "sks dog on a beach"], "num_images": 4,
-                  "train_steps": 40, "rank": 4, "num_frames": 8, "height": 32, "width": 32, "seed": 0}
         with open(checkpoint, "rb") as handle:
             response = client.post("/customizations", files={"checkpoint": (checkpoint.name, handle)},
-                                   data={"config": json.dumps(config)})
+                                   data={"config": json.dumps(DEMO_CONFIG)})
         response.raise_for_status()
         accepted = response.json()
         print(f"POST /customizations -> {response.status_code} {accepted}")
         wait(client, accepted["job_id"], "customize")
-        request = {"customization_id": accepted["customization_id"], "prompt": "sks dog running on a beach",
-                   "num_frames": 16, "height": 64, "width": 64, "steps": 8, "seed": 42, "fps": 8}
+        request = {"customization_id": accepted["customization_id"], "prompt": DEMO_PROMPT, "seed": 42, "fps": 4}
         response = client.post("/generate", json=request).raise_for_status()
         print(f"POST /generate -> {response.status_code} {response.json()}")
         job = wait(client, response.json()["job_id"], "generate")
@@ -63,7 +66,20 @@ def run_client(url: str, key: str) -> Path:
     target = out / "demo.mp4"
     target.write_bytes(video)
     print(f"wrote {target} ({len(video)} bytes, seed {job['result']['seed']}, timings {job['result']['timings']})")
+    describe(target)
     return target
+
+
+def describe(video: Path) -> dict:
+    """Print what the shapes world's judge reads from the video: look, shape, colour, direction of motion."""
+    from engine.shapes.judge import read_video_file
+
+    read = read_video_file(video)
+    m, track = read["majority"], read["track"]
+    print(f"the judge reads {DEMO_PROMPT!r} as: a {m['colour']} {m['shape']}, two-tone in "
+          f"{round(read['look_two_tone'] * read['frames'])}/{read['frames']} frames, moving {track['direction']} "
+          f"(centroid moved {track['displacement']} px)")
+    return read
 
 
 def main() -> None:

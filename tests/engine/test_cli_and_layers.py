@@ -25,12 +25,13 @@ def test_cli_customize_then_generate_writes_an_mp4_of_the_asked_size(tmp_path):
     made = run_engine("make-tiny-checkpoint", "--format", "ldm", "ck.safetensors", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     cust = run_engine("customize", "ck.safetensors", "--prompt", "a sks toy", "--out", "cust", "--num-images", "2",
-                      "--train-steps", "3", "--motion-steps", "2", "--motion-images", "2", "--quiet", cwd=tmp_path)
+                      "--train-steps", "3", "--motion-steps", "2", "--motion-images", "2", "--preset", "tiny", "--quiet",
+                      cwd=tmp_path)
     assert cust.returncode == 0, cust.stderr
     assert json.loads(cust.stdout.strip().splitlines()[-1])["out"] == "cust"
     gen = run_engine("generate", "--customization", "cust", "--checkpoint", "ck.safetensors", "--prompt", "a sks toy",
                      "-o", "out/v.mp4", "--frames", "6", "--height", "48", "--width", "40", "--steps", "2",
-                     "--quiet", cwd=tmp_path)
+                     "--preset", "tiny", "--quiet", cwd=tmp_path)
     assert gen.returncode == 0, gen.stderr
     frames = read_video(tmp_path / "out" / "v.mp4")
     assert frames.shape == (6, 48, 40, 3)
@@ -39,7 +40,8 @@ def test_cli_customize_then_generate_writes_an_mp4_of_the_asked_size(tmp_path):
 
 def test_cli_reports_bad_input_with_exit_code_2(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
-    result = run_engine("customize", "bad.safetensors", "--prompt", "x", "--out", "c", "--quiet", cwd=tmp_path)
+    result = run_engine("customize", "bad.safetensors", "--prompt", "x", "--out", "c", "--preset", "tiny", "--quiet",
+                        cwd=tmp_path)
     assert result.returncode == 2
     assert "invalid_checkpoint" in result.stderr
     result = run_engine("generate", "--prompt", "x", "-o", "v.mp4", "--height", "30", "--quiet", cwd=tmp_path)
@@ -55,6 +57,7 @@ def test_importing_engine_loads_no_web_or_queue_stack():
 
 @pytest.mark.parametrize("fmt", ["gif", "mp4"])
 def test_generate_writes_requested_format(tmp_path, fmt):
+    """On the default preset (the committed shapes world)."""
     result = run_engine("generate", "--prompt", "x", "-o", f"v.{fmt}", "--frames", "4", "--steps", "1", "--quiet",
                         cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -41,7 +41,7 @@ def test_real_size_sd15_adapter_targets_and_single_file_conversion(tmp_path):
     from engine.models import BaseModels, PRESET_DEFAULTS, build_motion_unet
     from engine.checkpoints import _load_ldm
     from engine.real_size import build_sd15, load_config
-    from engine.tiny_checkpoints import diffusers_unet_to_ldm
+    from engine.checkpoint_formats import diffusers_unet_to_ldm
 
     modules = build_sd15()
     unet2d = modules["unet"]
@@ -50,7 +50,7 @@ def test_real_size_sd15_adapter_targets_and_single_file_conversion(tmp_path):
     config_dir.mkdir()
     (config_dir / "config.json").write_text(json.dumps(load_config("unet")))
 
-    ldm = diffusers_unet_to_ldm(unet2d.state_dict(), 2, 4)
+    ldm = diffusers_unet_to_ldm(unet2d.state_dict(), 2)
     assert "model.diffusion_model.input_blocks.1.1.proj_in.weight" in ldm
     assert "model.diffusion_model.output_blocks.2.1.conv.weight" in ldm
     target = build_sd15(seed=1)["unet"]

@@ -1,0 +1,45 @@
+"""Training sets of the shapes world, drawn from the generator with fixed seeds (tensors in [-1, 1])."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.shapes import world
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1.0
+    return x.movedim(-1, -3)
+
+
+def vae_images(n: int, seed: int) -> torch.Tensor:
+    """60% plain world objects, 40% generic textures (any stripe angle, period, colour) -> (n, 3, H, W)."""
+    rng = np.random.default_rng(seed)
+    frames = [world.texture_sample(rng) if rng.random() < 0.4 else world.image_sample(rng).frames[0]
+              for _ in range(n)]
+    return to_tensor(np.stack(frames))
+
+
+def captioned_images(n: int, seed: int, motion_phrase_p: float = 0.5) -> tuple[torch.Tensor, list[str]]:
+    """Base-world stills and captions; with probability `motion_phrase_p` a random motion phrase is appended
+    (a still frame fits any direction), so the T2I reads video captions without leaving its distribution."""
+    rng = np.random.default_rng(seed)
+    frames, captions = [], []
+    for _ in range(n):
+        sample = world.image_sample(rng)
+        sc = sample.scene
+        caption = world.image_caption(sc.shape, sc.colour)
+        if rng.random() < motion_phrase_p:
+            caption += " " + world.motion_phrase(list(world.DIRECTIONS)[rng.integers(len(world.DIRECTIONS))])
+        frames.append(sample.frames[0])
+        captions.append(caption)
+    return to_tensor(np.stack(frames)), captions
+
+
+def captioned_videos(n: int, seed: int, num_frames: int = world.NUM_FRAMES) -> tuple[torch.Tensor, list[str]]:
+    """Moving-object videos (n, F, 3, H, W) with their captions; directions uniform, 'still' included."""
+    rng = np.random.default_rng(seed)
+    samples = [world.video_sample(rng, num_frames=num_frames) for _ in range(n)]
+    return to_tensor(np.stack([s.frames for s in samples])), [s.caption for s in samples]

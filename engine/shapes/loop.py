@@ -1,0 +1,57 @@
+"""What the shapes trainers share: seeded AdamW with warmup + cosine decay, an EMA copy, timed logging."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+
+
+def optimizer(params, lr: float, steps: int, warmup: int = 100, weight_decay: float = 0.0):
+    """AdamW and a LambdaLR: linear warmup then cosine decay to 10% of `lr`."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (what is saved: smoother than the last step)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for mine, theirs in zip(self.module.parameters(), module.parameters()):
+            mine.lerp_(theirs.detach(), 1 - decay)
+
+
+class Log:
+    """Prints a line every `every` steps with the running mean loss and the elapsed time."""
+
+    def __init__(self, name: str, steps: int, every: int = 100):
+        self.name, self.steps, self.every = name, steps, every
+        self.start, self.window, self.curve = time.time(), [], []
+
+    def __call__(self, step: int, loss: float, extra: str = "") -> None:
+        self.window.append(loss)
+        if (step + 1) % self.every == 0 or step + 1 == self.steps:
+            mean = sum(self.window) / len(self.window)
+            self.curve.append(round(mean, 6))
+            self.window = []
+            print(f"[{self.name}] step {step + 1}/{self.steps} loss {mean:.5f} {extra}"
+                  f"({time.time() - self.start:.0f} s)", flush=True)
+
+    @property
+    def seconds(self) -> float:
+        return round(time.time() - self.start, 1)

@@ -1,0 +1,106 @@
+"""Stage 4: the world's T2V, a diffusers `MotionAdapter` trained on moving-object videos with the T2I
+frozen (AnimateDiff's recipe): `UNetMotionModel.from_unet2d(unet, adapter)` then animates the T2I.
+
+Each motion module's output projection starts at zero (as in AnimateDiff), so training starts from the
+T2I applied frame by frame. Only motion-module parameters get gradients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AnimateDiffPipeline, DDIMScheduler, DDPMScheduler, MotionAdapter, UNetMotionModel
+
+from engine.shapes import data, judge as judge_mod, loop, world
+from engine.shapes.architecture import MOTION_CONFIG
+from engine.shapes.train_unet import CAPTION_DROPOUT, embed, encode_latents
+
+
+def fresh_adapter(seed: int) -> MotionAdapter:
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(**MOTION_CONFIG)
+    with torch.no_grad():
+        for name, module in adapter.named_modules():
+            if name.endswith("proj_out"):
+                module.weight.zero_()
+                module.bias.zero_()
+    return adapter
+
+
+def extract_adapter(unet: UNetMotionModel) -> MotionAdapter:
+    """The motion modules of a trained `UNetMotionModel` as a `MotionAdapter` (what `save_motion_modules` saves)."""
+    adapter = MotionAdapter(**MOTION_CONFIG)
+    adapter.load_state_dict({k: v for k, v in unet.state_dict().items() if "motion_modules" in k})
+    return adapter.eval()
+
+
+def motion_check(parts: dict, unet: UNetMotionModel, judge, per_direction: int = 4, seed: int = 0,
+                 steps: int = 25, guidance_scale: float = 7.5) -> dict:
+    """Sample videos of every direction and let the judge's centroid track say whether they move as named."""
+    pipe = AnimateDiffPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                               unet=unet, scheduler=DDIMScheduler.from_config(parts["scheduler"].config),
+                               motion_adapter=None)
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(seed)
+    scenes = [world.random_scene(rng, direction=d) for d in world.DIRECTIONS for _ in range(per_direction)]
+    prompts = [world.video_caption(s) for s in scenes]
+    frames = pipe(prompts, num_frames=world.NUM_FRAMES, num_inference_steps=steps, guidance_scale=guidance_scale,
+                  height=world.SIZE, width=world.SIZE, output_type="np",
+                  generator=torch.Generator().manual_seed(seed)).frames
+    frames = (np.asarray(frames) * 255).round().astype(np.uint8)
+    ok, one = [], []
+    for scene, video in zip(scenes, frames):
+        read = judge.read(video)
+        ok.append(judge_mod.moves_as_named(read["centroid"], scene.direction))
+        one.extend(n == 1 for n in read["objects"])
+    by_dir = {d: float(np.mean(ok[i * per_direction:(i + 1) * per_direction])) for i, d in enumerate(world.DIRECTIONS)}
+    return {"direction_agrees": float(np.mean(ok)), "one_object": float(np.mean(one)), "by_direction": by_dir}
+
+
+def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: float = 3e-4, seed: int = 5,
+                 num_videos: int = 6000, judge=None, eval_every: int = 1000) -> tuple[MotionAdapter, dict]:
+    """Train the motion modules over the frozen T2I; return the adapter and metrics."""
+    steps = steps or 3000
+    videos, captions = data.captioned_videos(num_videos if steps > 10 else 32, seed)
+    n, f = videos.shape[:2]
+    latents = encode_latents(parts["vae"], videos.flatten(0, 1)).unflatten(0, (n, f)).transpose(1, 2).contiguous()
+    del videos
+    drop = np.random.default_rng(seed).random(n) < CAPTION_DROPOUT
+    captions = ["" if d else c for c, d in zip(captions, drop)]
+    table, rows = embed(parts["text_encoder"], parts["tokenizer"], captions)
+    unet = UNetMotionModel.from_unet2d(parts["unet"], fresh_adapter(seed))
+    unet.requires_grad_(False)
+    params = [p for name, p in unet.named_parameters() if "motion_modules" in name]
+    for p in params:
+        p.requires_grad_(True)
+    noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
+    opt, sched = loop.optimizer(params, lr, steps, warmup=100)
+    log = loop.Log("motion", steps)
+    checks = []
+    gen = torch.Generator().manual_seed(seed)
+    unet.train()
+    for step in range(steps):
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        cond = table[rows[idx]].repeat_interleave(f, dim=0)
+        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        log(step, float(loss.detach()))
+        if judge is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            unet.eval()
+            check = motion_check(parts, unet, judge) | {"step": step + 1}
+            unet.train()
+            checks.append(check)
+            print(f"[motion] at {step + 1}: {check}", flush=True)
+    unet.eval()
+    return extract_adapter(unet), {"steps": steps, "batch": batch, "lr": lr, "num_videos": num_videos,
+                                   "seconds": log.seconds, "loss_curve": log.curve, "motion_checks": checks,
+                                   "parameters": sum(p.numel() for p in params)}

@@ -1,0 +1,106 @@
+"""Stage 3: the world's T2I, a `UNet2DConditionModel` trained from nothing on captioned generator stills.
+
+Latents and caption embeddings are computed once up front (the VAE and text encoder are frozen, as in
+SD), captions are dropped 10% of the time so classifier-free guidance works, and an EMA of the weights
+is what gets saved. With a judge at hand, shape and colour adherence are measured as training goes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+from engine.shapes import data, loop, world
+from engine.shapes.architecture import UNET_CONFIG
+
+CAPTION_DROPOUT = 0.1
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> scaled latent means (N, 4, h, w)."""
+    out = [vae.encode(pixels[i:i + batch]).latent_dist.mean for i in range(0, len(pixels), batch)]
+    return torch.cat(out) * vae.config.scaling_factor
+
+
+def embed(text_encoder, tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique caption embeddings (U, seq, dim) and each caption's row in them (N,)."""
+    unique = list(dict.fromkeys(captions))
+    ids = tokenizer(unique, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        table = text_encoder(ids)[0]
+    row = {c: i for i, c in enumerate(unique)}
+    return table, torch.tensor([row[c] for c in captions])
+
+
+def conditioning_check(parts: dict, unet, judge, per_prompt: int = 3, seed: int = 0, steps: int = 25,
+                       guidance_scale: float = 7.5) -> dict:
+    """Sample every (shape, colour) prompt and let the judge read shape and colour."""
+    pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                                   unet=unet, scheduler=DDIMScheduler.from_config(parts["scheduler"].config),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    combos = [(s, c) for s in world.SHAPES for c in world.COLOURS] * per_prompt
+    prompts = [world.image_caption(s, c) for s, c in combos]
+    images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np",
+                  generator=torch.Generator().manual_seed(seed), height=world.SIZE, width=world.SIZE).images
+    read = judge.read((images * 255).round().astype(np.uint8))
+    return {"shape": float(np.mean([r == s for r, (s, _) in zip(read["shape"], combos)])),
+            "colour": float(np.mean([r == c for r, (_, c) in zip(read["colour"], combos)])),
+            "one_object": float(np.mean([n == 1 for n in read["objects"]])), "samples": len(combos)}
+
+
+def train_unet(parts: dict, steps: int | None = None, batch: int = 64, lr: float = 4e-4, seed: int = 3,
+               num_images: int = 40000, judge=None, eval_every: int = 1000,
+               train_text_encoder: bool = False) -> tuple[UNet2DConditionModel, dict]:
+    """Train the T2I; returns the EMA UNet and metrics (loss curve, conditioning checks, seconds)."""
+    steps = steps or 7000
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    pixels, captions = data.captioned_images(num_images if steps > 10 else 256, seed)
+    latents = encode_latents(parts["vae"], pixels)
+    del pixels
+    captions = [c if r >= CAPTION_DROPOUT else "" for c, r in zip(captions, np.random.default_rng(seed).random(len(captions)))]
+    text_encoder, tokenizer = parts["text_encoder"], parts["tokenizer"]
+    table, rows = embed(text_encoder, tokenizer, captions)
+    params = list(unet.parameters())
+    if train_text_encoder:
+        text_encoder.train().requires_grad_(True)
+        params += list(text_encoder.parameters())
+        unique = list(dict.fromkeys(captions))
+        unique_ids = tokenizer(unique, padding="max_length", max_length=tokenizer.model_max_length,
+                               return_tensors="pt").input_ids
+    noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
+    opt, sched = loop.optimizer(params, lr, steps, warmup=200)
+    ema = loop.EMA(unet, 0.999)
+    log = loop.Log("unet", steps)
+    checks = []
+    gen = torch.Generator().manual_seed(seed)
+    unet.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(latents), (batch,), generator=gen)
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        cond = text_encoder(unique_ids[rows[idx]])[0] if train_text_encoder else table[rows[idx]]
+        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.update(unet, step)
+        log(step, float(loss.detach()))
+        if judge is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            check = conditioning_check(parts, ema.module, judge) | {"step": step + 1}
+            checks.append(check)
+            print(f"[unet] conditioning at {step + 1}: {check}", flush=True)
+    text_encoder.eval().requires_grad_(False)
+    return ema.module, {"steps": steps, "batch": batch, "lr": lr, "num_images": num_images,
+                        "caption_dropout": CAPTION_DROPOUT, "train_text_encoder": train_text_encoder,
+                        "seconds": log.seconds, "loss_curve": log.curve, "conditioning_checks": checks,
+                        "parameters": sum(p.numel() for p in unet.parameters())}
