@@ -78,6 +78,8 @@ class GenerateRequest(BaseModel):
     format: Literal["mp4", "gif"] = "mp4"
     spatial_adapter_scale: float = Field(1.0, ge=-2, le=2)
     method: Method | None = Field(None, description="default: still-moving with a customization, else base")
+    motion_adapter_scale: float = Field(0.0, ge=-2, le=2, description="the customization's Motion Adapter at sampling: "
+                                        "0 = removed (Still-Moving), 1 = static videos, negative = more motion")
 
     @field_validator("height", "width")
     @classmethod
@@ -98,6 +100,15 @@ class GenerateRequest(BaseModel):
         elif self.method != "base" and not self.customization_id:
             raise ValueError(f"method={self.method!r} needs a customization_id")
         return self
+
+    @field_validator("motion_adapter_scale")
+    @classmethod
+    def _motion_scale(cls, value: float, info):
+        method = info.data.get("method") or ("still-moving" if info.data.get("customization_id") else "base")
+        if value and method == "base":
+            raise ValueError("needs a customization_id and a method other than base (the Motion Adapter is the "
+                             "customization's)")
+        return value
 
 
 class ErrorInfo(BaseModel):

@@ -2,7 +2,7 @@
 
 A plain library: it imports neither FastAPI nor Celery and never reads the environment.
 
-    base = load_base_models(ModelSpec(preset="tiny"), workdir)
+    base = load_base_models(ModelSpec(preset="shapes"), workdir)
     manifest = customize(base, "lora.safetensors", TrainSpec(prompts=("a sks dog",)), out_dir, cache_dir)
     custom = load_customization(base, out_dir, "lora.safetensors")
     result = generate(base, custom, SampleSpec(prompt="a sks dog running"), video_dir)
@@ -13,7 +13,7 @@ from engine.checkpoints import CheckpointInfo, inspect_checkpoint
 from engine.customize import customize
 from engine.errors import CancelledError, CheckpointError, EngineError, ModelLoadError, SpecError
 from engine.models import BaseModels, load_base_models
-from engine.motion_adapter import motion_adapter_key
+from engine.motion_adapter import ADAPTER_FILE as MOTION_ADAPTER_FILE, motion_adapter_key
 from engine.sampling import generate
 from engine.specs import MotionAdapterSpec, ModelSpec, SampleSpec, TrainSpec
 from engine.tiny_checkpoints import make_tiny_checkpoint
@@ -22,5 +22,5 @@ __all__ = [
     "BaseModels", "CancelledError", "CheckpointError", "CheckpointInfo", "Customization", "EngineError",
     "ModelLoadError", "ModelSpec", "MotionAdapterSpec", "SampleSpec", "SpecError", "TrainSpec", "customize",
     "generate", "inspect_checkpoint", "load_base_models", "load_customization", "make_tiny_checkpoint",
-    "motion_adapter_key", "read_manifest",
+    "MOTION_ADAPTER_FILE", "motion_adapter_key", "read_manifest",
 ]

@@ -66,8 +66,13 @@ def read_manifest(directory: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_customization(base: BaseModels, directory: Path, checkpoint_path: Path) -> Customization:
+def load_customization(base: BaseModels, directory: Path, checkpoint_path: Path,
+                       motion_adapter: Path | None = None) -> Customization:
     """Rebuild a customization: inject the checkpoint, inflate to AnimateDiff, attach the spatial adapter.
+
+    Args:
+        motion_adapter: the Motion Adapter file the customization was trained with (the cached one its
+            manifest names); attached inactive, for sampling at `SampleSpec.motion_adapter_scale` != 0.
 
     Raises:
         CheckpointError: the checkpoint's hash differs from the one the manifest records.
@@ -84,6 +89,9 @@ def load_customization(base: BaseModels, directory: Path, checkpoint_path: Path)
     _, components = load_customized_t2i(base.components, checkpoint_path, base.unet_config_dir)
     unet = build_motion_unet(base, components["unet"])
     adapters.load_adapter(unet, adapters.SPATIAL, directory / SPATIAL_ADAPTER)
+    if motion_adapter is not None:
+        adapters.load_adapter(unet, adapters.MOTION, motion_adapter)
+        adapters.activate(unet, [adapters.SPATIAL])
     compiled = compile_unet(unet) if base.spec.compile_unet else None
     return Customization(manifest=manifest, components=components, unet=unet, directory=directory,
                          compiled_unet=compiled)

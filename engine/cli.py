@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--fps", type=int, default=8)
     g.add_argument("--scale", type=float, default=1.0, help="spatial adapter scale")
+    g.add_argument("--motion-scale", type=float, default=0.0,
+                   help="Motion Adapter scale (0 = removed, 1 = static, < 0 = more motion); needs --motion-cache")
+    g.add_argument("--motion-cache", type=Path, default=Path(".cache/motion-adapters"),
+                   help="where `customize` cached the Motion Adapter")
     g.add_argument("--scheduler", default="ddim", choices=["ddim", "euler", "dpm++"])
     _model_args(g)
 
@@ -163,12 +167,16 @@ def run(argv: list[str] | None = None) -> int:
         if args.customization is not None:
             if args.checkpoint is None:
                 raise engine.SpecError("--checkpoint is required with --customization", field="checkpoint")
-            custom = engine.load_customization(base, args.customization, args.checkpoint)
+            key = (engine.read_manifest(args.customization).get("motion_adapter") or {}).get("key")
+            motion_file = args.motion_cache / key / engine.MOTION_ADAPTER_FILE if key else None
+            custom = engine.load_customization(base, args.customization, args.checkpoint,
+                                               motion_file if motion_file and motion_file.exists() else None)
         fmt = args.output.suffix.lstrip(".") or "mp4"
         sample = SampleSpec(prompt=args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames,
                             height=args.height, width=args.width, steps=args.steps,
                             guidance_scale=args.guidance_scale, seed=args.seed, fps=args.fps, format=fmt,
-                            spatial_adapter_scale=args.scale, method=args.method, scheduler=args.scheduler)
+                            spatial_adapter_scale=args.scale, motion_adapter_scale=args.motion_scale,
+                            method=args.method, scheduler=args.scheduler)
         result = engine.generate(base, custom, sample, args.output.parent or Path("."),
                                  progress=_printer(args.quiet), stem=args.output.stem)
         print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}))

@@ -16,7 +16,7 @@ from engine.artifact import SPATIAL_ADAPTER, Customization, versions, write_mani
 from engine.checkpoints import file_sha256, load_customized_t2i
 from engine.errors import SpecError
 from engine.models import BaseModels, build_motion_unet, make_training_scheduler
-from engine.motion_adapter import ensure_motion_adapter, motion_adapter_key, resolved_size
+from engine.motion_adapter import ensure_motion_adapter, motion_adapter_key, motion_prompts, resolved_size
 from engine.progress import Reporter
 from engine.sampling import render_frames
 from engine.specs import SampleSpec, TrainSpec
@@ -152,6 +152,7 @@ def customize(
         "motion_adapter": {
             "used": motion_path is not None,
             "key": motion_adapter_key(base, train) if motion_path is not None else None,
+            "prompts": list(motion_prompts(base, train)),
             "trained_now": trained_now,
         },
         "spatial_adapter": {"file": SPATIAL_ADAPTER, "sha256": file_sha256(out_dir / SPATIAL_ADAPTER),

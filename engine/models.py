@@ -22,23 +22,32 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from engine import tiny_models
 from engine.errors import ModelLoadError, SpecError
-from engine.specs import ModelSpec
+from engine.specs import GENERIC_MOTION_PROMPTS, ModelSpec
 
 
 @dataclass(frozen=True)
 class PresetDefaults:
-    """Per-preset defaults for sizes and step counts (0 in a spec means "use these")."""
+    """Per-preset defaults for sizes and step counts (0 in a spec means "use these"), and the generic prompts
+    whose base-T2I stills train the shared Motion Adapter (they must describe the base's own world)."""
 
     height: int
     width: int
     num_frames: int
     image_steps: int
     sample_steps: int
+    motion_prompts: tuple[str, ...] = GENERIC_MOTION_PROMPTS
+
+
+def _shapes_class_prompts() -> tuple[str, ...]:
+    from engine.shapes import world
+
+    return tuple(world.image_caption(s, c) for s in world.SHAPES for c in world.COLOURS)
 
 
 PRESET_DEFAULTS = {
     "tiny": PresetDefaults(height=32, width=32, num_frames=8, image_steps=4, sample_steps=4),
-    "shapes": PresetDefaults(height=32, width=32, num_frames=8, image_steps=25, sample_steps=25),
+    "shapes": PresetDefaults(height=32, width=32, num_frames=8, image_steps=25, sample_steps=25,
+                             motion_prompts=_shapes_class_prompts()),
     "sd15": PresetDefaults(height=512, width=512, num_frames=16, image_steps=25, sample_steps=25),
 }
 

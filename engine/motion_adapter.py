@@ -23,8 +23,19 @@ META_FILE = "meta.json"
 
 def motion_adapter_key(base: BaseModels, train: TrainSpec) -> str:
     """Cache key of the Motion Adapter that `customize(base, …, train)` uses."""
+    return train.motion.cache_key(base.spec, stills_inputs(base, train))
+
+
+def stills_inputs(base: BaseModels, train: TrainSpec) -> dict:
+    """Everything that shapes the Motion Adapter's training stills (and so the adapter) besides its own settings."""
     size = resolved_size(base, train)
-    return train.motion.cache_key(base.spec, size["height"], size["width"], size["num_frames"])
+    return {"size": [size["num_frames"], size["height"], size["width"]], "prompts": list(motion_prompts(base, train)),
+            "image_steps": size["image_steps"], "image_guidance_scale": train.image_guidance_scale}
+
+
+def motion_prompts(base: BaseModels, train: TrainSpec) -> tuple[str, ...]:
+    """The spec's generic prompts, else the preset's (stills of the base's own world)."""
+    return train.motion.prompts or base.defaults.motion_prompts
 
 
 def resolved_size(base: BaseModels, train: TrainSpec) -> dict[str, int]:
@@ -47,7 +58,7 @@ def ensure_motion_adapter(base: BaseModels, train: TrainSpec, cache_dir: Path, r
         return target / ADAPTER_FILE, False
     spec, size = train.motion, resolved_size(base, train)
     stills = frozen_videos.sample_stills(
-        base.components, spec.prompts, spec.num_images, spec.seed, size["height"], size["width"],
+        base.components, motion_prompts(base, train), spec.num_images, spec.seed, size["height"], size["width"],
         size["image_steps"], train.image_guidance_scale, "", reporter, stage="motion_adapter_images",
     )
     data = TrainData(
@@ -63,8 +74,9 @@ def ensure_motion_adapter(base: BaseModels, train: TrainSpec, cache_dir: Path, r
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{key}-"))
     adapters.save_adapter(unet, adapters.MOTION, config, staging / ADAPTER_FILE)
+    settings = _jsonable(spec) | {"prompts": list(motion_prompts(base, train))}
     (staging / META_FILE).write_text(json.dumps({"key": key, "model": base.spec.identity(), "size": size,
-                                                 "settings": _jsonable(spec), "losses": result.losses}))
+                                                 "settings": settings, "losses": result.losses}))
     if target.exists():
         shutil.rmtree(staging)  # another job wrote it meanwhile; keep the first
     else:

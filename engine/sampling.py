@@ -32,22 +32,34 @@ def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
         raise SpecError(f"format={sample.format!r}; expected 'mp4' or 'gif'", field="format")
     if sample.method not in ("still-moving", "naive", "base"):
         raise SpecError(f"method={sample.method!r}; expected still-moving, naive or base", field="method")
+    if sample.motion_adapter_scale and sample.method == "base":
+        raise SpecError("motion_adapter_scale needs a customization (its Motion Adapter); the base method has none",
+                        field="motion_adapter_scale")
     return values
 
 
 def _pick_model(base: BaseModels, custom: Customization | None, sample: SampleSpec):
-    """Return (components, the UNet to call, method used) and set the adapters for the requested method.
+    """Return (components, the UNet to call, method used) and set the adapters for the requested method:
+    Still-Moving's Spatial Adapters (off for naive injection) and, at a non-zero `motion_adapter_scale`,
+    the Motion Adapter (1 = the static videos it was trained for, negative = more motion than the base).
 
     The UNet to call is the `torch.compile`d one when the base's spec asks for it (`ModelSpec.compile_unet`).
     """
     if custom is None or sample.method == "base":
         return base.components, base.sampling_forward(), "base"
     unet = custom.unet
-    if sample.method == "naive":
-        unet.disable_adapters()
-    else:
+    names, weights = ([] if sample.method == "naive" else [adapters.SPATIAL]), []
+    weights = [sample.spatial_adapter_scale] * len(names)
+    if sample.motion_adapter_scale:
+        if adapters.MOTION not in getattr(unet, "peft_config", {}):
+            raise SpecError("motion_adapter_scale: this customization has no Motion Adapter loaded (trained "
+                            "without one, or its file was not given)", field="motion_adapter_scale")
+        names, weights = names + [adapters.MOTION], weights + [sample.motion_adapter_scale]
+    if names:
         unet.enable_adapters()
-        adapters.activate(unet, [adapters.SPATIAL], [sample.spatial_adapter_scale])
+        adapters.activate(unet, names, weights)
+    else:
+        unet.disable_adapters()
     return custom.components, unet if custom.compiled_unet is None else custom.compiled_unet, sample.method
 
 

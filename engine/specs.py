@@ -95,12 +95,13 @@ class MotionAdapterSpec:
     learning_rate: float = 1e-4
     train_steps: int = 300
     num_images: int = 16
-    prompts: tuple[str, ...] = GENERIC_MOTION_PROMPTS
+    prompts: tuple[str, ...] = ()  # generic prompts of the base's world; () = the preset's (`PresetDefaults`)
     seed: int = 1234
 
-    def cache_key(self, model: ModelSpec, height: int, width: int, num_frames: int) -> str:
-        """Stable key of (base model, adapter settings): customizations on one base share it."""
-        payload = {"model": model.identity(), "adapter": asdict(self), "size": [num_frames, height, width]}
+    def cache_key(self, model: ModelSpec, stills: dict) -> str:
+        """Stable key of (base model, adapter settings, how its training stills are made): customizations on one
+        base share it. `stills`: the resolved size, prompts, image steps and guidance (`motion_adapter.stills_inputs`)."""
+        payload = {"model": model.identity(), "adapter": asdict(self) | {"prompts": None}, "stills": stills}
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         return digest[:24]
 
@@ -148,6 +149,6 @@ class SampleSpec:
     fps: int = 8
     format: Literal["mp4", "gif"] = "mp4"
     spatial_adapter_scale: float = 1.0
-    motion_adapter_scale: float = 0.0
+    motion_adapter_scale: float = 0.0  # 0 = removed (Still-Moving's test time), 1 = static, < 0 = more motion
     method: Method = "still-moving"
     scheduler: SchedulerName = "ddim"

@@ -68,7 +68,7 @@ def sample_spec(params: dict) -> engine.SampleSpec:
         num_frames=params.get("num_frames") or 0, height=params.get("height") or 0, width=params.get("width") or 0,
         steps=params.get("steps") or 0, guidance_scale=params["guidance_scale"], seed=params["seed"],
         fps=params["fps"], format=params["format"], spatial_adapter_scale=params["spatial_adapter_scale"],
-        method=params["method"])
+        motion_adapter_scale=params.get("motion_adapter_scale", 0.0), method=params["method"])
 
 
 class Runner:
@@ -117,7 +117,12 @@ class Runner:
             for name in ("spatial_adapter.safetensors", "manifest.json"):
                 if not (directory / name).exists():
                     self.storage.get_file(prefix + name, directory / name)
-            return engine.load_customization(base, directory, self.checkpoint(record.checkpoint_sha256))
+            motion = engine.read_manifest(directory).get("motion_adapter") or {}
+            motion_file = None
+            if motion.get("key"):  # the cached Motion Adapter it was trained with: for motion_adapter_scale != 0
+                motion_file = self.motion_cache(motion["key"]) / motion["key"] / engine.MOTION_ADAPTER_FILE
+            return engine.load_customization(base, directory, self.checkpoint(record.checkpoint_sha256),
+                                             motion_file if motion_file and motion_file.exists() else None)
 
         return self.customizations.get_or_load((customization_id, id(base)), load)
 

@@ -56,8 +56,10 @@ def conditioning_check(parts: dict, unet, judge, per_prompt: int = 3, seed: int 
 def train_unet(parts: dict, steps: int | None = None, batch: int = 64, lr: float = 4e-4, seed: int = 3,
                num_images: int = 40000, judge=None, eval_every: int = 1000,
                train_text_encoder: bool = False) -> tuple[UNet2DConditionModel, dict]:
-    """Train the T2I; returns the EMA UNet and metrics (loss curve, conditioning checks, seconds)."""
-    steps = steps or 7000
+    """Train the T2I; returns the EMA UNet and metrics (loss curve, conditioning checks, seconds).
+
+    With `train_text_encoder`, `parts["text_encoder"]` is trained too and ends holding its EMA weights."""
+    steps = steps or 6000
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**UNET_CONFIG)
     pixels, captions = data.captioned_images(num_images if steps > 10 else 256, seed)
@@ -76,6 +78,7 @@ def train_unet(parts: dict, steps: int | None = None, batch: int = 64, lr: float
     noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
     opt, sched = loop.optimizer(params, lr, steps, warmup=200)
     ema = loop.EMA(unet, 0.999)
+    text_ema = loop.EMA(text_encoder, 0.999) if train_text_encoder else None  # saved with the EMA UNet
     log = loop.Log("unet", steps)
     checks = []
     gen = torch.Generator().manual_seed(seed)
@@ -94,11 +97,16 @@ def train_unet(parts: dict, steps: int | None = None, batch: int = 64, lr: float
         opt.step()
         sched.step()
         ema.update(unet, step)
+        if text_ema is not None:
+            text_ema.update(text_encoder, step)
         log(step, float(loss.detach()))
         if judge is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            check = conditioning_check(parts, ema.module, judge) | {"step": step + 1}
+            check_parts = parts if text_ema is None else parts | {"text_encoder": text_ema.module}
+            check = conditioning_check(check_parts, ema.module, judge) | {"step": step + 1}
             checks.append(check)
             print(f"[unet] conditioning at {step + 1}: {check}", flush=True)
+    if text_ema is not None:
+        text_encoder.load_state_dict(text_ema.module.state_dict())
     text_encoder.eval().requires_grad_(False)
     return ema.module, {"steps": steps, "batch": batch, "lr": lr, "num_images": num_images,
                         "caption_dropout": CAPTION_DROPOUT, "train_text_encoder": train_text_encoder,

@@ -37,8 +37,9 @@ def test_motion_adapter_is_trained_once_per_base(base, checkpoints, tmp_path):
     first = engine.customize(base, checkpoints["unet"], train, tmp_path / "a", tmp_path / "motion")
     second = engine.customize(base, checkpoints["ldm"], train, tmp_path / "b", tmp_path / "motion")
     key = motion_adapter_key(base, train)
-    assert first["motion_adapter"] == {"used": True, "key": key, "trained_now": True}
-    assert second["motion_adapter"] == {"used": True, "key": key, "trained_now": False}
+    prompts = list(engine.specs.GENERIC_MOTION_PROMPTS)  # the tiny preset's generic prompts
+    assert first["motion_adapter"] == {"used": True, "key": key, "prompts": prompts, "trained_now": True}
+    assert second["motion_adapter"] == {"used": True, "key": key, "prompts": prompts, "trained_now": False}
     assert (tmp_path / "motion" / key / "motion_adapter.safetensors").exists()
     other = small_train(motion=engine.MotionAdapterSpec(train_steps=2, num_images=2, rank=4))
     assert motion_adapter_key(base, other) != key
@@ -114,3 +115,13 @@ def test_bad_settings_name_the_field(base, checkpoints, tmp_path, field, value):
 def test_customization_refuses_a_different_checkpoint(base, trained, checkpoints):
     with pytest.raises(engine.CheckpointError, match="sha256"):
         engine.load_customization(base, trained[1], checkpoints["unet"])
+
+
+def test_motion_adapter_key_changes_with_how_its_stills_are_made(base):
+    """The stills' sampling steps and guidance shape the adapter: two such settings never share one."""
+    train = small_train()
+    key = motion_adapter_key(base, train)
+    assert motion_adapter_key(base, small_train(image_steps=7)) != key
+    assert motion_adapter_key(base, small_train(image_guidance_scale=3.0)) != key
+    assert motion_adapter_key(base, small_train(num_frames=6)) != key
+    assert motion_adapter_key(base, small_train(prompts=("another prompt",), train_steps=9)) == key

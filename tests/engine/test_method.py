@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -167,3 +168,33 @@ def test_methods_differ_and_scale_zero_equals_naive(base, trained, checkpoints):
     assert not (out["naive"][0] == out["still-moving"][0]).all()
     zero, _ = render_frames(base, custom, engine.SampleSpec(spatial_adapter_scale=0.0, **spec), Reporter())
     assert (zero == out["naive"][0]).all()
+
+
+def test_motion_adapter_scale_at_sampling(base, trained, checkpoints):
+    """Scale 0 is bit-identical to the customization without its Motion Adapter; other scales change the video;
+    asking for it without a Motion Adapter, or on the base method, is an error naming the field."""
+    from engine.sampling import render_frames
+
+    manifest, out_dir, motion_cache = trained
+    motion_file = motion_cache / manifest["motion_adapter"]["key"] / engine.MOTION_ADAPTER_FILE
+    plain = engine.load_customization(base, out_dir, checkpoints["lora"])
+    with_motion = engine.load_customization(base, out_dir, checkpoints["lora"], motion_file)
+    spec = engine.SampleSpec(prompt="a sks toy", seed=3, num_frames=4, steps=2)
+    reference, _ = render_frames(base, plain, spec, Reporter())
+    at_zero, _ = render_frames(base, with_motion, spec, Reporter())
+    assert (reference == at_zero).all()
+    static, _ = render_frames(base, with_motion, replace(spec, motion_adapter_scale=1.0), Reporter())
+    more, _ = render_frames(base, with_motion, replace(spec, motion_adapter_scale=-1.0), Reporter())
+    assert not (static == reference).all() and not (more == reference).all() and not (static == more).all()
+    naive, _ = render_frames(base, with_motion, replace(spec, method="naive"), Reporter())
+    naive_static, _ = render_frames(base, with_motion, replace(spec, method="naive", motion_adapter_scale=1.0),
+                                    Reporter())
+    assert not (naive == naive_static).all()
+    again, _ = render_frames(base, with_motion, spec, Reporter())
+    assert (again == reference).all(), "a scaled sampling leaves the customization as it was"
+    with pytest.raises(engine.SpecError) as err:
+        render_frames(base, plain, replace(spec, motion_adapter_scale=1.0), Reporter())
+    assert err.value.field == "motion_adapter_scale"
+    with pytest.raises(engine.SpecError) as err:
+        render_frames(base, with_motion, replace(spec, method="base", motion_adapter_scale=1.0), Reporter())
+    assert err.value.field == "motion_adapter_scale"

@@ -107,3 +107,18 @@ def test_the_world_build_command_runs_every_stage(tmp_path):
     assert result["video"].exists() and result["num_frames"] == 8
     assert sorted(p.name for p in (out / "customized").iterdir()) == sorted(
         [dreambooth.FULL_FILE, dreambooth.LORA_FILE, dreambooth.LORA_NO_PRIOR_FILE])
+
+
+def test_the_shared_motion_adapter_trains_on_stills_of_the_presets_own_world(shapes, base):
+    from engine.motion_adapter import motion_adapter_key, motion_prompts
+
+    train = engine.TrainSpec(prompts=("a sks red circle",))
+    assert motion_prompts(shapes, train) == tuple(f"a {c} {s}" for s in ("circle", "square", "triangle")
+                                                  for c in ("red", "green", "blue", "yellow"))
+    assert motion_prompts(base, train)[0] == "a photo of a person"  # tiny and sd15: generic photo prompts
+    explicit = engine.TrainSpec(prompts=train.prompts, motion=engine.MotionAdapterSpec(prompts=("a red circle",)))
+    assert motion_prompts(shapes, explicit) == ("a red circle",)
+    assert motion_adapter_key(shapes, explicit) != motion_adapter_key(shapes, train)
+    same = engine.TrainSpec(prompts=train.prompts,
+                            motion=engine.MotionAdapterSpec(prompts=motion_prompts(shapes, train)))
+    assert motion_adapter_key(shapes, same) == motion_adapter_key(shapes, train)
