@@ -89,9 +89,11 @@ def random_scene(rng: np.random.Generator, shape=None, colour=None, look="plain"
     colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
     direction = direction or "still"
     size = float(rng.uniform(*SIZE_RANGE))
-    speed = 0.0 if direction == "still" else float(rng.uniform(*SPEED_RANGE))
-    travel = speed * (num_frames - 1)
     half = size / 2 + MARGIN
+    speed = 0.0 if direction == "still" else float(rng.uniform(*SPEED_RANGE))
+    if num_frames > 1:  # a large object at top speed would not fit its path: slow it to what the frame allows
+        speed = min(speed, 0.999 * (SIZE - 2 * half) / (num_frames - 1))
+    travel = speed * (num_frames - 1)
     dx, dy = DIRECTIONS[direction]
     lo_x, hi_x = half + max(0.0, -dx * travel), SIZE - half - max(0.0, dx * travel)
     lo_y, hi_y = half + max(0.0, -dy * travel), SIZE - half - max(0.0, dy * travel)

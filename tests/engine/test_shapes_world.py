@@ -33,6 +33,16 @@ def test_videos_move_as_their_caption_says_and_stay_inside(direction):
         assert not edge, "the object never leaves the frame"
 
 
+def test_every_drawn_path_fits_even_for_the_largest_fastest_objects():
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        scene = world.random_scene(rng, direction=list(world.DIRECTIONS)[rng.integers(5)])
+        for f in (0, world.NUM_FRAMES - 1):
+            x, y = scene.centre(f)
+            half = scene.size / 2
+            assert half <= x <= world.SIZE - half and half <= y <= world.SIZE - half
+
+
 def test_captions_name_the_look_by_its_token():
     assert world.image_caption("circle", "red") == "a red circle"
     assert world.image_caption("circle", "red", "two-tone") == "a sks red circle"
