@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     motion_train_steps: int = Field(300, ge=1)
     motion_num_images: int = Field(16, ge=1)
     motion_rank: int = Field(16, ge=1)
+    motion_batch_size: int = Field(1, ge=1, description="frozen videos per Motion Adapter training step")
+    image_batch_size: int = Field(1, ge=1, description="stills per T2I call when making frozen videos")
     gradient_checkpointing: bool = Field(False, description="recompute activations in training (sd15 at 512x512x16 "
                                                              "within 24 GB of GPU memory)")
     compile_unet: bool = Field(False, description="torch.compile the sampling UNets (GPU; each loaded model's first "

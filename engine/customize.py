@@ -32,6 +32,7 @@ def validate_train_spec(base: BaseModels, train: TrainSpec) -> dict[str, int]:
         ("rank", 1 <= train.rank <= 256, "must be in 1..256"),
         ("learning_rate", 0 < train.learning_rate <= 1, "must be in (0, 1]"),
         ("batch_size", train.batch_size >= 1, "must be >= 1"),
+        ("image_batch_size", train.image_batch_size >= 1, "must be >= 1"),
     ]
     for name, ok, why in checks:
         if not ok:
@@ -102,6 +103,7 @@ def customize(
     stills = frozen_videos.sample_stills(
         components, train.prompts, train.num_images, train.seed, size["height"], size["width"],
         size["image_steps"], train.image_guidance_scale, train.negative_prompt, reporter,
+        batch_size=train.image_batch_size,
     )
     images = _save_stills(stills, out_dir)
     lap("sample_images")

@@ -37,24 +37,28 @@ def sample_stills(
     negative_prompt: str,
     reporter: Reporter,
     stage: str = "sample_images",
+    batch_size: int = 1,
 ) -> Stills:
-    """Sample image i from prompt ``prompts[i % len(prompts)]`` with seed ``seed + i``."""
+    """Sample image i from prompt ``prompts[i % len(prompts)]`` with seed ``seed + i``, `batch_size` per call.
+
+    Each image has its own generator, so its starting noise does not depend on the batch it is in.
+    """
     pipe = StableDiffusionPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
-    device = components["unet"].device
     stills = Stills([], [], [])
-    for i in range(num_images):
-        prompt, image_seed = prompts[i % len(prompts)], seed + i
-        generator = torch.Generator(device="cpu").manual_seed(image_seed)
+    for start in range(0, num_images, batch_size):
+        index = range(start, min(num_images, start + batch_size))
+        batch_prompts = [prompts[i % len(prompts)] for i in index]
+        generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in index]
         with torch.inference_mode():
-            out = pipe(prompt, negative_prompt=negative_prompt or None, height=height, width=width,
-                       num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator,
-                       output_type="np")
-        stills.images.append(Image.fromarray((out.images[0] * 255).round().astype(np.uint8)))
-        stills.prompts.append(prompt)
-        stills.seeds.append(image_seed)
-        reporter.step(stage, i + 1, num_images)
-    del device
+            out = pipe(batch_prompts, negative_prompt=[negative_prompt] * len(index) if negative_prompt else None,
+                       height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
+                       generator=generators, output_type="np")
+        for i, image in zip(index, out.images):
+            stills.images.append(Image.fromarray((image * 255).round().astype(np.uint8)))
+            stills.prompts.append(prompts[i % len(prompts)])
+            stills.seeds.append(seed + i)
+        reporter.step(stage, index[-1] + 1, num_images)
     return stills
 
 

@@ -30,7 +30,8 @@ def stills_inputs(base: BaseModels, train: TrainSpec) -> dict:
     """Everything that shapes the Motion Adapter's training stills (and so the adapter) besides its own settings."""
     size = resolved_size(base, train)
     return {"size": [size["num_frames"], size["height"], size["width"]], "prompts": list(motion_prompts(base, train)),
-            "image_steps": size["image_steps"], "image_guidance_scale": train.image_guidance_scale}
+            "image_steps": size["image_steps"], "image_guidance_scale": train.image_guidance_scale,
+            "image_batch_size": train.image_batch_size}
 
 
 def motion_prompts(base: BaseModels, train: TrainSpec) -> tuple[str, ...]:
@@ -60,6 +61,7 @@ def ensure_motion_adapter(base: BaseModels, train: TrainSpec, cache_dir: Path, r
     stills = frozen_videos.sample_stills(
         base.components, motion_prompts(base, train), spec.num_images, spec.seed, size["height"], size["width"],
         size["image_steps"], train.image_guidance_scale, "", reporter, stage="motion_adapter_images",
+        batch_size=train.image_batch_size,
     )
     data = TrainData(
         latents=frozen_videos.freeze(frozen_videos.encode_images(base.components["vae"], stills.images),
@@ -70,7 +72,7 @@ def ensure_motion_adapter(base: BaseModels, train: TrainSpec, cache_dir: Path, r
     config = adapters.motion_lora_config(spec.rank)
     adapters.add_adapter(unet, adapters.MOTION, config, seed=spec.seed)
     result = train_adapter(unet, adapters.MOTION, data, make_training_scheduler(base), spec.train_steps,
-                           spec.learning_rate, 1, spec.seed, reporter, stage="motion_adapter")
+                           spec.learning_rate, spec.batch_size, spec.seed, reporter, stage="motion_adapter")
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{key}-"))
     adapters.save_adapter(unet, adapters.MOTION, config, staging / ADAPTER_FILE)

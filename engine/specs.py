@@ -95,6 +95,7 @@ class MotionAdapterSpec:
     learning_rate: float = 1e-4
     train_steps: int = 300
     num_images: int = 16
+    batch_size: int = 1  # frozen videos per training step
     prompts: tuple[str, ...] = ()  # generic prompts of the base's world; () = the preset's (`PresetDefaults`)
     seed: int = 1234
 
@@ -120,6 +121,7 @@ class TrainSpec:
     learning_rate: float = 1e-4
     seed: int = 0
     batch_size: int = 1
+    image_batch_size: int = 1  # stills per T2I pipeline call (the Motion Adapter's stills too)
     train_resnets: bool = False
     train_projections: bool = False
     use_motion_adapter: bool = True

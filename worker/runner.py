@@ -53,13 +53,13 @@ def model_spec(settings: Settings) -> engine.ModelSpec:
 
 def train_spec(config: dict, settings: Settings) -> engine.TrainSpec:
     motion = engine.MotionAdapterSpec(rank=settings.motion_rank, train_steps=settings.motion_train_steps,
-                                      num_images=settings.motion_num_images)
+                                      num_images=settings.motion_num_images, batch_size=settings.motion_batch_size)
     return engine.TrainSpec(
         prompts=tuple(config["prompts"]), num_images=config["num_images"], train_steps=config["train_steps"],
         rank=config["rank"], learning_rate=config["learning_rate"], seed=config["seed"],
         train_resnets=config.get("train_resnets", False), use_motion_adapter=config.get("use_motion_adapter", True),
         num_frames=config.get("num_frames") or 0, height=config.get("height") or 0, width=config.get("width") or 0,
-        checkpoint_every=settings.train_checkpoint_every, motion=motion)
+        image_batch_size=settings.image_batch_size, checkpoint_every=settings.train_checkpoint_every, motion=motion)
 
 
 def sample_spec(params: dict) -> engine.SampleSpec:

@@ -124,4 +124,5 @@ def test_motion_adapter_key_changes_with_how_its_stills_are_made(base):
     assert motion_adapter_key(base, small_train(image_steps=7)) != key
     assert motion_adapter_key(base, small_train(image_guidance_scale=3.0)) != key
     assert motion_adapter_key(base, small_train(num_frames=6)) != key
+    assert motion_adapter_key(base, small_train(image_batch_size=2)) != key
     assert motion_adapter_key(base, small_train(prompts=("another prompt",), train_steps=9)) == key

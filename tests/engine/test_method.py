@@ -105,6 +105,19 @@ def test_frozen_video_frames_are_identical_and_latent_is_repeated(base):
     assert not torch.equal(latents[0], latents[1])
 
 
+def test_stills_sampled_in_batches_are_the_same_images(base):
+    """Each still keeps its own seed whatever batch it is sampled in (pixels within one step of 8-bit rounding)."""
+    import numpy as np
+
+    args = (base.components, ("a cat", "a dog"), 5, 10, 32, 32, 2, 7.5, "", Reporter())
+    one = frozen_videos.sample_stills(*args)
+    batched = frozen_videos.sample_stills(*args, batch_size=2)
+    assert batched.seeds == one.seeds == [10, 11, 12, 13, 14]
+    assert batched.prompts == one.prompts == ["a cat", "a dog", "a cat", "a dog", "a cat"]
+    for a, b in zip(one.images, batched.images):
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+
+
 def test_saved_spatial_adapter_reloads_bit_identical(base, customized, tmp_path):
     unet = build_motion_unet(base, customized["unet"])
     config = adapters.spatial_lora_config(4, init=False)
