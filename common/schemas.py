@@ -41,7 +41,9 @@ class CustomizationConfig(BaseModel):
     num_frames: int | None = Field(None, ge=2, le=64)
     height: int | None = Field(None, ge=8, le=1024)
     width: int | None = Field(None, ge=8, le=1024)
-    train_resnets: bool = False
+    train_resnets: bool = Field(False, description="Spatial Adapters also on the resnet convs")
+    train_projections: bool = Field(False, description="... and on the spatial transformers' proj_in/out")
+    train_feedforward: bool = Field(False, description="... and on their feed-forward layers (ff.net)")
     use_motion_adapter: bool = True
 
     @field_validator("prompts")

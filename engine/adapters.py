@@ -22,6 +22,7 @@ MOTION_TARGETS = rf".*motion_modules\.\d+\.transformer_blocks\.\d+\.{ATTN_PROJ}"
 SPATIAL_ATTN_TARGETS = rf".*attentions\.\d+\.transformer_blocks\.\d+\.{ATTN_PROJ}"
 SPATIAL_RESNET_TARGETS = r".*resnets\.\d+\.conv[12]"
 SPATIAL_PROJ_TARGETS = r".*attentions\.\d+\.proj_(?:in|out)"
+SPATIAL_FF_TARGETS = r".*attentions\.\d+\.transformer_blocks\.\d+\.ff\.net\.(?:0\.proj|2)"
 
 
 def motion_lora_config(rank: int, init: bool | str = True) -> LoraConfig:
@@ -29,13 +30,19 @@ def motion_lora_config(rank: int, init: bool | str = True) -> LoraConfig:
     return LoraConfig(r=rank, lora_alpha=rank, target_modules=MOTION_TARGETS, init_lora_weights=init)
 
 
-def spatial_lora_config(rank: int, resnets: bool = False, projections: bool = False, init: bool | str = True):
-    """LoRA config of the Spatial Adapters; zero-initialised by default so training starts at naive injection."""
+def spatial_lora_config(rank: int, resnets: bool = False, projections: bool = False, feedforward: bool = False,
+                        init: bool | str = True):
+    """LoRA config of the Spatial Adapters; zero-initialised by default so training starts at naive injection.
+
+    Attention projections always; wider adapters (for full fine-tunes that move more than attention) add the
+    resnet convs, the transformers' proj_in/out, and their feed-forward layers."""
     patterns = [SPATIAL_ATTN_TARGETS]
     if resnets:
         patterns.append(SPATIAL_RESNET_TARGETS)
     if projections:
         patterns.append(SPATIAL_PROJ_TARGETS)
+    if feedforward:
+        patterns.append(SPATIAL_FF_TARGETS)
     return LoraConfig(r=rank, lora_alpha=rank, target_modules="|".join(f"(?:{p})" for p in patterns),
                       init_lora_weights=init)
 

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--height", type=int, default=0)
     c.add_argument("--width", type=int, default=0)
     c.add_argument("--train-resnets", action="store_true")
+    c.add_argument("--train-projections", action="store_true")
+    c.add_argument("--train-feedforward", action="store_true")
     c.add_argument("--no-motion-adapter", action="store_true", help="ablation: train without the Motion Adapter")
     c.add_argument("--motion-steps", type=int, default=MotionAdapterSpec.train_steps)
     c.add_argument("--motion-images", type=int, default=MotionAdapterSpec.num_images)
@@ -148,7 +150,8 @@ def run(argv: list[str] | None = None) -> int:
             train = TrainSpec(prompts=tuple(args.prompts), num_images=args.num_images, train_steps=args.train_steps,
                               rank=args.rank, learning_rate=args.learning_rate, seed=args.seed,
                               num_frames=args.frames, height=args.height, width=args.width,
-                              train_resnets=args.train_resnets, use_motion_adapter=not args.no_motion_adapter,
+                              train_resnets=args.train_resnets, train_projections=args.train_projections,
+                              train_feedforward=args.train_feedforward, use_motion_adapter=not args.no_motion_adapter,
                               motion=MotionAdapterSpec(train_steps=args.motion_steps, num_images=args.motion_images))
             manifest = engine.customize(base, args.checkpoint, train, args.out, args.motion_cache,
                                         progress=_printer(args.quiet))

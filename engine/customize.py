@@ -118,7 +118,8 @@ def customize(
     if motion_path is not None:
         adapters.load_adapter(unet, adapters.MOTION, motion_path)
         active.append(adapters.MOTION)
-    config = adapters.spatial_lora_config(train.rank, train.train_resnets, train.train_projections)
+    config = adapters.spatial_lora_config(train.rank, train.train_resnets, train.train_projections,
+                                          train.train_feedforward)
     adapters.add_adapter(unet, adapters.SPATIAL, config, seed=train.seed)
     adapters.activate(unet, active + [adapters.SPATIAL])
     lap("prepare")

@@ -124,6 +124,7 @@ class TrainSpec:
     image_batch_size: int = 1  # stills per T2I pipeline call (the Motion Adapter's stills too)
     train_resnets: bool = False
     train_projections: bool = False
+    train_feedforward: bool = False
     use_motion_adapter: bool = True
     num_frames: int = 0
     height: int = 0

@@ -57,7 +57,8 @@ def train_spec(config: dict, settings: Settings) -> engine.TrainSpec:
     return engine.TrainSpec(
         prompts=tuple(config["prompts"]), num_images=config["num_images"], train_steps=config["train_steps"],
         rank=config["rank"], learning_rate=config["learning_rate"], seed=config["seed"],
-        train_resnets=config.get("train_resnets", False), use_motion_adapter=config.get("use_motion_adapter", True),
+        train_resnets=config.get("train_resnets", False), train_projections=config.get("train_projections", False),
+        train_feedforward=config.get("train_feedforward", False), use_motion_adapter=config.get("use_motion_adapter", True),
         num_frames=config.get("num_frames") or 0, height=config.get("height") or 0, width=config.get("width") or 0,
         image_batch_size=settings.image_batch_size, checkpoint_every=settings.train_checkpoint_every, motion=motion)
 

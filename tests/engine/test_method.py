@@ -71,6 +71,21 @@ def test_adapters_target_exactly_the_documented_modules(base):
     assert not expected_motion & expected_spatial
 
 
+def test_wider_spatial_adapters_add_exactly_their_modules(base):
+    unet = base.base_motion_unet()
+    adapters.add_adapter(unet, adapters.SPATIAL, adapters.spatial_lora_config(4, resnets=True, projections=True,
+                                                                              feedforward=True))
+    got = {n.rsplit(".lora_", 1)[0] for n, _ in unet.named_parameters() if ".spatial." in n}
+    modules = [n for n, _ in base.base_motion_unet().named_modules() if "motion_modules" not in n]
+    expected = {n for n in modules if ".attentions." in n and ".attn" in n
+                and n.endswith(("to_q", "to_k", "to_v", "to_out.0"))}
+    expected |= {n for n in modules if ".resnets." in n and n.endswith((".conv1", ".conv2"))}
+    expected |= {n for n in modules if ".attentions." in n and n.endswith((".proj_in", ".proj_out"))
+                 and ".transformer_blocks." not in n}
+    expected |= {n for n in modules if ".attentions." in n and n.endswith((".ff.net.0.proj", ".ff.net.2"))}
+    assert got == expected
+
+
 def test_training_changes_only_spatial_adapter_tensors(base, customized):
     unet = build_motion_unet(base, customized["unet"])
     adapters.add_adapter(unet, adapters.MOTION, adapters.motion_lora_config(4, init=False))
