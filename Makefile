@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,https://download.pytorch.org/whl/cpu)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo up down test test-fast clean shapes-world shapes-bars
+.PHONY: venv demo up down test test-fast lint clean shapes-world shapes-bars
 
 $(VENV)/.installed: requirements/dev.lock requirements/constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ down:
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

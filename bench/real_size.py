@@ -108,7 +108,7 @@ def dense_rate(device: torch.device, dtype: torch.dtype) -> dict:
                                ("conv3x3", lambda: conv(x), 2 * x.shape[0] * 512 * 512 * 9 * 64 * 64)):
             for _ in range(3):
                 fn()
-            seconds, _ = timed(lambda: [fn() for _ in range(reps)], device)
+            seconds, _ = timed(lambda fn=fn: [fn() for _ in range(reps)], device)
             rates[name] = work * reps / seconds
     rates["roof"] = max(rates["gemm"], rates["conv3x3"])
     return rates

@@ -59,7 +59,7 @@ class Client:
             err = response.json()["error"]
             raise ApiError(response.status_code, err.get("code", "error"), err.get("message", ""), err.get("field"))
         except (ValueError, KeyError, TypeError):
-            raise ApiError(response.status_code, "http_error", response.text[:300] or response.reason_phrase)
+            raise ApiError(response.status_code, "http_error", response.text[:300] or response.reason_phrase) from None
 
     def _request(self, method: str, path: str, **kwargs) -> dict:
         try:

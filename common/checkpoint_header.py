@@ -186,7 +186,7 @@ def _modules(part: dict) -> dict[str, tuple[int, ...]]:
 
 def _lora_target(key: str) -> tuple[str, str, str] | None:
     """(part, module, kind) of a LoRA key, kind one of "down", "up", "alpha"; None if unrecognised."""
-    for prefix, part in (("unet.", "unet"), ("text_encoder.", "text_encoder"), ("lora_unet_", "unet"),
+    for prefix, part in (("unet.", "unet"),  # noqa: B007 (`part` is read after the loop's break) ("text_encoder.", "text_encoder"), ("lora_unet_", "unet"),
                          ("lora_te_", "text_encoder"), ("lora_te1_", "text_encoder")):
         if key.startswith(prefix):
             rest = key[len(prefix):]

@@ -13,9 +13,10 @@ from engine.checkpoints import CheckpointInfo, inspect_checkpoint
 from engine.customize import customize
 from engine.errors import CancelledError, CheckpointError, EngineError, ModelLoadError, SpecError
 from engine.models import BaseModels, load_base_models
-from engine.motion_adapter import ADAPTER_FILE as MOTION_ADAPTER_FILE, motion_adapter_key
+from engine.motion_adapter import ADAPTER_FILE as MOTION_ADAPTER_FILE
+from engine.motion_adapter import motion_adapter_key
 from engine.sampling import generate
-from engine.specs import MotionAdapterSpec, ModelSpec, SampleSpec, TrainSpec
+from engine.specs import ModelSpec, MotionAdapterSpec, SampleSpec, TrainSpec
 from engine.tiny_checkpoints import make_tiny_checkpoint
 
 __all__ = [

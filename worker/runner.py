@@ -25,8 +25,8 @@ from common.jobstore import JobStore, now
 from common.schemas import TERMINAL, ErrorInfo, JobRecord
 from common.settings import Settings, get_settings
 from common.storage import RetryingStorage
-from worker.cache import LRUCache
 from worker import train_state
+from worker.cache import LRUCache
 from worker.progress import Heartbeat, JobProgress
 
 log = logging.getLogger("stillmoving.worker")

@@ -24,4 +24,4 @@ def generate(self, job_id: str) -> None:
         get_runner().run_generate(job_id)
     except WaitForCustomization:
         # The customization is still training: look again later, without holding the worker.
-        raise self.retry(countdown=settings.wait_poll_s, max_retries=None)
+        raise self.retry(countdown=settings.wait_poll_s, max_retries=None) from None

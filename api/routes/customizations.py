@@ -16,8 +16,14 @@ from api.views import customization_view
 from common import checkpoint_header
 from common.errors import InvalidArgument, NotFound
 from common.jobstore import now
-from common.schemas import (CustomizationConfig, CustomizationList, CustomizationRecord, CustomizationView,
-                            JobAccepted, JobRecord)
+from common.schemas import (
+    CustomizationConfig,
+    CustomizationList,
+    CustomizationRecord,
+    CustomizationView,
+    JobAccepted,
+    JobRecord,
+)
 from common.storage import checkpoint_key
 
 router = APIRouter(tags=["customizations"])

@@ -22,7 +22,8 @@ import torch
 from diffusers import AnimateDiffPipeline, StableDiffusionPipeline
 from PIL import Image
 
-from engine.shapes import judge as judge_mod, world
+from engine.shapes import judge as judge_mod
+from engine.shapes import world
 from engine.shapes.paths import CUSTOMIZED_DIR, JUDGE_DIR
 
 BARS = {"t2i_shape": 0.9, "t2i_colour": 0.9, "t2v_one_object": 0.9, "t2v_direction": 0.8, "t2v_still": 0.8,

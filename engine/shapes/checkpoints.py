@@ -12,10 +12,10 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from engine.checkpoint_formats import diffusers_unet_to_ldm, peft_lora_to_kohya
 from engine.errors import SpecError
 from engine.shapes import architecture, dreambooth
 from engine.shapes.paths import CUSTOMIZED_DIR
-from engine.checkpoint_formats import diffusers_unet_to_ldm, peft_lora_to_kohya
 from engine.tiny_checkpoints import FORMATS
 
 

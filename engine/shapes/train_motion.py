@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AnimateDiffPipeline, DDIMScheduler, DDPMScheduler, MotionAdapter, UNetMotionModel
 
-from engine.shapes import data, judge as judge_mod, loop, world
+from engine.shapes import data, loop, world
+from engine.shapes import judge as judge_mod
 from engine.shapes.architecture import MOTION_CONFIG
 from engine.shapes.train_unet import CAPTION_DROPOUT, embed, encode_latents
 

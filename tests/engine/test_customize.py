@@ -49,7 +49,7 @@ def test_without_motion_adapter_trains_differently(base, checkpoints, tmp_path):
     with_ma = engine.customize(base, checkpoints["unet"], small_train(), tmp_path / "a", tmp_path / "m")
     without = engine.customize(base, checkpoints["unet"], small_train(use_motion_adapter=False), tmp_path / "b",
                                tmp_path / "m2")
-    assert without["motion_adapter"]["used"] is False
+    assert with_ma["motion_adapter"]["used"] is True and without["motion_adapter"]["used"] is False
     assert not (tmp_path / "m2").exists()
     a, b = (load_file(str(tmp_path / d / "spatial_adapter.safetensors")) for d in ("a", "b"))
     assert any(not torch.equal(a[k], b[k]) for k in a)

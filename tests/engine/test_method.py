@@ -15,7 +15,7 @@ from engine.models import build_motion_unet, make_training_scheduler
 from engine.progress import Reporter
 from engine.training import TrainData, train_adapter
 
-from .conftest import forward, small_train, unet_inputs
+from .conftest import forward, unet_inputs
 
 
 @pytest.fixture()

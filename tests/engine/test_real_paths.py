@@ -38,10 +38,10 @@ def test_missing_local_model_is_a_clear_error(tmp_path):
 def test_real_size_sd15_adapter_targets_and_single_file_conversion(tmp_path):
     import json
 
-    from engine.models import BaseModels, PRESET_DEFAULTS, build_motion_unet
-    from engine.checkpoints import _load_ldm
-    from engine.real_size import build_sd15, load_config
     from engine.checkpoint_formats import diffusers_unet_to_ldm
+    from engine.checkpoints import _load_ldm
+    from engine.models import PRESET_DEFAULTS, BaseModels, build_motion_unet
+    from engine.real_size import build_sd15, load_config
 
     modules = build_sd15()
     unet2d = modules["unet"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.shapes import judge as judge_mod, world
+from engine.shapes import judge as judge_mod
+from engine.shapes import world
 from engine.shapes.paths import JUDGE_DIR
 
 

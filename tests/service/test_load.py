@@ -123,7 +123,7 @@ def test_200_concurrent_generations_none_lost(load_api, settings):
         jobs = wait_all(client, accepted)
         listed = listed_job_ids(client)
     assert sorted(listed) == sorted(accepted)  # no job missing, none extra, none twice
-    for job_id, job in jobs.items():
+    for job in jobs.values():
         assert job["status"] == "succeeded" and job["attempts"] == 1, job
         assert job["kind"] == "generate" and job["params"]["seed"] in range(REQUESTS), job
     # The limit held at every admission: beyond LIMIT, only as many were accepted as the worker had

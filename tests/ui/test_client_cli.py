@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-
 from pathlib import Path
 
 from tests.conftest import KEY_A, KEY_B, PYTHON, ROOT
