@@ -82,13 +82,19 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def write_tiny_tokenizer(directory: Path) -> Path:
-    """Write a character-level CLIP BPE vocabulary (no merges) loadable by `CLIPTokenizer.from_pretrained`."""
-    directory.mkdir(parents=True, exist_ok=True)
+def byte_level_vocab() -> dict[str, int]:
+    """CLIP's special tokens (bos 0, pad "!" 1, eos 2) and every byte character, alone and word-final."""
     chars = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {"<|startoftext|>": 0, "!": 1, "<|endoftext|>": 2}
     for token in chars + [c + "</w>" for c in chars]:
         vocab.setdefault(token, len(vocab))
+    return vocab
+
+
+def write_tiny_tokenizer(directory: Path) -> Path:
+    """Write a character-level CLIP BPE vocabulary (no merges) loadable by `CLIPTokenizer.from_pretrained`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = byte_level_vocab()
     (directory / "vocab.json").write_text(json.dumps(vocab))
     (directory / "merges.txt").write_text("#version: 0.2\n")
     (directory / "tokenizer_config.json").write_text(

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from engine.shapes import world
-from engine.tiny_models import _bytes_to_unicode
+from engine.tiny_models import byte_level_vocab
 
 CROSS_DIM = 64
 MAX_TOKENS = 16  # captions have at most 8 words; the pipelines pad to the tokenizer's model_max_length
@@ -44,10 +44,7 @@ SCHEDULER_CONFIG = dict(  # SD 1.5's betas on AnimateDiff's linear schedule: the
 def write_tokenizer(directory: Path) -> Path:
     """A CLIP BPE tokenizer whose merges build each world word as one token (other text falls back to bytes)."""
     directory.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "!": 1, "<|endoftext|>": 2}
-    for token in chars + [c + "</w>" for c in chars]:
-        vocab.setdefault(token, len(vocab))
+    vocab = byte_level_vocab()
     merges: list[str] = []
     for word in world.vocabulary():
         pieces = list(word[:-1]) + [word[-1] + "</w>"]

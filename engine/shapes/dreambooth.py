@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -77,17 +76,9 @@ def finetune(parts: dict, instance: tuple, prior: tuple | None, lora: bool, step
     log = loop.Log("dreambooth-" + ("lora" if lora else "full") + ("" if prior else "-no-prior"), steps)
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
-        loss = 0.0
-        for latents, emb in encoded:
-            idx = torch.randint(0, len(latents), (batch,), generator=gen)
-            noise = torch.randn(latents[idx].shape, generator=gen)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
-            pred = unet(noise_scheduler.add_noise(latents[idx], noise, t), t, encoder_hidden_states=emb[idx]).sample
-            loss = loss + F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss = sum(loop.epsilon_loss(unet, latents, lambda idx, emb=emb: emb[idx], noise_scheduler, batch, gen)
+                   for latents, emb in encoded)
+        loop.update(opt, sched, loss)
         log(step, float(loss.detach()))
     unet.eval()
     if lora:

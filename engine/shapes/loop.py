@@ -7,6 +7,7 @@ import math
 import time
 
 import torch
+import torch.nn.functional as F
 
 
 def optimizer(params, lr: float, steps: int, warmup: int = 100, weight_decay: float = 0.0):
@@ -20,6 +21,28 @@ def optimizer(params, lr: float, steps: int, warmup: int = 100, weight_decay: fl
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def epsilon_loss(model, latents: torch.Tensor, condition, noise_scheduler, batch: int,
+                 gen: torch.Generator) -> torch.Tensor:
+    """Epsilon-prediction MSE on a random batch of `latents` (drawn in this order from `gen`: rows, noise,
+    timesteps); `condition(rows)` gives the text embeddings for those rows."""
+    idx = torch.randint(0, len(latents), (batch,), generator=gen)
+    x0 = latents[idx]
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
+    pred = model(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=condition(idx)).sample
+    return F.mse_loss(pred, noise)
+
+
+def update(opt, sched, loss: torch.Tensor, clip: list | None = None) -> None:
+    """One optimizer step on `loss` (gradient norm clipped to 1 over `clip` when given)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    sched.step()
 
 
 class EMA:

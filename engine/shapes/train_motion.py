@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AnimateDiffPipeline, DDIMScheduler, DDPMScheduler, MotionAdapter, UNetMotionModel
 
 from engine.shapes import data, loop, world
@@ -82,18 +81,9 @@ def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: floa
     gen = torch.Generator().manual_seed(seed)
     unet.train()
     for step in range(steps):
-        idx = torch.randint(0, n, (batch,), generator=gen)
-        x0 = latents[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
-        cond = table[rows[idx]].repeat_interleave(f, dim=0)
-        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        loss = loop.epsilon_loss(unet, latents, lambda idx: table[rows[idx]].repeat_interleave(f, dim=0),
+                                 noise_scheduler, batch, gen)
+        loop.update(opt, sched, loss, clip=params)
         log(step, float(loss.detach()))
         if judge is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
             unet.eval()

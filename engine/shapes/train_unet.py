@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 from engine.shapes import data, loop, world
@@ -75,6 +74,9 @@ def train_unet(parts: dict, steps: int | None = None, batch: int = 64, lr: float
         unique = list(dict.fromkeys(captions))
         unique_ids = tokenizer(unique, padding="max_length", max_length=tokenizer.model_max_length,
                                return_tensors="pt").input_ids
+    def condition(idx: torch.Tensor) -> torch.Tensor:
+        return text_encoder(unique_ids[rows[idx]])[0] if train_text_encoder else table[rows[idx]]
+
     noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
     opt, sched = loop.optimizer(params, lr, steps, warmup=200)
     ema = loop.EMA(unet, 0.999)
@@ -84,18 +86,8 @@ def train_unet(parts: dict, steps: int | None = None, batch: int = 64, lr: float
     gen = torch.Generator().manual_seed(seed)
     unet.train()
     for step in range(steps):
-        idx = torch.randint(0, len(latents), (batch,), generator=gen)
-        x0 = latents[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
-        cond = text_encoder(unique_ids[rows[idx]])[0] if train_text_encoder else table[rows[idx]]
-        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        loss = loop.epsilon_loss(unet, latents, condition, noise_scheduler, batch, gen)
+        loop.update(opt, sched, loss, clip=params)
         ema.update(unet, step)
         if text_ema is not None:
             text_ema.update(text_encoder, step)

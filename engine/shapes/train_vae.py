@@ -29,10 +29,7 @@ def train_vae(steps: int = 2000, batch: int = 32, lr: float = 1e-3, seed: int = 
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        loop.update(opt, sched, loss)
         log(step, float(loss.detach()))
     vae.eval()
     held_out = data.vae_images(512, seed + 1)
