@@ -80,6 +80,8 @@ class GenerateRequest(BaseModel):
     format: Literal["mp4", "gif"] = "mp4"
     spatial_adapter_scale: float = Field(1.0, ge=-2, le=2)
     method: Method | None = Field(None, description="default: still-moving with a customization, else base")
+    scheduler: Literal["ddim", "euler", "dpm++"] = Field("ddim", description="sampling scheduler (AnimateDiff's "
+                                                         "linear betas)")
     motion_adapter_scale: float = Field(0.0, ge=-2, le=2, description="the customization's Motion Adapter at sampling: "
                                         "0 = removed (Still-Moving), 1 = static videos, negative = more motion")
 

@@ -104,7 +104,8 @@ def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec,
     reporter.step("export", 0, 1)
     video, poster = export.write_video(export.to_uint8(frames), Path(out_dir), stem, sample.format, sample.fps)
     reporter.step("export", 1, 1)
-    return {"video": video, "poster": poster, "seed": sample.seed, "method": method, "fps": sample.fps,
+    return {"video": video, "poster": poster, "seed": sample.seed, "method": method, "scheduler": sample.scheduler,
+            "motion_adapter_scale": sample.motion_adapter_scale, "fps": sample.fps,
             "format": sample.format, "num_frames": values["num_frames"], "height": values["height"],
             "width": values["width"], "steps": values["steps"],
             "timings": {"sample": round(t1 - t0, 4), "export": round(time.perf_counter() - t1, 4)}}

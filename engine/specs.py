@@ -14,7 +14,7 @@ from typing import Literal
 Method = Literal["still-moving", "naive", "base"]
 Preset = Literal["tiny", "shapes", "sd15"]
 Precision = Literal["auto", "float32", "float16", "bfloat16"]
-SchedulerName = Literal["ddim", "euler", "dpm++", "lcm"]
+SchedulerName = Literal["ddim", "euler", "dpm++"]  # `engine.models.SCHEDULERS`
 
 SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"

@@ -69,7 +69,8 @@ def sample_spec(params: dict) -> engine.SampleSpec:
         num_frames=params.get("num_frames") or 0, height=params.get("height") or 0, width=params.get("width") or 0,
         steps=params.get("steps") or 0, guidance_scale=params["guidance_scale"], seed=params["seed"],
         fps=params["fps"], format=params["format"], spatial_adapter_scale=params["spatial_adapter_scale"],
-        motion_adapter_scale=params.get("motion_adapter_scale", 0.0), method=params["method"])
+        motion_adapter_scale=params.get("motion_adapter_scale", 0.0), method=params["method"],
+        scheduler=params.get("scheduler", "ddim"))
 
 
 class Runner:
@@ -279,8 +280,8 @@ class Runner:
         self.storage.put_file(Path(out["video"]), video_key, CONTENT_TYPES.get(Path(out["video"]).suffix))
         self.storage.put_file(Path(out["poster"]), poster_key, "image/png")
         result = {"video_key": video_key, "poster_key": poster_key,
-                  **{k: out[k] for k in ("seed", "num_frames", "height", "width", "fps", "format", "timings")
-                     if k in out}, "method": out.get("method", params["method"])}
+                  **{k: out[k] for k in ("seed", "num_frames", "height", "width", "fps", "format", "scheduler",
+                                         "motion_adapter_scale", "timings") if k in out}, "method": out.get("method", params["method"])}
         self.finish(job, "succeeded", result=result)
 
 

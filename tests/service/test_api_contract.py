@@ -117,6 +117,7 @@ def test_api_keys_never_reach_the_logs(api, a, caplog):
     ({"method": "naive"}, None), ({"format": "avi"}, "format"), ({"fps": 0}, "fps"), ({"seed": -1}, "seed"),
     ({"height": "tall"}, "height"), ({"unknown": 1}, "unknown"), ({"prompt": None}, "prompt"),
     ({"motion_adapter_scale": 1.0}, "motion_adapter_scale"), ({"motion_adapter_scale": 3}, "motion_adapter_scale"),
+    ({"scheduler": "lcm"}, "scheduler"),
 ])
 def test_generate_rejects_bad_values(api, a, change, field):
     response = api.post("/generate", headers=a, json={**GEN, **change})

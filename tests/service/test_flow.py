@@ -114,6 +114,10 @@ def test_same_seed_same_video(client, auth_a, worker, ready_customization):
         assert job["status"] == "succeeded", job
         videos.append(decode(fetch(job["result"]["video_url"]), ".gif"))
     assert (videos[0] == videos[1]).all()
+    job = wait_job(client, auth_a, client.post("/generate", headers=auth_a,
+                                               json={**request, "scheduler": "euler"}).json()["job_id"])
+    assert job["status"] == "succeeded" and job["result"]["scheduler"] == "euler", job
+    assert not (decode(fetch(job["result"]["video_url"]), ".gif") == videos[0]).all()
 
 
 def test_generation_waits_for_training_customization(client, auth_a, worker, checkpoints):
