@@ -159,7 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name, rep in customs.items():
         passed[f"custom_look_sks[{name}]"] = rep["look_sks"] >= BARS["custom_look_sks"]
         passed[f"custom_look_other[{name}]"] = rep["look_other"] <= BARS["custom_look_other_max"]
+    from engine.shapes.train_unet import caption_distances
+
+    distances = caption_distances(base.components["text_encoder"], base.components["tokenizer"])
     report = {"bars": BARS, "passed": passed, "t2i": t2i, "t2v": t2v, "customized": customs,
+              "caption_distances": distances,
               "settings": {"steps": STEPS, "guidance_scale": GUIDANCE, "scheduler": "ddim", "seed": args.seed},
               "revision": engine.ModelSpec(preset="shapes").identity()["revision"],
               "seconds": round(time.time() - start, 1)}

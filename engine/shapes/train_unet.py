@@ -35,6 +35,32 @@ def embed(text_encoder, tokenizer, captions: list[str]) -> tuple[torch.Tensor, t
     return table, torch.tensor([row[c] for c in captions])
 
 
+@torch.no_grad()
+def caption_distances(text_encoder, tokenizer) -> dict:
+    """How far apart the text encoder keeps captions that differ in one word: by direction of motion, by colour,
+    by shape (mean over token positions of the L2 distance between embeddings, over every colour and shape).
+
+    The T2V reads the direction only through these embeddings (motion modules have no cross-attention), so a
+    text encoder that merges "left" and "right" leaves the motion adapter nothing to follow."""
+    def table(captions):
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+        return text_encoder(ids.input_ids)[0]
+
+    def mean_distance(pairs):
+        a, b = table([p for p, _ in pairs]), table([q for _, q in pairs])
+        return round(float((a - b).norm(dim=-1).mean()), 4)
+
+    combos = [(s, c) for s in world.SHAPES for c in world.COLOURS]
+    moving = [d for d in world.DIRECTIONS if d != "still"]
+    caption = world.image_caption
+    return {
+        "direction": mean_distance([(f"{caption(s, c)} moving {d}", f"{caption(s, c)} moving {e}")
+                                    for s, c in combos for d in moving for e in moving if d < e]),
+        "colour": mean_distance([(caption(s, c), caption(s, k)) for s, c in combos for k in world.COLOURS if c < k]),
+        "shape": mean_distance([(caption(s, c), caption(t, c)) for s, c in combos for t in world.SHAPES if s < t]),
+    }
+
+
 def conditioning_check(parts: dict, unet, judge, per_prompt: int = 3, seed: int = 0, steps: int = 25,
                        guidance_scale: float = 7.5) -> dict:
     """Sample every (shape, colour) prompt and let the judge read shape and colour."""
@@ -58,7 +84,7 @@ def train_unet(parts: dict, steps: int | None = None, batch: int = 64, lr: float
     """Train the T2I; returns the EMA UNet and metrics (loss curve, conditioning checks, seconds).
 
     With `train_text_encoder`, `parts["text_encoder"]` is trained too and ends holding its EMA weights."""
-    steps = steps or 6000
+    steps = steps or 7000
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**UNET_CONFIG)
     pixels, captions = data.captioned_images(num_images if steps > 10 else 256, seed)
@@ -100,7 +126,8 @@ def train_unet(parts: dict, steps: int | None = None, batch: int = 64, lr: float
     if text_ema is not None:
         text_encoder.load_state_dict(text_ema.module.state_dict())
     text_encoder.eval().requires_grad_(False)
-    return ema.module, {"steps": steps, "batch": batch, "lr": lr, "num_images": num_images,
+    return ema.module, {"caption_distances": caption_distances(text_encoder, tokenizer),
+                        "steps": steps, "batch": batch, "lr": lr, "num_images": num_images,
                         "caption_dropout": CAPTION_DROPOUT, "train_text_encoder": train_text_encoder,
                         "seconds": log.seconds, "loss_curve": log.curve, "conditioning_checks": checks,
                         "parameters": sum(p.numel() for p in unet.parameters())}
