@@ -45,6 +45,9 @@ class CustomizationConfig(BaseModel):
     train_projections: bool = Field(False, description="... and on the spatial transformers' proj_in/out")
     train_feedforward: bool = Field(False, description="... and on their feed-forward layers (ff.net)")
     use_motion_adapter: bool = True
+    motion_adapter_source: Literal["shared", "customized"] = Field(
+        "shared", description="shared: the base's cached Motion Adapter; customized: one trained on this "
+                              "customization's frozen videos")
 
     @field_validator("prompts")
     @classmethod

@@ -19,6 +19,7 @@ from engine.models import BaseModels, build_motion_unet, compile_unet
 
 MANIFEST = "manifest.json"
 SPATIAL_ADAPTER = "spatial_adapter.safetensors"
+MOTION_ADAPTER = "motion_adapter.safetensors"  # only when trained for this customization (source "customized")
 MANIFEST_VERSION = 1
 
 
@@ -73,6 +74,7 @@ def load_customization(base: BaseModels, directory: Path, checkpoint_path: Path,
     Args:
         motion_adapter: the Motion Adapter file the customization was trained with (the cached one its
             manifest names); attached inactive, for sampling at `SampleSpec.motion_adapter_scale` != 0.
+            A customization that trained its own has it in its directory: that one is used when this is None.
 
     Raises:
         CheckpointError: the checkpoint's hash differs from the one the manifest records.
@@ -89,6 +91,8 @@ def load_customization(base: BaseModels, directory: Path, checkpoint_path: Path,
     _, components = load_customized_t2i(base.components, checkpoint_path, base.unet_config_dir)
     unet = build_motion_unet(base, components["unet"])
     adapters.load_adapter(unet, adapters.SPATIAL, directory / SPATIAL_ADAPTER)
+    if motion_adapter is None and (manifest.get("motion_adapter") or {}).get("file"):
+        motion_adapter = directory / manifest["motion_adapter"]["file"]
     if motion_adapter is not None:
         adapters.load_adapter(unet, adapters.MOTION, motion_adapter)
         adapters.activate(unet, [adapters.SPATIAL])

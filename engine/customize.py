@@ -8,15 +8,21 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from engine import adapters, frozen_videos
-from engine.artifact import SPATIAL_ADAPTER, Customization, versions, write_manifest
+from engine.artifact import MOTION_ADAPTER, SPATIAL_ADAPTER, Customization, versions, write_manifest
 from engine.checkpoints import file_sha256, load_customized_t2i
 from engine.errors import SpecError
 from engine.models import BaseModels, build_motion_unet, make_training_scheduler
-from engine.motion_adapter import ensure_motion_adapter, motion_adapter_key, motion_prompts, resolved_size
+from engine.motion_adapter import (
+    ensure_motion_adapter,
+    motion_adapter_key,
+    motion_prompts,
+    resolved_size,
+    train_motion_lora,
+)
 from engine.progress import Reporter
 from engine.sampling import render_frames
 from engine.specs import SampleSpec, TrainSpec
@@ -95,8 +101,9 @@ def customize(
     reporter.step("load", 1, 1)
     lap("load")
 
+    shared = train.use_motion_adapter and train.motion_adapter_source == "shared"
     motion_path, trained_now = None, False
-    if train.use_motion_adapter:
+    if shared:
         motion_path, trained_now = ensure_motion_adapter(base, train, motion_cache_dir, reporter)
     lap("motion_adapter")
 
@@ -118,6 +125,12 @@ def customize(
     if motion_path is not None:
         adapters.load_adapter(unet, adapters.MOTION, motion_path)
         active.append(adapters.MOTION)
+    elif train.use_motion_adapter:  # this customization's own, on its frozen videos over its spatial layers
+        motion_config, _ = train_motion_lora(base, unet, data, train.motion, reporter, stage="own_motion_adapter")
+        motion_path, trained_now = adapters.save_adapter(unet, adapters.MOTION, motion_config,
+                                                         out_dir / MOTION_ADAPTER), True
+        active.append(adapters.MOTION)
+        lap("motion_adapter")
     config = adapters.spatial_lora_config(train.rank, train.train_resnets, train.train_projections,
                                           train.train_feedforward)
     adapters.add_adapter(unet, adapters.SPATIAL, config, seed=train.seed)
@@ -130,6 +143,10 @@ def customize(
                            on_checkpoint=on_checkpoint)
     lap("train")
 
+    check = None
+    if motion_path is not None and train.check_motion_adapter:
+        check = _motion_check(base, components, unet, train, size, reporter, should_cancel)
+        lap("motion_check")
     if motion_path is not None:
         unet.delete_adapters(adapters.MOTION)  # test time: the motion prior of the T2V model comes back
     adapters.activate(unet, [adapters.SPATIAL])
@@ -154,9 +171,12 @@ def customize(
         "resolved": size,
         "motion_adapter": {
             "used": motion_path is not None,
-            "key": motion_adapter_key(base, train) if motion_path is not None else None,
-            "prompts": list(motion_prompts(base, train)),
+            "source": train.motion_adapter_source if motion_path is not None else None,
+            "key": motion_adapter_key(base, train) if shared else None,
+            "file": MOTION_ADAPTER if motion_path is not None and not shared else None,
+            "prompts": list(motion_prompts(base, train) if shared else train.prompts),
             "trained_now": trained_now,
+            "check": check,
         },
         "spatial_adapter": {"file": SPATIAL_ADAPTER, "sha256": file_sha256(out_dir / SPATIAL_ADAPTER),
                             "rank": train.rank, "target_modules": config.target_modules},
@@ -172,9 +192,27 @@ def customize(
     return manifest
 
 
-def _preview_progress(reporter: Reporter):
+def _motion_check(base: BaseModels, components: dict, unet, train: TrainSpec, size: dict, reporter: Reporter,
+                  should_cancel) -> dict:
+    """Does the Motion Adapter still freeze motion over *these* spatial layers? One video at scale 1 and one at
+    scale 0 (Spatial Adapters on), same prompt and seed; their mean frame-to-frame change (`metrics.motion`)."""
+    from engine import metrics
+
+    custom = Customization(manifest={}, components=components, unet=unet)
+    sample = SampleSpec(prompt=train.prompts[0], seed=train.seed, num_frames=size["num_frames"],
+                        height=size["height"], width=size["width"])
+    out = {"prompt": sample.prompt, "seed": sample.seed}
+    for name, scale in (("motion_at_scale_1", 1.0), ("motion_at_scale_0", 0.0)):
+        frames, _ = render_frames(base, custom, replace(sample, motion_adapter_scale=scale),
+                                  Reporter(_preview_progress(reporter, "motion_check"), should_cancel))
+        out[name] = round(metrics.motion(frames), 6)
+    adapters.activate(unet, [adapters.SPATIAL, adapters.MOTION])
+    return out
+
+
+def _preview_progress(reporter: Reporter, stage_name: str = "preview"):
     def forward(stage: str, step: int, total: int) -> None:
         if reporter.progress is not None:
-            reporter.progress("preview" if stage == "denoise" else stage, step, total)
+            reporter.progress(stage_name if stage == "denoise" else stage, step, total)
 
     return forward

@@ -69,10 +69,7 @@ def ensure_motion_adapter(base: BaseModels, train: TrainSpec, cache_dir: Path, r
         embeddings=frozen_videos.encode_prompts(base.components, stills.prompts),
     )
     unet = base.base_motion_unet()
-    config = adapters.motion_lora_config(spec.rank)
-    adapters.add_adapter(unet, adapters.MOTION, config, seed=spec.seed)
-    result = train_adapter(unet, adapters.MOTION, data, make_training_scheduler(base), spec.train_steps,
-                           spec.learning_rate, spec.batch_size, spec.seed, reporter, stage="motion_adapter")
+    config, result = train_motion_lora(base, unet, data, spec, reporter)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{key}-"))
     adapters.save_adapter(unet, adapters.MOTION, config, staging / ADAPTER_FILE)
@@ -84,6 +81,16 @@ def ensure_motion_adapter(base: BaseModels, train: TrainSpec, cache_dir: Path, r
     else:
         staging.rename(target)
     return target / ADAPTER_FILE, True
+
+
+def train_motion_lora(base: BaseModels, unet, data: TrainData, spec, reporter: Reporter,
+                      stage: str = "motion_adapter"):
+    """Attach a fresh Motion Adapter to `unet` and train it to fit the frozen videos `data` -> (config, result)."""
+    config = adapters.motion_lora_config(spec.rank)
+    adapters.add_adapter(unet, adapters.MOTION, config, seed=spec.seed)
+    result = train_adapter(unet, adapters.MOTION, data, make_training_scheduler(base), spec.train_steps,
+                           spec.learning_rate, spec.batch_size, spec.seed, reporter, stage=stage)
+    return config, result
 
 
 def _jsonable(spec) -> dict:

@@ -126,6 +126,10 @@ class TrainSpec:
     train_projections: bool = False
     train_feedforward: bool = False
     use_motion_adapter: bool = True
+    # "shared": trained once per base on its own stills and cached (ours); "customized": trained for this
+    # customization on its frozen videos over the customized spatial layers, kept in its artifact.
+    motion_adapter_source: Literal["shared", "customized"] = "shared"
+    check_motion_adapter: bool = True  # sample once at Motion Adapter scale 1 and 0; record the motion of each
     num_frames: int = 0
     height: int = 0
     width: int = 0

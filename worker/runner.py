@@ -59,6 +59,7 @@ def train_spec(config: dict, settings: Settings) -> engine.TrainSpec:
         rank=config["rank"], learning_rate=config["learning_rate"], seed=config["seed"],
         train_resnets=config.get("train_resnets", False), train_projections=config.get("train_projections", False),
         train_feedforward=config.get("train_feedforward", False), use_motion_adapter=config.get("use_motion_adapter", True),
+        motion_adapter_source=config.get("motion_adapter_source", "shared"),
         num_frames=config.get("num_frames") or 0, height=config.get("height") or 0, width=config.get("width") or 0,
         image_batch_size=settings.image_batch_size, checkpoint_every=settings.train_checkpoint_every, motion=motion)
 
@@ -120,8 +121,12 @@ class Runner:
                 if not (directory / name).exists():
                     self.storage.get_file(prefix + name, directory / name)
             motion = engine.read_manifest(directory).get("motion_adapter") or {}
-            motion_file = None
-            if motion.get("key"):  # the cached Motion Adapter it was trained with: for motion_adapter_scale != 0
+            motion_file = None  # the Motion Adapter it was trained with, for motion_adapter_scale != 0
+            if motion.get("file"):  # its own, in the artifact
+                motion_file = directory / motion["file"]
+                if not motion_file.exists():
+                    self.storage.get_file(prefix + motion["file"], motion_file)
+            elif motion.get("key"):  # the shared one, from the cache
                 motion_file = self.motion_cache(motion["key"]) / motion["key"] / engine.MOTION_ADAPTER_FILE
             return engine.load_customization(base, directory, self.checkpoint(record.checkpoint_sha256),
                                              motion_file if motion_file and motion_file.exists() else None)

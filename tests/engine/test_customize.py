@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -38,8 +39,10 @@ def test_motion_adapter_is_trained_once_per_base(base, checkpoints, tmp_path):
     second = engine.customize(base, checkpoints["ldm"], train, tmp_path / "b", tmp_path / "motion")
     key = motion_adapter_key(base, train)
     prompts = list(engine.specs.GENERIC_MOTION_PROMPTS)  # the tiny preset's generic prompts
-    assert first["motion_adapter"] == {"used": True, "key": key, "prompts": prompts, "trained_now": True}
-    assert second["motion_adapter"] == {"used": True, "key": key, "prompts": prompts, "trained_now": False}
+    expected = {"used": True, "source": "shared", "key": key, "file": None, "prompts": prompts}
+    assert {k: first["motion_adapter"][k] for k in expected} == expected
+    assert {k: second["motion_adapter"][k] for k in expected} == expected
+    assert first["motion_adapter"]["trained_now"] is True and second["motion_adapter"]["trained_now"] is False
     assert (tmp_path / "motion" / key / "motion_adapter.safetensors").exists()
     other = small_train(motion=engine.MotionAdapterSpec(train_steps=2, num_images=2, rank=4))
     assert motion_adapter_key(base, other) != key
@@ -126,3 +129,29 @@ def test_motion_adapter_key_changes_with_how_its_stills_are_made(base):
     assert motion_adapter_key(base, small_train(num_frames=6)) != key
     assert motion_adapter_key(base, small_train(image_batch_size=2)) != key
     assert motion_adapter_key(base, small_train(prompts=("another prompt",), train_steps=9)) == key
+
+
+def test_a_motion_adapter_of_its_own_lives_in_the_artifact_and_is_checked(base, checkpoints, tmp_path):
+    """source="customized": trained over the customized spatial layers on its frozen videos, never cached; the
+    manifest records the motion at scale 1 and 0; a reload samples at scale 1 without being told the file."""
+    from engine.progress import Reporter
+    from engine.sampling import render_frames
+
+    manifest = engine.customize(base, checkpoints["lora"], small_train(motion_adapter_source="customized"),
+                                tmp_path / "own", tmp_path / "cache")
+    motion = manifest["motion_adapter"]
+    assert motion["source"] == "customized" and motion["key"] is None and motion["trained_now"] is True
+    assert motion["file"] == "motion_adapter.safetensors" and (tmp_path / "own" / motion["file"]).exists()
+    assert not (tmp_path / "cache").exists(), "nothing shared was trained"
+    assert motion["prompts"] == list(small_train().prompts)
+    check = motion["check"]
+    assert check["prompt"] == small_train().prompts[0] and check["motion_at_scale_1"] >= 0
+    assert check["motion_at_scale_1"] != check["motion_at_scale_0"]
+    custom = engine.load_customization(base, tmp_path / "own", checkpoints["lora"])
+    spec = engine.SampleSpec(prompt="a sks toy", seed=2, num_frames=4, steps=2)
+    at_zero, _ = render_frames(base, custom, spec, Reporter())
+    at_one, _ = render_frames(base, custom, replace(spec, motion_adapter_scale=1.0), Reporter())
+    assert not (at_zero == at_one).all()
+    shared = engine.customize(base, checkpoints["lora"], small_train(), tmp_path / "shared", tmp_path / "cache")
+    assert shared["motion_adapter"]["source"] == "shared" and shared["motion_adapter"]["file"] is None
+    assert shared["motion_adapter"]["check"]["motion_at_scale_1"] >= 0
