@@ -45,6 +45,9 @@ class CustomizationConfig(BaseModel):
     train_projections: bool = Field(False, description="... and on the spatial transformers' proj_in/out")
     train_feedforward: bool = Field(False, description="... and on their feed-forward layers (ff.net)")
     use_motion_adapter: bool = True
+    prior_preservation_weight: float = Field(0.0, ge=0, le=10, description="weight of frozen videos of base-T2I "
+                                             "samples of generic prompts trained alongside (0 = off)")
+    prior_num_images: int = Field(16, ge=1, le=500)
     motion_adapter_source: Literal["shared", "customized"] = Field(
         "shared", description="shared: the base's cached Motion Adapter; customized: one trained on this "
                               "customization's frozen videos")

@@ -39,6 +39,8 @@ def validate_train_spec(base: BaseModels, train: TrainSpec) -> dict[str, int]:
         ("learning_rate", 0 < train.learning_rate <= 1, "must be in (0, 1]"),
         ("batch_size", train.batch_size >= 1, "must be >= 1"),
         ("image_batch_size", train.image_batch_size >= 1, "must be >= 1"),
+        ("prior_preservation_weight", 0 <= train.prior_preservation_weight <= 10, "must be in 0..10"),
+        ("prior_num_images", train.prior_num_images >= 1, "must be >= 1"),
     ]
     for name, ok, why in checks:
         if not ok:
@@ -120,6 +122,11 @@ def customize(
                                      size["num_frames"]),
         embeddings=frozen_videos.encode_prompts(components, stills.prompts),
     )
+    prior = None
+    if train.prior_preservation_weight > 0:
+        prior = _prior_videos(base, train, size, reporter)
+        data.prior, data.prior_weight = prior["data"], train.prior_preservation_weight
+        lap("prior_images")
     unet = build_motion_unet(base, components["unet"])
     active = []
     if motion_path is not None:
@@ -181,6 +188,8 @@ def customize(
         "spatial_adapter": {"file": SPATIAL_ADAPTER, "sha256": file_sha256(out_dir / SPATIAL_ADAPTER),
                             "rank": train.rank, "target_modules": config.target_modules},
         "images": images,
+        "prior_preservation": None if prior is None else {"weight": train.prior_preservation_weight,
+                                                          "images": prior["images"]},
         "loss_curve": result.losses,
         "resumed_from_step": result.resumed_from,
         "preview": preview,
@@ -190,6 +199,21 @@ def customize(
     write_manifest(out_dir, manifest)
     reporter.step("done", 1, 1)
     return manifest
+
+
+def _prior_videos(base: BaseModels, train: TrainSpec, size: dict, reporter: Reporter) -> dict:
+    """Frozen videos of *base*-T2I stills of the preset's generic prompts (seeds after the customized stills')."""
+    stills = frozen_videos.sample_stills(
+        base.components, motion_prompts(base, train), train.prior_num_images, train.seed + train.num_images,
+        size["height"], size["width"], size["image_steps"], train.image_guidance_scale, "", reporter,
+        stage="prior_images", batch_size=train.image_batch_size,
+    )
+    data = TrainData(
+        latents=frozen_videos.freeze(frozen_videos.encode_images(base.components["vae"], stills.images),
+                                     size["num_frames"]),
+        embeddings=frozen_videos.encode_prompts(base.components, stills.prompts),
+    )
+    return {"data": data, "images": [{"prompt": p, "seed": s} for p, s in zip(stills.prompts, stills.seeds)]}
 
 
 def _motion_check(base: BaseModels, components: dict, unet, train: TrainSpec, size: dict, reporter: Reporter,

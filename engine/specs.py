@@ -129,7 +129,11 @@ class TrainSpec:
     # "shared": trained once per base on its own stills and cached (ours); "customized": trained for this
     # customization on its frozen videos over the customized spatial layers, kept in its artifact.
     motion_adapter_source: Literal["shared", "customized"] = "shared"
-    check_motion_adapter: bool = True  # sample once at Motion Adapter scale 1 and 0; record the motion of each
+    check_motion_adapter: bool = True
+    # Prior preservation (ours, DreamBooth's form): frozen videos of base-T2I stills of the preset's generic
+    # prompts trained alongside the customized ones, loss weight `prior_preservation_weight` (0 = off).
+    prior_preservation_weight: float = 0.0
+    prior_num_images: int = 16  # sample once at Motion Adapter scale 1 and 0; record the motion of each
     num_frames: int = 0
     height: int = 0
     width: int = 0

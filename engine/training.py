@@ -26,10 +26,15 @@ STATE_META = "state.json"
 
 @dataclass
 class TrainData:
-    """Frozen-video latents (N, C, F, h, w) and their text embeddings (N, seq, dim)."""
+    """Frozen-video latents (N, C, F, h, w) and their text embeddings (N, seq, dim).
+
+    `prior` (optional): frozen videos of base-T2I samples trained alongside at weight `prior_weight` (prior
+    preservation, DreamBooth's form): loss = mse(data) + prior_weight * mse(prior)."""
 
     latents: torch.Tensor
     embeddings: torch.Tensor
+    prior: "TrainData | None" = None
+    prior_weight: float = 0.0
 
 
 @dataclass
@@ -73,6 +78,21 @@ def load_state(state_dir: Path | None, unet, name: str, optimizer) -> tuple[int,
     return int(meta["step"]), list(meta["losses"])
 
 
+def _epsilon_loss(unet, data: TrainData, noise_scheduler, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """Epsilon-prediction MSE on `batch_size` random videos of `data` (rows, noise, timesteps drawn from `gen`)."""
+    device, dtype = unet.device, unet.dtype
+    num, _, num_frames = data.latents.shape[:3]
+    idx = torch.randint(0, num, (batch_size,), generator=gen)
+    x0 = data.latents[idx].to(device, torch.float32)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
+    noisy = noise_scheduler.add_noise(x0, noise, t).to(dtype)
+    text = data.embeddings[idx].to(device, dtype).repeat_interleave(num_frames, dim=0)
+    with _autocast(device, dtype):
+        pred = unet(noisy, t, encoder_hidden_states=text).sample
+    return F.mse_loss(pred.float(), noise.float())
+
+
 def train_adapter(
     unet,
     name: str,
@@ -93,20 +113,12 @@ def train_adapter(
     optimizer = torch.optim.AdamW(params, lr=learning_rate)
     start, losses = load_state(state_dir, unet, name, optimizer)
     result = TrainResult(losses=losses, resumed_from=start)
-    device, dtype = unet.device, unet.dtype
-    num, _, num_frames = data.latents.shape[:3]
     unet.train()
     for step in range(start, steps):
         gen = _step_generator(seed, step)
-        idx = torch.randint(0, num, (batch_size,), generator=gen)
-        x0 = data.latents[idx].to(device, torch.float32)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
-        noisy = noise_scheduler.add_noise(x0, noise, t).to(dtype)
-        text = data.embeddings[idx].to(device, dtype).repeat_interleave(num_frames, dim=0)
-        with _autocast(device, dtype):
-            pred = unet(noisy, t, encoder_hidden_states=text).sample
-        loss = F.mse_loss(pred.float(), noise.float())
+        loss = _epsilon_loss(unet, data, noise_scheduler, batch_size, gen)
+        if data.prior is not None and data.prior_weight:
+            loss = loss + data.prior_weight * _epsilon_loss(unet, data.prior, noise_scheduler, batch_size, gen)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,7 @@ log = logging.getLogger("stillmoving.worker")
 # Share of the job's overall progress (0..1) that each engine stage covers.
 STAGE_SPANS = {
     "customize": {"load": (0.0, 0.05), "motion_adapter_images": (0.05, 0.1), "motion_adapter": (0.1, 0.25),
-                  "sample_images": (0.25, 0.35), "own_motion_adapter": (0.35, 0.45), "train": (0.45, 0.9),
+                  "sample_images": (0.25, 0.33), "prior_images": (0.33, 0.35), "own_motion_adapter": (0.35, 0.45), "train": (0.45, 0.9),
                   "motion_check": (0.9, 0.93), "preview": (0.93, 0.98), "done": (0.98, 1.0)},
     "generate": {"load": (0.0, 0.1), "denoise": (0.1, 0.9), "export": (0.9, 1.0)},
 }

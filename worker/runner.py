@@ -60,6 +60,8 @@ def train_spec(config: dict, settings: Settings) -> engine.TrainSpec:
         train_resnets=config.get("train_resnets", False), train_projections=config.get("train_projections", False),
         train_feedforward=config.get("train_feedforward", False), use_motion_adapter=config.get("use_motion_adapter", True),
         motion_adapter_source=config.get("motion_adapter_source", "shared"),
+        prior_preservation_weight=config.get("prior_preservation_weight", 0.0),
+        prior_num_images=config.get("prior_num_images", 16),
         num_frames=config.get("num_frames") or 0, height=config.get("height") or 0, width=config.get("width") or 0,
         image_batch_size=settings.image_batch_size, checkpoint_every=settings.train_checkpoint_every, motion=motion)
 

@@ -155,3 +155,22 @@ def test_a_motion_adapter_of_its_own_lives_in_the_artifact_and_is_checked(base, 
     shared = engine.customize(base, checkpoints["lora"], small_train(), tmp_path / "shared", tmp_path / "cache")
     assert shared["motion_adapter"]["source"] == "shared" and shared["motion_adapter"]["file"] is None
     assert shared["motion_adapter"]["check"]["motion_at_scale_1"] >= 0
+
+
+def test_prior_preservation_trains_base_stills_alongside(base, checkpoints, tmp_path):
+    """With a weight, the loss adds frozen videos of base-T2I stills of the generic prompts: the loss curve and
+    the adapter change; the manifest names the prior stills (prompt, seed)."""
+    plain = engine.customize(base, checkpoints["lora"], small_train(), tmp_path / "a", tmp_path / "m")
+    kept = engine.customize(base, checkpoints["lora"], small_train(prior_preservation_weight=1.0, prior_num_images=3),
+                            tmp_path / "b", tmp_path / "m")
+    assert plain["prior_preservation"] is None
+    prior = kept["prior_preservation"]
+    assert prior["weight"] == 1.0 and [i["seed"] for i in prior["images"]] == [2, 3, 4]
+    assert [i["prompt"] for i in prior["images"]] == list(engine.specs.GENERIC_MOTION_PROMPTS[:3])
+    assert kept["loss_curve"][0] > plain["loss_curve"][0], "step 0 (same draws, same zero-init adapter) + prior term"
+    a, b = (load_file(str(tmp_path / d / "spatial_adapter.safetensors")) for d in ("a", "b"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(engine.SpecError) as err:
+        engine.customize(base, checkpoints["lora"], small_train(prior_preservation_weight=-1.0), tmp_path / "c",
+                         tmp_path / "m")
+    assert err.value.field == "prior_preservation_weight"
