@@ -125,7 +125,6 @@ def customize(
     prior = None
     if train.prior_preservation_weight > 0:
         prior = _prior_videos(base, train, size, reporter)
-        data.prior, data.prior_weight = prior["data"], train.prior_preservation_weight
         lap("prior_images")
     unet = build_motion_unet(base, components["unet"])
     active = []
@@ -144,6 +143,8 @@ def customize(
     adapters.activate(unet, active + [adapters.SPATIAL])
     lap("prepare")
 
+    if prior is not None:  # for the Spatial Adapters only; a Motion Adapter of its own fits the customized videos
+        data = replace(data, prior=prior["data"], prior_weight=train.prior_preservation_weight)
     result = train_adapter(unet, adapters.SPATIAL, data, make_training_scheduler(base), train.train_steps,
                            train.learning_rate, train.batch_size, train.seed, reporter, stage="train",
                            state_dir=state_dir, checkpoint_every=train.checkpoint_every,
