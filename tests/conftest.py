@@ -36,16 +36,20 @@ def worker_env(settings) -> dict[str, str]:
 
 
 def wait_until(check, timeout: float, what: str, interval: float = 0.1):
+    """Poll `check` until it returns something truthy; a check that keeps raising is reported with its error
+    (a broken check must not look like a slow server)."""
     deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
             value = check()
             if value:
                 return value
-        except Exception:
-            pass
+        except Exception as exc:  # not up yet (connection refused, ...): keep the last one to report
+            last_error = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    why = f"; the check last raised {type(last_error).__name__}: {last_error}" if last_error else ""
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}{why}")
 
 
 def stop(proc: subprocess.Popen) -> None:
