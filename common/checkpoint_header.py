@@ -186,13 +186,13 @@ def _modules(part: dict) -> dict[str, tuple[int, ...]]:
 
 def _lora_target(key: str) -> tuple[str, str, str] | None:
     """(part, module, kind) of a LoRA key, kind one of "down", "up", "alpha"; None if unrecognised."""
-    for prefix, part in (("unet.", "unet"),  # noqa: B007 (`part` is read after the loop's break) ("text_encoder.", "text_encoder"), ("lora_unet_", "unet"),
-                         ("lora_te_", "text_encoder"), ("lora_te1_", "text_encoder")):
-        if key.startswith(prefix):
-            rest = key[len(prefix):]
-            break
-    else:
+    prefixes = (("unet.", "unet"), ("text_encoder.", "text_encoder"), ("lora_unet_", "unet"),
+                ("lora_te_", "text_encoder"), ("lora_te1_", "text_encoder"))
+    match = next(((prefix, part) for prefix, part in prefixes if key.startswith(prefix)), None)
+    if match is None:
         return None
+    rest = key[len(match[0]):]
+    part = match[1]
     if rest.endswith(".alpha"):
         return part, rest[: -len(".alpha")], "alpha"
     for marker, kind in ((".lora_A.", "down"), (".lora_down.", "down"), (".lora.down.", "down"),
