@@ -76,9 +76,10 @@ def describe(video: Path) -> dict:
 
     read = read_video_file(video)
     m, track = read["majority"], read["track"]
-    print(f"the judge reads {DEMO_PROMPT!r} as: a {m['colour']} {m['shape']}, two-tone in "
-          f"{round(read['look_two_tone'] * read['frames'])}/{read['frames']} frames, moving {track['direction']} "
-          f"(centroid moved {track['displacement']} px)")
+    print(f"the judge reads {DEMO_PROMPT!r}: {round(read['readable'] * read['frames'])}/{read['frames']} frames "
+          f"readable (one object of the world's size, every head confident); majority a {m['colour']} {m['shape']}, "
+          f"two-tone in {round(read['look_two_tone'] * read['frames'])}/{read['frames']} frames, centroid moved "
+          f"{track['displacement']} px ({track['direction']})")
     return read
 
 
