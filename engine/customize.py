@@ -26,7 +26,7 @@ from engine.motion_adapter import (
 from engine.progress import Reporter
 from engine.sampling import render_frames
 from engine.specs import SampleSpec, TrainSpec
-from engine.training import TrainData, train_adapter
+from engine.training import train_adapter
 
 
 def validate_train_spec(base: BaseModels, train: TrainSpec) -> dict[str, int]:
@@ -117,11 +117,7 @@ def customize(
     images = _save_stills(stills, out_dir)
     lap("sample_images")
 
-    data = TrainData(
-        latents=frozen_videos.freeze(frozen_videos.encode_images(components["vae"], stills.images),
-                                     size["num_frames"]),
-        embeddings=frozen_videos.encode_prompts(components, stills.prompts),
-    )
+    data = frozen_videos.train_data(components, stills, size["num_frames"])
     prior = None
     if train.prior_preservation_weight > 0:
         prior = _prior_videos(base, train, size, reporter)
@@ -209,11 +205,7 @@ def _prior_videos(base: BaseModels, train: TrainSpec, size: dict, reporter: Repo
         size["height"], size["width"], size["image_steps"], train.image_guidance_scale, "", reporter,
         stage="prior_images", batch_size=train.image_batch_size,
     )
-    data = TrainData(
-        latents=frozen_videos.freeze(frozen_videos.encode_images(base.components["vae"], stills.images),
-                                     size["num_frames"]),
-        embeddings=frozen_videos.encode_prompts(base.components, stills.prompts),
-    )
+    data = frozen_videos.train_data(base.components, stills, size["num_frames"])
     return {"data": data, "images": [{"prompt": p, "seed": s} for p, s in zip(stills.prompts, stills.seeds)]}
 
 

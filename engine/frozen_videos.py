@@ -76,6 +76,14 @@ def freeze(latents: torch.Tensor, num_frames: int) -> torch.Tensor:
     return latents.unsqueeze(2).expand(-1, -1, num_frames, -1, -1).contiguous()
 
 
+def train_data(components: dict, stills: Stills, num_frames: int):
+    """Frozen videos of `stills` (latents repeated over `num_frames`) with their prompt embeddings."""
+    from engine.training import TrainData
+
+    return TrainData(latents=freeze(encode_images(components["vae"], stills.images), num_frames),
+                     embeddings=encode_prompts(components, stills.prompts))
+
+
 @torch.no_grad()
 def encode_prompts(components: dict, prompts: list[str]) -> torch.Tensor:
     """Text embeddings for each prompt, each unique prompt encoded once -> (N, seq, dim)."""

@@ -63,11 +63,7 @@ def ensure_motion_adapter(base: BaseModels, train: TrainSpec, cache_dir: Path, r
         size["image_steps"], train.image_guidance_scale, "", reporter, stage="motion_adapter_images",
         batch_size=train.image_batch_size,
     )
-    data = TrainData(
-        latents=frozen_videos.freeze(frozen_videos.encode_images(base.components["vae"], stills.images),
-                                     size["num_frames"]),
-        embeddings=frozen_videos.encode_prompts(base.components, stills.prompts),
-    )
+    data = frozen_videos.train_data(base.components, stills, size["num_frames"])
     unet = base.base_motion_unet()
     config, result = train_motion_lora(base, unet, data, spec, reporter)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)

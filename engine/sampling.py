@@ -48,7 +48,7 @@ def _pick_model(base: BaseModels, custom: Customization | None, sample: SampleSp
     if custom is None or sample.method == "base":
         return base.components, base.sampling_forward(), "base"
     unet = custom.unet
-    names, weights = ([] if sample.method == "naive" else [adapters.SPATIAL]), []
+    names = [] if sample.method == "naive" else [adapters.SPATIAL]
     weights = [sample.spatial_adapter_scale] * len(names)
     if sample.motion_adapter_scale:
         if adapters.MOTION not in getattr(unet, "peft_config", {}):
