@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
-from api.routes import customizations, generate, health, jobs
+from api.routes import customizations, generate, health, jobs, limits
 from common.celery_config import make_celery
 from common.jobstore import JobStore
 from common.schemas import ErrorEnvelope
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=ERROR_RESPONSES,
     )
     errors.install(app)
-    for module in (health, customizations, generate, jobs):
+    for module in (health, customizations, generate, jobs, limits):
         app.include_router(module.router)
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app

@@ -7,11 +7,18 @@ Layout (prefix ``sm:``)::
     sm:owner:<o>:jobs          zset of job ids by creation time (newest-first listing)
     sm:owner:<o>:customizations zset of customization ids by creation time
     sm:owner:<o>:queued        zset of the owner's queued job ids (per-key limit)
-    sm:queued:<queue>          zset of queued job ids by enqueue time (queue position)
+    sm:queued:<queue>          zset of queued job ids by enqueue time (the queue's depth)
+    sm:fair:<queue>:owner:<o>  zset of the owner's queued job ids in that queue by when each may start
+    sm:fair:<queue>:owners     zset of owners by the turn they were last served (round-robin between keys)
+    sm:fair:<queue>:turn       counter of turns served
     sm:idem:<o>:<scope>:<h>    JSON {"job_id", "customization_id", "fingerprint"} of an Idempotency-Key
     sm:running                 zset of running job ids by last heartbeat (epoch seconds; the reaper's index)
 
 Status changes go through one Lua script (`transition`) so that, e.g., a cancel and a start never both win.
+
+Fair dispatch: Celery stays the transport, one message per queued job, but a message is a turn, not a job:
+the worker that receives one runs `next_fair`'s pick, the oldest startable job of the key served longest
+ago, so one key's backlog never holds the others' jobs back by more than one job each.
 """
 
 from __future__ import annotations
@@ -44,14 +51,18 @@ if new == 'queued' then
   redis.call('ZADD', KEYS[2], ARGV[6], ARGV[3])
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
+  redis.call('ZADD', KEYS[6], 'NX', 0, ARGV[7])
 elseif new == 'running' then
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
+  redis.call('ZREM', KEYS[5], ARGV[3])
 elseif new ~= '' then
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('ZREM', KEYS[5], ARGV[3])
 end
 return 1
 """
@@ -72,11 +83,31 @@ for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[1], k, v) en
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[7], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[8], 'NX', 0, ARGV[7])
 if ARGV[5] ~= '' then
   for k, v in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[5], k, v) end
   redis.call('ZADD', KEYS[6], ARGV[2], ARGV[5])
 end
 return 1
+"""
+
+# The next job to start in a queue: the oldest startable job (score <= now) of the owner served longest ago
+# (new owners first); that owner's turn is then the latest. Owners with nothing queued leave the rotation.
+_NEXT_FAIR = """
+for _, owner in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local jobs = ARGV[2] .. owner
+  if redis.call('ZCARD', jobs) == 0 then
+    redis.call('ZREM', KEYS[1], owner)
+  else
+    local first = redis.call('ZRANGEBYSCORE', jobs, '-inf', ARGV[1], 'LIMIT', 0, 1)
+    if #first > 0 then
+      redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[2]), owner)
+      return first[1]
+    end
+  end
+end
+return false
 """
 RUNNING_KEY = PREFIX + "running"
 
@@ -111,6 +142,7 @@ class JobStore:
         self._transition = self.redis.register_script(_TRANSITION)
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
         self._create = self.redis.register_script(_CREATE)
+        self._next_fair = self.redis.register_script(_NEXT_FAIR)
 
     def ping(self) -> None:
         try:
@@ -131,6 +163,11 @@ class JobStore:
     def _queue_key(queue: str) -> str:
         return f"{PREFIX}queued:{queue}"
 
+    @staticmethod
+    def _fair_key(queue: str, owner: str | None = None) -> str:
+        """The owner's queued jobs in `queue`; with no owner, the rotation of owners."""
+        return f"{PREFIX}fair:{queue}:" + ("owners" if owner is None else f"owner:{owner}")
+
     def create_job(self, job: JobRecord, queue: str, customization: CustomizationRecord | None = None,
                    limit: int = 0) -> bool:
         """Store a queued job (and its customization) and index it, atomically; False (nothing written)
@@ -138,10 +175,11 @@ class JobStore:
         cus_key = self.customization_key(customization.id) if customization else self.customization_key("-")
         created = self._create(
             keys=[self.job_key(job.id), self._owner_key(job.owner, "jobs"), self._queue_key(queue),
-                  self._owner_key(job.owner, "queued"), cus_key, self._owner_key(job.owner, "customizations")],
+                  self._owner_key(job.owner, "queued"), cus_key, self._owner_key(job.owner, "customizations"),
+                  self._fair_key(queue, job.owner), self._fair_key(queue)],
             args=[limit, repr(time.time()), job.id, json.dumps({**_encode(job), "queue": json.dumps(queue)}),
                   customization.id if customization else "",
-                  json.dumps(_encode(customization)) if customization else "{}"])
+                  json.dumps(_encode(customization)) if customization else "{}", job.owner])
         return created == 1
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -179,9 +217,10 @@ class JobStore:
             return False
         owner, queue = json.loads(record["owner"]), json.loads(record.get("queue", '"none"'))
         result = self._transition(
-            keys=[self.job_key(job_id), self._queue_key(queue), self._owner_key(owner, "queued"), RUNNING_KEY],
+            keys=[self.job_key(job_id), self._queue_key(queue), self._owner_key(owner, "queued"), RUNNING_KEY,
+                  self._fair_key(queue, owner), self._fair_key(queue)],
             args=[json.dumps([json.dumps(s) for s in allowed_from]), json.dumps(_encode(fields)), job_id,
-                  fields.get("status", ""), "" if attempt is None else json.dumps(attempt), repr(time.time())])
+                  fields.get("status", ""), "" if attempt is None else json.dumps(attempt), repr(time.time()), owner])
         return result == 1
 
     def heartbeat(self, job_id: str, attempt: int, **fields: Any) -> bool:
@@ -207,10 +246,33 @@ class JobStore:
         raw = self.redis.hget(self.job_key(job_id), "cancel_requested")
         return bool(raw and json.loads(raw))
 
+    def next_fair(self, queue: str) -> str | None:
+        """The job a worker with a free turn in `queue` should start (see the module docstring)."""
+        return self._next_fair(keys=[self._fair_key(queue), f"{PREFIX}fair:{queue}:turn"],
+                               args=[repr(time.time()), self._fair_key(queue, "")]) or None
+
+    def is_queued(self, job_id: str) -> bool:
+        return self.redis.hget(self.job_key(job_id), "status") == '"queued"'
+
+    def queued_depth(self, queue: str) -> int:
+        """Queued jobs of `queue`, startable or not."""
+        return self.redis.zcard(self._queue_key(queue))
+
+    def defer(self, job_id: str, seconds: float) -> None:
+        """Keep a queued job out of `next_fair`'s picks for `seconds` (it waits for its customization)."""
+        record = self.redis.hmget(self.job_key(job_id), ["owner", "queue"])
+        if all(record):
+            owner, queue = (json.loads(v) for v in record)
+            self.redis.zadd(self._fair_key(queue, owner), {job_id: time.time() + seconds}, xx=True)
+
     def queue_position(self, job_id: str) -> int | None:
-        """1-based position among queued jobs of the job's queue (1 = next), None when not queued."""
-        queue = self.job_queue(job_id)
-        rank = self.redis.zrank(self._queue_key(queue), job_id) if queue else None
+        """1-based position among the owner's own queued jobs of that queue (1 = its next), None when not
+        queued. Other keys' backlogs are not shown: with fair dispatch they delay a job by one job each."""
+        record = self.redis.hmget(self.job_key(job_id), ["owner", "queue"])
+        if not all(record):
+            return None
+        owner, queue = (json.loads(v) for v in record)
+        rank = self.redis.zrank(self._fair_key(queue, owner), job_id)
         return None if rank is None else rank + 1
 
     def queued_count(self, owner: str) -> int:

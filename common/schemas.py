@@ -76,7 +76,8 @@ class GenerateRequest(BaseModel):
     customization_id: str | None = Field(None, max_length=64, description="none means the base model")
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    num_frames: int | None = Field(None, ge=2, le=64, description="default: the preset's")
+    num_frames: int | None = Field(None, ge=2, le=64, description="default: the preset's; at most its motion "
+                                   "modules' frame positions, within its cost limits (GET /limits)")
     height: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
     width: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
     steps: int | None = Field(None, ge=1, le=150)
@@ -225,3 +226,24 @@ class CustomizationView(BaseModel):
 class CustomizationList(BaseModel):
     items: list[CustomizationView]
     next_cursor: str | None
+
+
+class LimitsView(BaseModel):
+    """``GET /limits``: the served preset's defaults and the largest jobs it accepts (422 beyond them).
+
+    Costs: `max_video_pixels` bounds num_frames x height x width, `max_video_work` that times steps;
+    `max_train_pixels` bounds a customization's num_frames x height x width and `max_train_work` a customization's (stills + prior stills) x image steps x height x width
+    plus 3 x train_steps x num_frames x height x width (x 2 with prior preservation)."""
+
+    preset: str
+    height: int
+    width: int
+    num_frames: int
+    image_steps: int
+    sample_steps: int
+    max_frames: int = Field(description="frame positions of the motion modules: the longest video")
+    max_video_pixels: int
+    max_video_work: int
+    max_train_pixels: int
+    max_train_work: int
+    train_sizes: list[dict[str, int]] | None = Field(description="the sizes a customization trains at; null = any")

@@ -5,12 +5,15 @@ Built once per process (`get_settings`) and passed down; nothing else reads the 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from common.presets import PRESETS, Preset
 
 DEV_API_KEY = "sm-dev-key"
 
@@ -57,6 +60,14 @@ class Settings(BaseSettings):
     image_batch_size: int = Field(1, ge=1, description="stills per T2I call when making frozen videos")
     gradient_checkpointing: bool = Field(False, description="recompute activations in training (sd15 at 512x512x16 "
                                                              "within 24 GB of GPU memory)")
+    max_video_pixels: int | None = Field(None, ge=1, description="num_frames x height x width of one video "
+                                                               "(default: the preset's, common/presets.py)")
+    max_video_work: int | None = Field(None, ge=1, description="num_frames x height x width x steps of one video "
+                                                             "(default: the preset's)")
+    max_train_pixels: int | None = Field(None, ge=1, description="num_frames x height x width of a customization's "
+                                                               "training videos (default: the preset's)")
+    max_train_work: int | None = Field(None, ge=1, description="pixel-frame steps of one customization, stills and "
+                                                             "training (default: the preset's)")
     compile_unet: bool = Field(False, description="torch.compile the sampling UNets (GPU; each loaded model's first "
                                                   "video pays the compile time)")
 
@@ -96,6 +107,12 @@ class Settings(BaseSettings):
         if not keys:
             raise ValueError("at least one API key is required")
         return keys
+
+    def preset(self) -> Preset:
+        """The served preset's facts with this deployment's cost limits applied."""
+        limits = {k: getattr(self, k) for k in ("max_video_pixels", "max_video_work", "max_train_pixels",
+                                                  "max_train_work")}
+        return replace(PRESETS[self.model_preset], **{k: v for k, v in limits.items() if v is not None})
 
     def queue_for(self, kind: str) -> str:
         """Celery queue of a job kind ("customize" or "generate")."""

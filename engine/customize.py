@@ -15,7 +15,7 @@ from engine import adapters, frozen_videos
 from engine.artifact import MOTION_ADAPTER, SPATIAL_ADAPTER, Customization, versions, write_manifest
 from engine.checkpoints import file_sha256, load_customized_t2i
 from engine.errors import SpecError
-from engine.models import BaseModels, build_motion_unet, make_training_scheduler
+from engine.models import BaseModels, build_motion_unet, check_num_frames, make_training_scheduler
 from engine.motion_adapter import (
     ensure_motion_adapter,
     motion_adapter_key,
@@ -46,6 +46,7 @@ def validate_train_spec(base: BaseModels, train: TrainSpec) -> dict[str, int]:
         if not ok:
             raise SpecError(f"{name}={getattr(train, name)!r}: {why}", field=name)
     size = resolved_size(base, train)
+    check_num_frames(base, size["num_frames"])
     for name in ("height", "width"):
         if size[name] % 8:
             raise SpecError(f"{name}={size[name]} must be a multiple of 8", field=name)

@@ -20,6 +20,7 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from common.presets import PRESETS
 from engine import tiny_models
 from engine.errors import ModelLoadError, SpecError
 from engine.specs import GENERIC_MOTION_PROMPTS, ModelSpec
@@ -27,8 +28,9 @@ from engine.specs import GENERIC_MOTION_PROMPTS, ModelSpec
 
 @dataclass(frozen=True)
 class PresetDefaults:
-    """Per-preset defaults for sizes and step counts (0 in a spec means "use these"), and the generic prompts
-    whose base-T2I stills train the shared Motion Adapter (they must describe the base's own world)."""
+    """Per-preset defaults for sizes and step counts (0 in a spec means "use these"; the values are the
+    service's, `common.presets`), and the generic prompts whose base-T2I stills train the shared Motion Adapter
+    (they must describe the base's own world)."""
 
     height: int
     width: int
@@ -36,6 +38,12 @@ class PresetDefaults:
     image_steps: int
     sample_steps: int
     motion_prompts: tuple[str, ...] = GENERIC_MOTION_PROMPTS
+
+    @classmethod
+    def of(cls, preset: str, **extra) -> "PresetDefaults":
+        p = PRESETS[preset]
+        return cls(height=p.height, width=p.width, num_frames=p.num_frames, image_steps=p.image_steps,
+                   sample_steps=p.sample_steps, **extra)
 
 
 def _shapes_class_prompts() -> tuple[str, ...]:
@@ -45,10 +53,9 @@ def _shapes_class_prompts() -> tuple[str, ...]:
 
 
 PRESET_DEFAULTS = {
-    "tiny": PresetDefaults(height=32, width=32, num_frames=8, image_steps=4, sample_steps=4),
-    "shapes": PresetDefaults(height=32, width=32, num_frames=8, image_steps=25, sample_steps=25,
-                             motion_prompts=_shapes_class_prompts()),
-    "sd15": PresetDefaults(height=512, width=512, num_frames=16, image_steps=25, sample_steps=25),
+    "tiny": PresetDefaults.of("tiny"),
+    "shapes": PresetDefaults.of("shapes", motion_prompts=_shapes_class_prompts()),
+    "sd15": PresetDefaults.of("sd15"),
 }
 
 
@@ -84,6 +91,14 @@ class BaseModels:
     def base_motion_unet(self) -> UNetMotionModel:
         """A private copy of the plain AnimateDiff UNet, for attaching and training adapters."""
         return copy.deepcopy(self.sampling_motion_unet())
+
+
+def check_num_frames(base: "BaseModels", num_frames: int) -> None:
+    """A video longer than the motion modules' frame positions fails deep in the UNet: refuse it first."""
+    positions = base.motion_adapter.config.motion_max_seq_length
+    if num_frames > positions:
+        raise SpecError(f"num_frames={num_frames} is more than the {positions} frame positions of the motion modules",
+                        field="num_frames")
 
 
 def place(module, device: torch.device, dtype: torch.dtype):

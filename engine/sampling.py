@@ -11,7 +11,7 @@ from diffusers import AnimateDiffPipeline
 from engine import adapters, export
 from engine.artifact import Customization
 from engine.errors import SpecError
-from engine.models import BaseModels
+from engine.models import BaseModels, check_num_frames
 from engine.progress import Reporter
 from engine.specs import SampleSpec
 
@@ -25,6 +25,7 @@ def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
         "width": sample.width or d.width,
         "steps": sample.steps or d.sample_steps,
     }
+    check_num_frames(base, values["num_frames"])
     if values["height"] % 8 or values["width"] % 8:
         raise SpecError(f"height/width must be multiples of 8, got {values['height']}x{values['width']}",
                         field="height" if values["height"] % 8 else "width")

@@ -37,6 +37,13 @@ class WaitForCustomization(Exception):
     """The generation's customization is still queued or training; try again later."""
 
 
+class NotQueued(Exception):
+    """Another worker started the job first (or it ended): pick again."""
+
+
+PICKS_PER_TURN = 5  # a turn lost to a race with another worker picks again, this many times at most
+
+
 class JobFailed(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -136,14 +143,14 @@ class Runner:
         return self.customizations.get_or_load((customization_id, id(base)), load)
 
     # ---- job lifecycle ----------------------------------------------------------------------------
-    def start(self, job: JobRecord) -> JobProgress | None:
-        """Take the job (queued → running, next attempt); None when another worker has it or it ended."""
+    def start(self, job: JobRecord) -> JobProgress:
+        """Take the job (queued → running, next attempt); `NotQueued` when another worker has it or it ended."""
         attempt = job.attempts + 1
         if not self.store.transition(job.id, ["queued"], attempt=job.attempts, status="running", started_at=now(),
                                      stage="starting", attempts=attempt, heartbeat_at=now(),
                                      worker=f"{socket.gethostname()}:{os.getpid()}"):
             log.info("job %s: not queued any more, skipped", job.id)
-            return None
+            raise NotQueued(job.id)
         job.status, job.attempts = "running", attempt
         return JobProgress(self.store, job.id, job.kind, self.settings.progress_interval_s, attempt)
 
@@ -166,8 +173,32 @@ class Runner:
                                             error=error, finished_at=now())
         log.info("job %s %s%s", job.id, status, f" ({error.code}: {error.message})" if error else "")
 
-    def run(self, job_id: str, body) -> None:
-        """Common frame of both job kinds: load, start, run `body`, map errors to the job's final state."""
+    def run(self, kind: str, token: str, body) -> None:
+        """One turn of the `kind` queue (the task's message; `token` is the job it was sent for): start the
+        fair pick of the job store, else `token` itself. A generation turn that finds only jobs waiting for
+        their customization is kept (`WaitForCustomization`: the task comes back later), so none is left
+        without one."""
+        queue = self.settings.queue_for(kind)
+        for _ in range(PICKS_PER_TURN):
+            job_id = self.store.next_fair(queue)
+            if job_id is None:
+                if self.store.is_queued(token):
+                    job_id = token
+                elif kind == "generate" and self.store.queued_depth(queue):
+                    raise WaitForCustomization("a turn kept for the jobs that wait")
+                else:
+                    return
+            try:
+                self._run_one(job_id, body)
+                return
+            except NotQueued:
+                continue
+            except WaitForCustomization:
+                self.store.defer(job_id, self.settings.wait_poll_s)
+                raise
+
+    def _run_one(self, job_id: str, body) -> None:
+        """Load, start, run `body`, map errors to the job's final state."""
         job = self.store.get_job(job_id)
         if job is None or job.status in TERMINAL:
             log.info("job %s: nothing to do (%s)", job_id, "unknown" if job is None else job.status)
@@ -175,7 +206,7 @@ class Runner:
         scratch = self.workdir / "jobs" / job_id
         try:
             body(job, scratch)
-        except WaitForCustomization:
+        except (WaitForCustomization, NotQueued):
             raise
         except engine.CancelledError:
             self.finish(job, "canceled", ErrorInfo(code="canceled", message="canceled by request"))
@@ -204,12 +235,10 @@ class Runner:
 
     # ---- customize --------------------------------------------------------------------------------
     def run_customize(self, job_id: str) -> None:
-        self.run(job_id, self._customize)
+        self.run("customize", job_id, self._customize)
 
     def _customize(self, job: JobRecord, scratch: Path) -> None:
         reporter = self.start(job)
-        if reporter is None:
-            return
         with self.heartbeat(reporter):
             self._customize_running(job, scratch, reporter)
 
@@ -249,7 +278,7 @@ class Runner:
 
     # ---- generate ---------------------------------------------------------------------------------
     def run_generate(self, job_id: str) -> None:
-        self.run(job_id, self._generate)
+        self.run("generate", job_id, self._generate)
 
     def _generate(self, job: JobRecord, scratch: Path) -> None:
         if job.customization_id:
@@ -264,8 +293,6 @@ class Runner:
                 self.store.update_job(job.id, stage="waiting_for_customization")
                 raise WaitForCustomization(job.customization_id)
         reporter = self.start(job)
-        if reporter is None:
-            return
         with self.heartbeat(reporter):
             self._generate_running(job, scratch, reporter)
 

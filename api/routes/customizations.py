@@ -13,7 +13,7 @@ from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StorageDe
 from api.enqueue import accepted, check_queue_limit, enqueue, new_id, replay
 from api.upload import receive_form
 from api.views import customization_view
-from common import checkpoint_header
+from common import checkpoint_header, presets
 from common.errors import InvalidArgument, NotFound
 from common.jobstore import now
 from common.schemas import (
@@ -88,6 +88,7 @@ async def create_customization(request: Request, owner: OwnerDep, settings: Sett
         if config.base_model != settings.model_preset:
             raise InvalidArgument(f"base_model={config.base_model!r} is not served here; this deployment serves "
                                   f"{settings.model_preset!r}", field="config.base_model")
+        presets.check_customization(settings.preset(), config.model_dump())
         info = checkpoint_header.parse_header(bytes(upload.head), upload.size, settings.max_header_bytes)
         summary = checkpoint_header.check_against_base(info, checkpoint_header.load_base_keys(config.base_model))
         sha256 = upload.hexdigest()

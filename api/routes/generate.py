@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 
 from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep
 from api.enqueue import accepted, enqueue, new_id, replay
+from common import presets
 from common.errors import Conflict, NotFound, UnsupportedMediaType
 from common.jobstore import now
 from common.schemas import GenerateRequest, JobAccepted, JobRecord
@@ -27,6 +28,7 @@ async def require_json(request: Request) -> None:
 def create_generation(body: GenerateRequest, owner: OwnerDep, settings: SettingsDep, store: StoreDep,
                       celery: CeleryDep, _json: Annotated[None, Depends(require_json)] = None,
                       idempotency_key: IdempotencyKey = None):
+    presets.check_video(settings.preset(), body.num_frames, body.height, body.width, body.steps)
     fingerprint = None
     if idempotency_key:
         fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()

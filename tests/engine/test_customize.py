@@ -108,7 +108,8 @@ def test_same_settings_train_the_same_adapter(base, checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [("num_images", 0), ("train_steps", 0), ("rank", 0),
-                                         ("learning_rate", 0.0), ("height", 36), ("prompts", ("",))])
+                                         ("learning_rate", 0.0), ("height", 36), ("prompts", ("",)),
+                                         ("num_frames", 33)])  # over the motion modules' 32 positions
 def test_bad_settings_name_the_field(base, checkpoints, tmp_path, field, value):
     with pytest.raises(engine.SpecError) as info:
         engine.customize(base, checkpoints["unet"], small_train(**{field: value}), tmp_path / "x", tmp_path / "m")

@@ -223,6 +223,9 @@ def test_motion_adapter_scale_at_sampling(base, trained, checkpoints):
     with pytest.raises(engine.SpecError) as err:
         render_frames(base, plain, replace(spec, motion_adapter_scale=1.0), Reporter())
     assert err.value.field == "motion_adapter_scale"
+    with pytest.raises(engine.SpecError, match="32 frame positions") as err:  # was a RuntimeError deep in the UNet
+        render_frames(base, plain, replace(spec, num_frames=33), Reporter())
+    assert err.value.field == "num_frames"
     with pytest.raises(engine.SpecError) as err:
         render_frames(base, with_motion, replace(spec, method="base", motion_adapter_scale=1.0), Reporter())
     assert err.value.field == "motion_adapter_scale"

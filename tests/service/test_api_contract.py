@@ -126,6 +126,48 @@ def test_generate_rejects_bad_values(api, a, change, field):
         assert error["field"] == field
 
 
+# ---- cost limits (common/presets.py; tiny: 32 frame positions, CPU-sized limits) ---------------------
+@pytest.mark.parametrize("change,field,said", [
+    ({"num_frames": 33}, "num_frames", "32 frame positions"),
+    ({"num_frames": 64, "height": 32, "width": 32}, "num_frames", "32 frame positions"),
+    # the attack of the hardening issue: 32 frames at 1024x1024, 150 steps, accepted before
+    ({"num_frames": 32, "height": 1024, "width": 1024, "steps": 150}, "height", "pixel-frames"),
+    ({"num_frames": 8, "height": 256, "width": 512}, "width", "pixel-frames"),
+    ({"num_frames": 32, "height": 64, "width": 64, "steps": 51}, "steps", "x steps"),
+])
+def test_generate_over_the_preset_limits_is_422_naming_field_and_limit(api, a, api_settings, change, field, said):
+    preset = api_settings.preset()
+    before = api.get("/jobs?limit=100", headers=a).json()["items"]
+    error = assert_error(api.post("/generate", headers=a, json={**GEN, **change}), 422, "invalid_argument", field)
+    assert said in error["message"]
+    limit = preset.max_frames if "positions" in said else preset.max_video_pixels if "pixel" in said \
+        else preset.max_video_work
+    assert str(limit) in error["message"]
+    after = api.get("/jobs?limit=100", headers=a).json()["items"]
+    assert [j["id"] for j in after] == [j["id"] for j in before]  # nothing queued
+
+
+def test_generate_at_the_limit_is_accepted_and_limits_are_published(api, a, api_settings):
+    preset = api_settings.preset()
+    largest = {"num_frames": 32, "height": 64, "width": 64, "steps": 50}
+    assert 32 * 64 * 64 * 50 == preset.max_video_work  # the tiny limit is this very video
+    assert api.post("/generate", headers=a, json={**GEN, **largest}).status_code == 202
+    published = api.get("/limits", headers=a).json()
+    assert published["preset"] == "tiny" and published["max_frames"] == preset.max_frames == 32
+    assert published["max_video_work"] == preset.max_video_work and published["train_sizes"] is None
+    assert api.get("/limits").status_code == 401
+
+
+def test_cost_limits_follow_the_settings(api_settings):
+    default_video = 8 * 32 * 32 * 4  # tiny's default frames, size and steps
+    with TestClient(create_app(api_settings.model_copy(update={"max_video_work": default_video}))) as small:
+        headers = {"Authorization": f"Bearer {KEY_C}"}
+        assert small.get("/limits", headers=headers).json()["max_video_work"] == default_video
+        assert small.post("/generate", headers=headers, json={"prompt": "x"}).status_code == 202
+        assert_error(small.post("/generate", headers=headers, json={"prompt": "x", "steps": 5}), 422,
+                     "invalid_argument", "steps")
+
+
 def test_generate_malformed_json_and_content_type(api, a):
     bad = api.post("/generate", headers={**a, "Content-Type": "application/json"}, content=b"{not json")
     assert_error(bad, 400, "malformed_json")
@@ -347,6 +389,9 @@ def test_bad_filenames(api, a, checkpoints, filename, message):
     ({**TINY_CONFIG, "num_images": 0}, "config.num_images"), ({**TINY_CONFIG, "rank": 0}, "config.rank"),
     ({**TINY_CONFIG, "learning_rate": 0}, "config.learning_rate"), ({**TINY_CONFIG, "height": 33}, "config.height"),
     ({**TINY_CONFIG, "base_model": "sdxl"}, "config.base_model"), ({**TINY_CONFIG, "bogus": 1}, "config.bogus"),
+    ({**TINY_CONFIG, "num_frames": 40}, "config.num_frames"),  # over the motion modules' 32 positions
+    ({**TINY_CONFIG, "train_steps": 20000}, "config.train_steps"),  # over tiny's training cost limit
+    ({**TINY_CONFIG, "height": 512, "width": 512}, "config.height"),
 ])
 def test_bad_configs(api, a, checkpoints, config, field):
     assert_error(upload(api, a, checkpoints["lora"], config), 422, "invalid_argument", field)

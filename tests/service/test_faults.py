@@ -229,7 +229,9 @@ def test_jobs_over_their_soft_or_hard_time_limit_fail_with_timeout(settings, che
     reaper from the record's started_at (billiard arms Celery's own hard kill only after the soft limit, here
     500 s): the job fails with `timeout`, is not retried, loses its lease, and its worker stops and is free."""
     conf = fault_settings(settings, own_redis, tmp_path, train_soft_time_limit_s=6, train_time_limit_s=600,
-                          generate_soft_time_limit_s=500, generate_time_limit_s=6)
+                          generate_soft_time_limit_s=500, generate_time_limit_s=6,  # and no cost limits:
+                          max_video_pixels=10**9, max_video_work=10**12, max_train_work=10**13,
+                          max_train_pixels=10**9)
     worker = start_worker(conf, tmp_path / "limits.log", "limits")
     try:
         with TestClient(create_app(conf)) as api:

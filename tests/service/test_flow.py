@@ -185,7 +185,7 @@ def test_cancel_queued_and_running(client, auth_a, worker, checkpoints, settings
 
     store, storage = JobStore(settings.redis_url), client.app.state.storage
     # no Motion Adapter: its one-off training (when no earlier test stored one) is not what is canceled here
-    long = upload(client, auth_a, checkpoints["lora"], {**TINY_CONFIG, "train_steps": 20000,
+    long = upload(client, auth_a, checkpoints["lora"], {**TINY_CONFIG, "train_steps": 10000,
                                                         "use_motion_adapter": False})
     queued = upload(client, auth_a, checkpoints["lora"], {**TINY_CONFIG, "seed": 99})
     long_id, queued_id = long.json()["job_id"], queued.json()["job_id"]
@@ -201,7 +201,7 @@ def test_cancel_queued_and_running(client, auth_a, worker, checkpoints, settings
 
     at_cancel, stopped = cancel_running(client, auth_a, store, long_id, "train")
     assert stopped.stage == "train" and at_cancel <= stopped.step <= at_cancel + 1, (at_cancel, stopped)
-    assert stopped.steps == 20000
+    assert stopped.steps == 10000
     cus_id = long.json()["customization_id"]
     assert client.get(f"/customizations/{cus_id}", headers=auth_a).json()["status"] == "canceled"
     assert f"customizations/{cus_id}/manifest.json" not in storage.list_keys(f"customizations/{cus_id}/")

@@ -119,8 +119,9 @@ def test_lru_cache():
     assert loads == ["a", "b", "c", "b"] and len(cache) == 2 and "a" not in cache
 
 
-def _modules_after(statement: str) -> set[str]:
-    code = f"import sys; {statement}; print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))"
+def _modules_after(statement: str, whole_names: bool = False) -> set[str]:
+    name = "m" if whole_names else "m.split('.')[0]"
+    code = f"import sys; {statement}; print(' '.join(sorted({name} for m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
     return set(out.stdout.split())
 
@@ -139,4 +140,7 @@ def test_engine_loads_no_service_frameworks():
     if not (ROOT / "engine" / "__init__.py").exists():
         pytest.skip("engine not present")
     loaded = _modules_after("import engine")
-    assert not loaded & {"celery", "fastapi", "starlette", "uvicorn", "api", "worker", "common"}, loaded
+    assert not loaded & {"celery", "fastapi", "starlette", "uvicorn", "api", "worker"}, loaded
+    # the one shared fact table (defaults, frame positions, cost limits) and its plain-python errors, nothing more
+    common = {m for m in _modules_after("import engine", whole_names=True) if m.split(".")[0] == "common"}
+    assert common == {"common", "common.presets", "common.errors"}, common

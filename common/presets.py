@@ -1,0 +1,131 @@
+"""What each model preset serves: default sizes, the frame positions of its motion modules, the sizes a
+customization may train at, and the cost limits a job must fit (API and worker read them here; torch-free).
+
+Costs are counted in pixel-frames (frames x height x width) and pixel-frame steps (x denoising steps):
+memory grows with the first, time with the second. A limit is written as the largest job it admits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.errors import InvalidArgument
+
+TRAIN_STEP_PASSES = 3  # a training step (forward + backward) costs about three sampling forwards
+
+
+def video_work(frames: int, height: int, width: int, steps: int) -> int:
+    """Pixel-frame steps of sampling one video."""
+    return frames * height * width * steps
+
+
+def train_work(images: int, image_steps: int, steps: int, frames: int, height: int, width: int,
+               batch: int = 1, prior_images: int = 0) -> int:
+    """Pixel-frame steps of one customization: its stills (and prior stills), then its training steps
+    (a prior batch doubles each step)."""
+    stills = (images + prior_images) * image_steps * height * width
+    batches = 2 if prior_images else 1
+    return stills + TRAIN_STEP_PASSES * steps * batch * batches * frames * height * width
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One preset's serving facts. `train_sizes` None admits any size (tiny: its Motion Adapter costs seconds)."""
+
+    height: int
+    width: int
+    num_frames: int
+    image_steps: int
+    sample_steps: int
+    max_frames: int  # the motion adapter's `motion_max_seq_length` (tests check it against the weights)
+    max_video_pixels: int
+    max_video_work: int
+    max_train_pixels: int  # num_frames x height x width of the training videos: bounds training memory
+    max_train_work: int
+    train_sizes: tuple[tuple[int, int, int], ...] | None  # (height, width, num_frames)
+
+    @property
+    def train_size(self) -> tuple[int, int, int]:
+        return self.height, self.width, self.num_frames
+
+
+_CPU_VIDEO = dict(max_video_pixels=32 * 64 * 64, max_video_work=video_work(32, 64, 64, 50),
+                  max_train_pixels=16 * 64 * 64, max_train_work=train_work(images=200, image_steps=50, steps=2000, frames=16, height=64, width=64))
+
+PRESETS: dict[str, Preset] = {
+    # CPU-sized: a video of 32 frames at 64x64, 50 steps, is about a minute on 2 cores (bench/README.md).
+    "tiny": Preset(height=32, width=32, num_frames=8, image_steps=4, sample_steps=4, max_frames=32,
+                   train_sizes=None, **_CPU_VIDEO),
+    "shapes": Preset(height=32, width=32, num_frames=8, image_steps=25, sample_steps=25, max_frames=32,
+                     train_sizes=((32, 32, 8),), **_CPU_VIDEO),
+    # 24 GB GPU: sampling 32x512x512 in fp16 and training 16x512x512 with gradient checkpointing fit
+    # (bench/README.md, 7b); 100 steps of the largest video stay inside the generation time limit.
+    "sd15": Preset(height=512, width=512, num_frames=16, image_steps=25, sample_steps=25, max_frames=32,
+                   train_sizes=((512, 512, 16),), max_video_pixels=32 * 512 * 512,
+                   max_video_work=video_work(32, 512, 512, 100), max_train_pixels=16 * 512 * 512,
+                   max_train_work=train_work(images=200, image_steps=50, steps=2000, frames=16, height=512, width=512)),
+}
+
+
+def _largest(asked: dict[str, int], defaults: dict[str, int]) -> str:
+    """The field furthest above its default: the one to name when a product of them is over a limit."""
+    return max(asked, key=lambda name: asked[name] / defaults[name])
+
+
+def _check_frames(preset: Preset, num_frames: int, prefix: str) -> None:
+    if num_frames > preset.max_frames:
+        raise InvalidArgument(f"{prefix}num_frames={num_frames} is more than the {preset.max_frames} frame positions "
+                              "of this preset's motion modules", field=prefix + "num_frames")
+
+
+def check_video(preset: Preset, num_frames: int | None, height: int | None, width: int | None,
+                steps: int | None, prefix: str = "") -> None:
+    """Refuse a video the preset cannot run (frame positions) or that is over its memory or time limit."""
+    defaults = {"num_frames": preset.num_frames, "height": preset.height, "width": preset.width,
+                "steps": preset.sample_steps}
+    asked = {"num_frames": num_frames or preset.num_frames, "height": height or preset.height,
+             "width": width or preset.width, "steps": steps or preset.sample_steps}
+    _check_frames(preset, asked["num_frames"], prefix)
+    size = {k: asked[k] for k in ("num_frames", "height", "width")}
+    pixels = size["num_frames"] * size["height"] * size["width"]
+    if pixels > preset.max_video_pixels:
+        field = _largest(size, defaults)
+        raise InvalidArgument(f"{prefix}num_frames x height x width = {pixels} pixel-frames is over this deployment's "
+                              f"limit of {preset.max_video_pixels}", field=prefix + field)
+    work = video_work(asked["num_frames"], asked["height"], asked["width"], asked["steps"])
+    if work > preset.max_video_work:
+        field = _largest(asked, defaults)
+        raise InvalidArgument(f"{prefix}num_frames x height x width x steps = {work} is over this deployment's limit "
+                              f"of {preset.max_video_work}", field=prefix + field)
+
+
+def check_customization(preset: Preset, config: dict, prefix: str = "config.") -> None:
+    """Refuse a customization at a size the preset does not train at, or over its training cost limit."""
+    size = {"height": config.get("height") or preset.height, "width": config.get("width") or preset.width,
+            "num_frames": config.get("num_frames") or preset.num_frames}
+    _check_frames(preset, size["num_frames"], prefix)
+    if preset.train_sizes is not None and tuple(size.values()) not in preset.train_sizes:
+        allowed = ", ".join(f"{h}x{w}x{f}" for h, w, f in preset.train_sizes)
+        wrong = next((k for k in size if size[k] not in {dict(zip(size, s))[k] for s in preset.train_sizes}), "height")
+        raise InvalidArgument(f"{prefix}{wrong}={size[wrong]}: this preset trains at (height x width x num_frames) "
+                              f"{allowed} only (each new size would train its own shared Motion Adapter)",
+                              field=prefix + wrong)
+    pixels = size["num_frames"] * size["height"] * size["width"]
+    if pixels > preset.max_train_pixels:
+        defaults = {"height": preset.height, "width": preset.width, "num_frames": preset.num_frames}
+        field = _largest(size, defaults)
+        raise InvalidArgument(f"{prefix}num_frames x height x width = {pixels} pixel-frames is over this deployment's "
+                              f"training limit of {preset.max_train_pixels}", field=prefix + field)
+    prior = config.get("prior_num_images", 0) if config.get("prior_preservation_weight") else 0
+    work = train_work(images=config["num_images"], image_steps=preset.image_steps, steps=config["train_steps"],
+                      frames=size["num_frames"], height=size["height"], width=size["width"], prior_images=prior)
+    if work > preset.max_train_work:
+        asked = {"train_steps": config["train_steps"], "num_images": config["num_images"], **size}
+        from common.schemas import CustomizationConfig
+
+        fields = CustomizationConfig.model_fields
+        defaults = {"train_steps": fields["train_steps"].default, "num_images": fields["num_images"].default,
+                    "height": preset.height, "width": preset.width, "num_frames": preset.num_frames}
+        field = _largest(asked, defaults)
+        raise InvalidArgument(f"{prefix.rstrip('.')} costs {work} pixel-frame steps (stills and training), over this "
+                              f"deployment's limit of {preset.max_train_work}", field=prefix + field)
