@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.guard import RequestGuard
 from api.routes import customizations, generate, health, jobs, limits
 from common.celery_config import make_celery
 from common.jobstore import JobStore
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=ERROR_RESPONSES,
     )
     errors.install(app)
+    app.add_middleware(RequestGuard, settings=settings)
     for module in (health, customizations, generate, jobs, limits):
         app.include_router(module.router)
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")

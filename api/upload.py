@@ -18,7 +18,6 @@ from common.settings import Settings
 from common.storage import StreamingUpload
 
 MAX_CONFIG_BYTES = 64 * 1024
-FORM_OVERHEAD = 1024 * 1024
 
 
 @dataclass
@@ -96,10 +95,7 @@ async def receive_form(request: Request, upload: StreamingUpload, settings: Sett
     kind, params = parse_options_header(content_type)
     if kind != b"multipart/form-data" or not params.get(b"boundary"):
         raise UnsupportedMediaType("POST /customizations takes multipart/form-data with 'checkpoint' and 'config'")
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_upload_bytes + FORM_OVERHEAD:
-        raise PayloadTooLarge(f"request of {length} bytes exceeds the upload limit of {settings.max_upload_bytes}",
-                              field="checkpoint")
+    # a declared Content-Length over the limit was refused by `api.guard` before the body was read
     state = _State(upload=upload, limit=settings.max_upload_bytes)
     parser = MultipartParser(params[b"boundary"], _callbacks(state))
     try:

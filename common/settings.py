@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEV_API_KEY])
     max_upload_bytes: int = Field(8 * 1024**3, ge=1)
     max_header_bytes: int = Field(16 * 1024**2, ge=1024)
+    max_json_bytes: int = Field(1024**2, ge=1024, description="largest JSON request body (413 past it, checked "
+                                                             "before the body is read)")
     upload_part_bytes: int = Field(8 * 1024**2, ge=5 * 1024**2)
     max_queued_jobs_per_key: int = Field(50, ge=1)
     idempotency_ttl_s: int = 24 * 3600

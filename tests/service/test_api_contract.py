@@ -160,8 +160,9 @@ def test_generate_at_the_limit_is_accepted_and_limits_are_published(api, a, api_
 
 def test_cost_limits_follow_the_settings(api_settings):
     default_video = 8 * 32 * 32 * 4  # tiny's default frames, size and steps
-    with TestClient(create_app(api_settings.model_copy(update={"max_video_work": default_video}))) as small:
-        headers = {"Authorization": f"Bearer {KEY_C}"}
+    conf = api_settings.model_copy(update={"max_video_work": default_video, "api_keys": ["test-key-limits"]})
+    with TestClient(create_app(conf)) as small:
+        headers = {"Authorization": "Bearer test-key-limits"}
         assert small.get("/limits", headers=headers).json()["max_video_work"] == default_video
         assert small.post("/generate", headers=headers, json={"prompt": "x"}).status_code == 202
         assert_error(small.post("/generate", headers=headers, json={"prompt": "x", "steps": 5}), 422,

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from api.deps import owner_of
+from api.auth import owner_of
 from common.jobstore import JobStore
 from tests.conftest import PYTHON, ROOT, free_port, stop, wait_until
 from tests.service.helpers import TERMINAL, assert_error

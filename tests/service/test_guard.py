@@ -1,0 +1,86 @@
+"""`api.guard` in front of a real uvicorn server: a bad key or an oversized body is answered before the
+body is read, so a client that declares 1 GB (and sends none of it) gets its 401/413 at once, and a
+chunked JSON body is cut off at the limit. Raw sockets, so nothing in the client reads ahead."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import KEY_A, free_port
+from tests.service.processes import start_api, stop_group
+
+
+@pytest.fixture(scope="module")
+def api(settings, tmp_path_factory):
+    conf = settings.model_copy(update={"api_port": free_port(), "max_json_bytes": 64 * 1024,
+                                       "generate_queue": "guard-generate", "train_queue": "guard-train"})
+    proc = start_api(conf, tmp_path_factory.mktemp("guard") / "api.log")
+    yield conf
+    stop_group(proc)
+
+
+def raw_request(conf, head: str, body: bytes = b"", timeout: float = 10) -> tuple[int, dict, dict, float]:
+    """Send `head` (and `body`), return (status, headers, JSON body, seconds to the answer)."""
+    start = time.monotonic()
+    with socket.create_connection((conf.api_host, conf.api_port), timeout=timeout) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    elapsed = time.monotonic() - start
+    top, payload = data.split(b"\r\n\r\n", 1)
+    lines = top.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, json.loads(payload or b"{}"), elapsed
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+def test_a_declared_gigabyte_without_a_key_is_401_before_its_body(api):
+    status, headers, body, elapsed = raw_request(api, f"POST /generate HTTP/1.1\nHost: x\n"
+                                                     f"Content-Type: application/json\nContent-Length: {2**30}\n")
+    assert status == 401 and body["error"]["code"] == "unauthorized" and headers["www-authenticate"] == "Bearer"
+    assert elapsed < 5  # answered without waiting for a byte of the body
+
+
+def test_a_declared_oversized_json_body_with_a_key_is_413_before_its_body(api):
+    status, _, body, elapsed = raw_request(api, f"POST /generate HTTP/1.1\nHost: x\nAuthorization: Bearer {KEY_A}\n"
+                                                f"Content-Type: application/json\nContent-Length: {2**30}\n")
+    assert status == 413 and body["error"]["code"] == "payload_too_large" and str(64 * 1024) in body["error"]["message"]
+    assert elapsed < 5
+
+
+def test_a_chunked_json_body_is_cut_off_at_the_limit(api):
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(200):  # 200 KiB of prompt, over the 64 KiB limit, with no Content-Length
+            yield b"x" * 1024
+        yield b'"}'
+
+    url = f"http://{api.api_host}:{api.api_port}/generate"
+    response = httpx.post(url, content=chunks(), headers={"Authorization": f"Bearer {KEY_A}",
+                                                         "Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+    small = httpx.post(url, json={"prompt": "x"}, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=30)
+    assert small.status_code == 202  # a body under the limit still goes through
+    assert httpx.get(f"http://{api.api_host}:{api.api_port}/healthz", timeout=5).status_code == 200
+
+
+def test_public_paths_and_the_page_need_no_key(api):
+    base = f"http://{api.api_host}:{api.api_port}"
+    for path in ("/healthz", "/readyz", "/openapi.json", "/docs", "/ui/"):
+        assert httpx.get(base + path, timeout=10).status_code == 200, path
+    assert httpx.get(base + "/jobs", timeout=10).headers["www-authenticate"] == "Bearer"
