@@ -7,7 +7,10 @@ JSON held in memory.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -18,6 +21,7 @@ from common.settings import Settings
 from common.storage import StreamingUpload
 
 MAX_CONFIG_BYTES = 64 * 1024
+KEEP_ALIVE_S = 10.0
 
 
 @dataclass
@@ -89,8 +93,24 @@ def _callbacks(state: _State) -> dict:
             "on_header_end": on_header_end, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data}
 
 
-async def receive_form(request: Request, upload: StreamingUpload, settings: Settings) -> bytes:
-    """Stream the form into `upload`; return the raw ``config`` bytes. Raises on any form problem."""
+class HashingSink:
+    """Where a retried upload goes (its Idempotency-Key is bound): hashed and counted, never stored."""
+
+    def __init__(self):
+        self.sha256, self.size = hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.size += len(data)
+
+    def hexdigest(self) -> str:
+        return self.sha256.hexdigest()
+
+
+async def receive_form(request: Request, upload: StreamingUpload | HashingSink, settings: Settings,
+                       keep_alive: Callable[[], None] | None = None) -> bytes:
+    """Stream the form into `upload`; return the raw ``config`` bytes. Raises on any form problem.
+    `keep_alive` is called (in the thread pool) every `KEEP_ALIVE_S` while the body streams."""
     content_type = request.headers.get("content-type", "")
     kind, params = parse_options_header(content_type)
     if kind != b"multipart/form-data" or not params.get(b"boundary"):
@@ -98,9 +118,13 @@ async def receive_form(request: Request, upload: StreamingUpload, settings: Sett
     # a declared Content-Length over the limit was refused by `api.guard` before the body was read
     state = _State(upload=upload, limit=settings.max_upload_bytes)
     parser = MultipartParser(params[b"boundary"], _callbacks(state))
+    last_beat = time.monotonic()
     try:
         async for chunk in request.stream():
             parser.write(chunk)
+            if keep_alive is not None and time.monotonic() - last_beat > KEEP_ALIVE_S:
+                await run_in_threadpool(keep_alive)
+                last_beat = time.monotonic()
             if state.pending:
                 data, state.pending, state.pending_size = b"".join(state.pending), [], 0
                 await run_in_threadpool(upload.write, data)

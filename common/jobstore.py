@@ -313,12 +313,19 @@ class JobStore:
         return f"{PREFIX}idem:{owner}:{scope}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
     def idempotency_reserve(self, owner: str, scope: str, key: str, ttl_s: int) -> dict | None:
-        """Claim an Idempotency-Key; return None if claimed now, else what it holds (``{}`` while pending)."""
+        """Claim an Idempotency-Key for `ttl_s` (a lease: `idempotency_bind` then keeps the result for the full
+        retention); return None if claimed now, else what it holds (``{}`` while pending)."""
         name = self._idem_key(owner, scope, key)
         if self.redis.set(name, json.dumps({}), nx=True, ex=ttl_s):
             return None
         raw = self.redis.get(name)
         return json.loads(raw) if raw else {}
+
+    def idempotency_extend(self, owner: str, scope: str, key: str, lease_s: int) -> None:
+        """Keep a pending reservation alive for another `lease_s` (its request is still streaming)."""
+        name = self._idem_key(owner, scope, key)
+        if self.redis.get(name) == json.dumps({}):
+            self.redis.expire(name, lease_s)
 
     def idempotency_bind(self, owner: str, scope: str, key: str, value: dict, ttl_s: int) -> None:
         self.redis.set(self._idem_key(owner, scope, key), json.dumps(value), ex=ttl_s)

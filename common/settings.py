@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     upload_part_bytes: int = Field(8 * 1024**2, ge=5 * 1024**2)
     max_queued_jobs_per_key: int = Field(50, ge=1)
     idempotency_ttl_s: int = 24 * 3600
+    idempotency_lease_s: int = Field(120, ge=5, description="how long an Idempotency-Key stays reserved by a "
+                                                          "request in progress without news from it (a request "
+                                                          "that died with its API frees its key after this)")
 
     # Models (engine.ModelSpec / MotionAdapterSpec are built from these)
     model_preset: Literal["shapes", "tiny", "sd15"] = "shapes"

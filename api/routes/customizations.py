@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StorageDep, StoreDep
 from api.enqueue import accepted, check_queue_limit, enqueue, new_id, replay
-from api.upload import receive_form
+from api.upload import HashingSink, receive_form
 from api.views import customization_view
 from common import checkpoint_header, presets
 from common.errors import InvalidArgument, NotFound
@@ -53,6 +54,11 @@ FORM_SCHEMA = {
 }
 
 
+def fingerprint(sha256: str, config: CustomizationConfig) -> str:
+    """What makes two uploads the same request: the checkpoint's content and the canonical config."""
+    return hashlib.sha256(f"{sha256}:{config.model_dump_json()}".encode()).hexdigest()
+
+
 def parse_config(raw: bytes, default_base: str) -> CustomizationConfig:
     """Parse with pydantic's JSON parser, as /generate bodies are: deep nesting, huge numbers and lone
     surrogates (which no response could encode later) are a 422 on ``config``, never a 500."""
@@ -75,15 +81,23 @@ def parse_config(raw: bytes, default_base: str) -> CustomizationConfig:
              summary="Upload a checkpoint and start a Still-Moving customization")
 async def create_customization(request: Request, owner: OwnerDep, settings: SettingsDep, store: StoreDep,
                                storage: StorageDep, celery: CeleryDep, idempotency_key: IdempotencyKey = None):
+    keep_alive = None
     if idempotency_key:
         held = await run_in_threadpool(store.idempotency_reserve, owner, SCOPE, idempotency_key,
-                                       settings.idempotency_ttl_s)
+                                       settings.idempotency_lease_s)
         if held is not None:
-            return await run_in_threadpool(replay, store, owner, held, None)
+            if not held.get("job_id"):  # still in progress: 409 without reading the body
+                return await run_in_threadpool(replay, store, owner, held, None)
+            sink = HashingSink()  # a retry: hash its upload to compare, store nothing
+            config = parse_config(await receive_form(request, sink, settings), settings.model_preset)
+            return await run_in_threadpool(replay, store, owner, held, fingerprint(sink.hexdigest(), config))
+
+        def keep_alive():
+            store.idempotency_extend(owner, SCOPE, idempotency_key, settings.idempotency_lease_s)
     upload = storage.upload_stream()
     try:
         await run_in_threadpool(check_queue_limit, store, settings, owner)
-        raw_config = await receive_form(request, upload, settings)
+        raw_config = await receive_form(request, upload, settings, keep_alive)
         config = parse_config(raw_config, settings.model_preset)
         if config.base_model != settings.model_preset:
             raise InvalidArgument(f"base_model={config.base_model!r} is not served here; this deployment serves "
@@ -109,7 +123,8 @@ async def create_customization(request: Request, owner: OwnerDep, settings: Sett
         raise
     if idempotency_key:
         await run_in_threadpool(store.idempotency_bind, owner, SCOPE, idempotency_key,
-                                {"job_id": job_id, "customization_id": customization_id}, settings.idempotency_ttl_s)
+                                {"job_id": job_id, "customization_id": customization_id,
+                                 "fingerprint": fingerprint(sha256, config)}, settings.idempotency_ttl_s)
     return accepted(JobAccepted(job_id=job_id, status="queued", customization_id=customization_id))
 
 

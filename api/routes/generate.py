@@ -32,7 +32,7 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
     fingerprint = None
     if idempotency_key:
         fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-        held = store.idempotency_reserve(owner, SCOPE, idempotency_key, settings.idempotency_ttl_s)
+        held = store.idempotency_reserve(owner, SCOPE, idempotency_key, settings.idempotency_lease_s)
         if held is not None:
             return replay(store, owner, held, fingerprint)
     try:

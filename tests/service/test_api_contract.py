@@ -276,6 +276,42 @@ def test_upload_idempotency_key_and_dedup(api, a, checkpoints):
     assert stored_keys(api, "uploads/") == []
 
 
+def test_upload_idempotency_key_reused_with_another_request_is_409(api, a, checkpoints):
+    """Was 202 and the original job for each of these (the README promised 409)."""
+    key = {"Idempotency-Key": "upload-reuse"}
+    first = upload(api, a, checkpoints["lora"], headers=key)
+    assert first.status_code == 202
+    objects = stored_keys(api, "checkpoints/")
+    assert_error(upload(api, a, checkpoints["unet"], headers=key), 409, "idempotency_key_reused")  # other file
+    assert_error(upload(api, a, checkpoints["lora"], {**TINY_CONFIG, "seed": 2}, headers=key), 409,
+                 "idempotency_key_reused")  # other config
+    assert_error(upload(api, a, checkpoints["lora"], {"prompts": "x"}, headers=key), 422, "invalid_argument",
+                 "config.prompts")  # a garbage config is refused as such
+    text = api.post("/customizations", headers={**a, **key, "Content-Type": "text/plain"}, content=b"hello")
+    assert_error(text, 415, "unsupported_media_type")
+    assert upload(api, a, checkpoints["lora"], headers=key).json()["job_id"] == first.json()["job_id"]
+    assert stored_keys(api, "checkpoints/") == objects and stored_keys(api, "uploads/") == []  # retries store nothing
+
+
+def test_an_idempotency_key_of_a_request_that_died_is_free_after_its_lease(api, a):
+    """A request killed mid-upload left its key reserved for 24 h (every retry 409); now a lease."""
+    import time
+
+    from api.auth import owner_for
+
+    store = api.app.state.store
+    owner = owner_for(a["Authorization"], [KEY_A])
+    assert store.idempotency_reserve(owner, "generate", "died-1", ttl_s=1) is None  # as a request that then died
+    assert_error(api.post("/generate", headers={**a, "Idempotency-Key": "died-1"}, json=GEN), 409,
+                 "idempotency_in_progress")
+    time.sleep(1.3)
+    retry = api.post("/generate", headers={**a, "Idempotency-Key": "died-1"}, json=GEN)
+    assert retry.status_code == 202, retry.text
+    assert api.post("/generate", headers={**a, "Idempotency-Key": "died-1"}, json=GEN).json()["job_id"] == \
+        retry.json()["job_id"]  # bound for the full retention once the request finished
+    assert store.redis.ttl(store._idem_key(owner, "generate", "died-1")) > api.app.state.settings.idempotency_lease_s
+
+
 # ---- customizations -------------------------------------------------------------------------------
 def test_upload_accepted_and_customization_views(api, a, b, checkpoints):
     import hashlib
