@@ -40,6 +40,8 @@ async def service_error(_: Request, exc: ServiceError):
 async def validation_error(_: Request, exc: RequestValidationError):
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
+        return envelope(400, "bad_request", "the request needs a JSON body")
     if first.get("type") == "json_invalid":
         return envelope(400, "malformed_json", f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")

@@ -5,6 +5,7 @@ of a body is read (FastAPI parses a JSON body before it resolves the auth depend
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
 
@@ -13,7 +14,9 @@ from common.settings import Settings
 
 PUBLIC = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 PUBLIC_PREFIXES = ("/ui",)
-MULTIPART_OVERHEAD = 1024 * 1024  # form boundaries, part headers and the config part around a checkpoint
+MULTIPART_OVERHEAD = 1024 * 1024
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]  # form boundaries, part headers and the config part around a checkpoint
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None,
@@ -32,9 +35,18 @@ class RequestGuard:
 
     def __init__(self, app, settings: Settings):
         self.app, self.settings = app, settings
+        storage = settings.s3_public_endpoint_url or settings.s3_endpoint_url
+        media = _origin(storage) if storage else "https://*.amazonaws.com"
+        # the page loads its own script and style only; videos and stills come from presigned storage URLs
+        self.page_headers = [(b"content-security-policy",
+                              f"default-src 'self'; img-src 'self' data: blob: {media}; media-src 'self' blob: "
+                              f"{media}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'".encode())]
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in PUBLIC or scope["path"].startswith(PUBLIC_PREFIXES):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        send = self._with_headers(send, self.page_headers if scope["path"].startswith("/ui") else [])
+        if scope["path"] in PUBLIC or scope["path"].startswith(PUBLIC_PREFIXES):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if owner_for(headers.get("authorization"), self.settings.api_keys) is None:
@@ -60,6 +72,21 @@ class RequestGuard:
             return message
 
         return await self.app(scope, counted, send)
+
+
+    @staticmethod
+    def _with_headers(send, extra: list):
+        """Every response: no MIME sniffing, no framing, no referrer; the page: its CSP too."""
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": list(message.get("headers", [])) + SECURITY_HEADERS + extra}
+            await send(message)
+        return sending
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 async def _send(send, start: dict, _unused: list, body: bytes) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from fastapi import Request
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import BadRequest, InvalidArgument, PayloadTooLarge, UnsupportedMediaType
@@ -129,6 +129,8 @@ async def receive_form(request: Request, upload: StreamingUpload | HashingSink, 
                 data, state.pending, state.pending_size = b"".join(state.pending), [], 0
                 await run_in_threadpool(upload.write, data)
         parser.finalize()
+        if parser.state != MultipartState.END:  # the body stopped before its closing boundary: cut off
+            raise BadRequest("malformed multipart body: it ends before its closing boundary")
     except (InvalidArgument, PayloadTooLarge):
         raise
     except Exception as exc:

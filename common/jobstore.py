@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -110,6 +111,22 @@ end
 return false
 """
 RUNNING_KEY = PREFIX + "running"
+
+
+def encode_cursor(cursor: tuple[float, str] | None) -> str | None:
+    """A listing's next-page cursor: the last item's creation time and id (the id breaks ties)."""
+    return None if cursor is None else f"{cursor[0]!r}~{cursor[1]}"
+
+
+def decode_cursor(text: str | None) -> tuple[float, str] | None:
+    """The inverse of `encode_cursor`; ValueError for anything it did not make."""
+    if text is None:
+        return None
+    score, sep, member = text.partition("~")
+    value = float(score)
+    if not sep or not member or not math.isfinite(value):  # "nan" parses, and Redis rejects it as a bound
+        raise ValueError(text)
+    return value, member
 
 
 def now() -> datetime:
@@ -278,15 +295,21 @@ class JobStore:
     def queued_count(self, owner: str) -> int:
         return self.redis.zcard(self._owner_key(owner, "queued"))
 
-    def list_jobs(self, owner: str, limit: int, cursor: float | None) -> tuple[list[JobRecord], float | None]:
+    def list_jobs(self, owner: str, limit: int, cursor: tuple[float, str] | None) -> tuple[list[JobRecord], tuple | None]:
         ids, next_cursor = self._page(self._owner_key(owner, "jobs"), limit, cursor)
         jobs = [self._job_from(raw) for raw in self._hgetall_many([self.job_key(i) for i in ids])]
         return [job for job in jobs if job is not None], next_cursor
 
-    def _page(self, key: str, limit: int, cursor: float | None) -> tuple[list[str], float | None]:
-        top = f"({cursor!r}" if cursor is not None else "+inf"
-        rows = self.redis.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 1, withscores=True)
-        next_cursor = rows[limit - 1][1] if len(rows) > limit else None
+    def _page(self, key: str, limit: int, cursor: tuple[float, str] | None) -> tuple[list[str], tuple | None]:
+        """Newest first from just after `cursor` (score, member): members of equal score (created in the same
+        instant) come in descending member order, so the member breaks the tie and none is skipped."""
+        if cursor is None:
+            rows = self.redis.zrevrangebyscore(key, "+inf", "-inf", start=0, num=limit + 1, withscores=True)
+        else:
+            score, member = cursor
+            seen = sum(1 for m in self.redis.zrangebyscore(key, score, score) if m >= member)
+            rows = self.redis.zrevrangebyscore(key, repr(score), "-inf", start=seen, num=limit + 1, withscores=True)
+        next_cursor = (rows[limit - 1][1], rows[limit - 1][0]) if len(rows) > limit else None
         return [member for member, _ in rows[:limit]], next_cursor
 
     # ---- customizations ---------------------------------------------------------------------------
@@ -302,7 +325,7 @@ class JobStore:
         if fields and self.redis.exists(self.customization_key(customization_id)):
             self.redis.hset(self.customization_key(customization_id), mapping=_encode(fields))
 
-    def list_customizations(self, owner: str, limit: int, cursor: float | None):
+    def list_customizations(self, owner: str, limit: int, cursor: tuple[float, str] | None):
         ids, next_cursor = self._page(self._owner_key(owner, "customizations"), limit, cursor)
         raws = self._hgetall_many([self.customization_key(i) for i in ids])
         return [CustomizationRecord.model_validate(_decode(raw)) for raw in raws if raw], next_cursor

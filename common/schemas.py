@@ -73,7 +73,8 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    customization_id: str | None = Field(None, max_length=64, description="none means the base model")
+    customization_id: str | None = Field(None, min_length=1, max_length=64, description="null or absent means the "
+                                         "base model")
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     num_frames: int | None = Field(None, ge=2, le=64, description="default: the preset's; at most its motion "

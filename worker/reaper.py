@@ -29,7 +29,7 @@ class Reaper:
         self._stop = threading.Event()
 
     def reap_once(self) -> dict[str, str]:
-        """One pass over the running jobs; returns ``{job_id: "requeued" | "timeout" | "worker_lost"}``."""
+        """One pass over the running jobs; returns ``{job_id: "requeued" | "canceled" | "timeout" | "worker_lost"}``."""
         actions = {}
         clock = time.time()
         for job_id, beat in self.store.running():
@@ -45,6 +45,8 @@ class Reaper:
             # A job still beating a heartbeat timeout past its limit is failed too (its lease ends, it stops).
             if overdue > 0 and (silent or overdue > self.settings.heartbeat_timeout_s):
                 action = self._fail(job, "timeout", f"the job ran past its time limit of {hard_limit} s")
+            elif silent and job.cancel_requested:  # its worker died after the cancel: it ends canceled, not re-run
+                action = self._cancel(job)
             elif silent:
                 if job.attempts >= self.settings.max_attempts:
                     action = self._fail(job, "worker_lost",
@@ -68,6 +70,16 @@ class Reaper:
             self.store.update_customization(job.customization_id, status="failed", error=error, finished_at=now())
         log.warning("job %s failed (%s): %s", job.id, code, message)
         return code
+
+    def _cancel(self, job: JobRecord) -> str | None:
+        error = ErrorInfo(code="canceled", message="canceled by request")
+        if not self.store.transition(job.id, ["running"], attempt=job.attempts, status="canceled", finished_at=now(),
+                                     error=error):
+            return None
+        if job.kind == "customize" and job.customization_id:
+            self.store.update_customization(job.customization_id, status="canceled", error=error, finished_at=now())
+        log.warning("job %s: canceled; its worker went quiet before it stopped", job.id)
+        return "canceled"
 
     def _requeue(self, job: JobRecord) -> str | None:
         if not self.store.transition(job.id, ["running"], attempt=job.attempts, status="queued", stage="requeued",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -16,7 +15,7 @@ from api.upload import HashingSink, receive_form
 from api.views import customization_view
 from common import checkpoint_header, presets
 from common.errors import InvalidArgument, NotFound
-from common.jobstore import now
+from common.jobstore import decode_cursor, encode_cursor, now
 from common.schemas import (
     CustomizationConfig,
     CustomizationList,
@@ -128,16 +127,11 @@ async def create_customization(request: Request, owner: OwnerDep, settings: Sett
     return accepted(JobAccepted(job_id=job_id, status="queued", customization_id=customization_id))
 
 
-def parse_cursor(cursor: str | None) -> float | None:
-    if cursor is None:
-        return None
+def parse_cursor(cursor: str | None) -> tuple[float, str] | None:
     try:
-        value = float(cursor)
+        return decode_cursor(cursor)
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value):  # "nan" parses as a float, and Redis rejects it as a score bound
-        raise InvalidArgument(f"cursor={cursor!r} is not a cursor returned by this API", field="cursor")
-    return value
+        raise InvalidArgument(f"cursor={cursor!r} is not a cursor returned by this API", field="cursor") from None
 
 
 Limit = Annotated[int, Query(ge=1, le=100)]
@@ -148,7 +142,7 @@ def list_customizations(owner: OwnerDep, store: StoreDep, storage: StorageDep, l
                         cursor: str | None = None):
     items, next_cursor = store.list_customizations(owner, limit, parse_cursor(cursor))
     return CustomizationList(items=[customization_view(c, storage) for c in items],
-                             next_cursor=None if next_cursor is None else repr(next_cursor))
+                             next_cursor=encode_cursor(next_cursor))
 
 
 @router.get("/customizations/{customization_id}", response_model=CustomizationView,

@@ -9,7 +9,7 @@ from api.deps import OwnerDep, StorageDep, StoreDep
 from api.routes.customizations import Limit, parse_cursor
 from api.views import job_view
 from common.errors import Conflict, NotFound
-from common.jobstore import JobStore, now
+from common.jobstore import JobStore, encode_cursor, now
 from common.schemas import ErrorInfo, JobList, JobRecord, JobView
 
 router = APIRouter(tags=["jobs"])
@@ -26,7 +26,7 @@ def owned_job(store: JobStore, owner: str, job_id: str) -> JobRecord:
 def list_jobs(owner: OwnerDep, store: StoreDep, storage: StorageDep, limit: Limit = 20, cursor: str | None = None):
     jobs, next_cursor = store.list_jobs(owner, limit, parse_cursor(cursor))
     return JobList(items=[job_view(j, store, storage) for j in jobs],
-                   next_cursor=None if next_cursor is None else repr(next_cursor))
+                   next_cursor=encode_cursor(next_cursor))
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, summary="A job: status, stage, progress, result")

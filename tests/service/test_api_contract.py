@@ -238,6 +238,27 @@ def test_list_jobs_newest_first_paginated(api):
         api.post(f"/jobs/{job_id}/cancel", headers=c)
 
 
+def test_pagination_skips_no_job_created_in_the_same_instant(api):
+    """The cursor was the last item's timestamp alone, exclusive: jobs sharing it were skipped."""
+    from api.auth import owner_for
+
+    d = {"Authorization": "Bearer test-key-c"}
+    owner = owner_for(d["Authorization"], [KEY_C])
+    ids = [api.post("/generate", headers=d, json={**GEN, "seed": i}).json()["job_id"] for i in range(5)]
+    store = api.app.state.store
+    listing = store._owner_key(owner, "jobs")
+    store.redis.zadd(listing, {job_id: 1234.5 for job_id in ids})  # all five in one instant
+    seen, cursor = [], None
+    while True:
+        page = api.get("/jobs", headers=d, params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [item["id"] for item in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert sorted(seen) == sorted(set(seen)) and set(ids) <= set(seen), (seen, ids)
+    for job_id in ids:
+        api.post(f"/jobs/{job_id}/cancel", headers=d)
+
+
 def test_per_key_queue_limit_is_429(api_settings):
     limited = api_settings.model_copy(update={"max_queued_jobs_per_key": 2, "api_keys": ["limited-key"]})
     headers = {"Authorization": "Bearer limited-key"}
@@ -448,7 +469,7 @@ def test_config_json_that_no_response_could_hold_is_422(api, checkpoints, raw):
 
 
 @pytest.mark.parametrize("path", ["/jobs", "/customizations"])
-@pytest.mark.parametrize("cursor", ["nan", "-NaN", "inf", "abc"])
+@pytest.mark.parametrize("cursor", ["nan", "-NaN", "inf", "abc", "1.5", "1.5~", "nan~job_x"])
 def test_cursor_not_from_this_api_is_422(api, a, path, cursor):
     """A "nan" cursor was a 503 (job store unreachable): it parses as a float, which Redis refuses as a bound."""
     assert_error(api.get(path, headers=a, params={"cursor": cursor}), 422, "invalid_argument", "cursor")
@@ -464,6 +485,27 @@ def test_malformed_forms(api, a, checkpoints):
     bad_json = api.post("/customizations", headers=a, data={"config": "{nope"},
                         files={"checkpoint": ("x.safetensors", checkpoints["lora"].read_bytes())})
     assert_error(bad_json, 422, "invalid_argument", "config")
+    cut = (b'--b\r\nContent-Disposition: form-data; name="config"\r\n\r\n' + json.dumps(TINY_CONFIG).encode() +
+           b'\r\n--b\r\nContent-Disposition: form-data; name="checkpoint"; filename="x.safetensors"\r\n\r\n' +
+           checkpoints["lora"].read_bytes())  # no closing boundary: the upload was cut off
+    before = api.get("/jobs?limit=100", headers=a).json()["items"]
+    response = api.post("/customizations", headers={**a, "Content-Type": "multipart/form-data; boundary=b"},
+                        content=cut)
+    assert_error(response, 400, "bad_request")
+    assert "closing boundary" in response.json()["error"]["message"]
+    assert api.get("/jobs?limit=100", headers=a).json()["items"] == before and stored_keys(api, "uploads/") == []
+
+
+def test_hygiene_empty_body_empty_customization_id_and_headers(api, a):
+    assert_error(api.post("/generate", headers={**a, "Content-Type": "application/json"}), 400, "bad_request")
+    assert_error(api.post("/generate", headers=a, json={**GEN, "customization_id": ""}), 422, "invalid_argument",
+                 "customization_id")  # was the base model
+    page = api.get("/ui/")
+    csp = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp
+    for response in (page, api.get("/jobs", headers=a), api.get("/jobs")):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
 
 
 def test_upload_over_the_limit_is_413_and_nothing_is_stored(api_settings, checkpoints):

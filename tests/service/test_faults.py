@@ -87,6 +87,21 @@ def running_job(store: JobStore, queue: str, attempts: int) -> JobRecord:
     return job
 
 
+def test_reaper_finalizes_a_canceled_job_whose_worker_went_quiet(settings):
+    """The cancel was asked, then the worker died before its next step: the job ends canceled (was re-run)."""
+    from worker.reaper import Reaper
+
+    queue = f"reaper-{time.time_ns()}"
+    conf = settings.model_copy(update={"generate_queue": queue, "heartbeat_timeout_s": 0.5, "max_attempts": 3})
+    store = JobStore(conf.redis_url)
+    job = running_job(store, queue, attempts=1)
+    store.request_cancel(job.id)
+    time.sleep(0.7)
+    assert Reaper(store, make_celery(conf), conf).reap_once()[job.id] == "canceled"
+    record = store.get_job(job.id)
+    assert record.status == "canceled" and record.error.code == "canceled" and store.redis.llen(queue) == 0
+
+
 def test_reaper_requeues_a_silent_job_then_fails_it_after_the_retry_limit(settings):
     from worker.reaper import Reaper
 
