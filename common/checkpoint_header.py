@@ -67,6 +67,10 @@ def header_length(prefix: bytes, max_header_bytes: int) -> int:
     return length
 
 
+# An SD 1.5 single-file checkpoint with its text encoder and VAE lists ~1,100 tensors of ~10 values each.
+MAX_HEADER_ELEMENTS = 200_000
+
+
 def parse_header(head: bytes, file_size: int, max_header_bytes: int) -> HeaderInfo:
     """Parse and check the header; `head` holds at least the first ``8 + N`` bytes of the file."""
     length = header_length(head, max_header_bytes)
@@ -75,6 +79,10 @@ def parse_header(head: bytes, file_size: int, max_header_bytes: int) -> HeaderIn
     raw = head[8:8 + length]
     if len(raw) < length:
         raise _bad("truncated safetensors header")
+    elements = raw.count(b",")  # JSON values are comma-separated: bounds the parse before it starts
+    if elements > MAX_HEADER_ELEMENTS:
+        raise _bad(f"safetensors header lists {elements} values, more than the {MAX_HEADER_ELEMENTS} a "
+                   "checkpoint's tensor table needs")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, an int past 4300 digits, deep nesting

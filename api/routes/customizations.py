@@ -24,6 +24,7 @@ from common.schemas import (
     JobAccepted,
     JobRecord,
 )
+from common.settings import Settings
 from common.storage import checkpoint_key
 
 router = APIRouter(tags=["customizations"])
@@ -51,6 +52,12 @@ FORM_SCHEMA = {
         }},
     }
 }
+
+
+def check_header(head: bytes, size: int, settings: Settings, base_model: str) -> checkpoint_header.CheckpointSummary:
+    """Parse and check an upload's header, in the thread pool: a 16 MiB header must not stall the event loop."""
+    info = checkpoint_header.parse_header(head, size, settings.max_header_bytes)
+    return checkpoint_header.check_against_base(info, checkpoint_header.load_base_keys(base_model))
 
 
 def fingerprint(sha256: str, config: CustomizationConfig) -> str:
@@ -102,8 +109,7 @@ async def create_customization(request: Request, owner: OwnerDep, settings: Sett
             raise InvalidArgument(f"base_model={config.base_model!r} is not served here; this deployment serves "
                                   f"{settings.model_preset!r}", field="config.base_model")
         presets.check_customization(settings.preset(), config.model_dump())
-        info = checkpoint_header.parse_header(bytes(upload.head), upload.size, settings.max_header_bytes)
-        summary = checkpoint_header.check_against_base(info, checkpoint_header.load_base_keys(config.base_model))
+        summary = await run_in_threadpool(check_header, bytes(upload.head), upload.size, settings, config.base_model)
         sha256 = upload.hexdigest()
         await run_in_threadpool(upload.commit, checkpoint_key(sha256))
         job_id, customization_id = new_id("job"), new_id("cus")
