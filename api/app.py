@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
-        app.state.store = JobStore(settings.redis_url)
+        app.state.store = JobStore.from_settings(settings)
         app.state.storage = Storage(settings)
         app.state.celery = make_celery(settings)
         if settings.s3_create_bucket:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 
 from celery import Celery
@@ -24,6 +25,15 @@ def new_id(prefix: str) -> str:
 def _too_many(settings: Settings, queued: int) -> TooManyRequests:
     return TooManyRequests(f"this key already has {queued} queued jobs (limit "
                            f"{settings.max_queued_jobs_per_key}); wait for some to start")
+
+
+def rate_limit(store: JobStore, settings: Settings, owner: str) -> None:
+    """Spend a job-creation token of the key (429 with Retry-After when its bucket is empty)."""
+    wait = store.take_token(owner, settings.job_rate_per_s, settings.job_burst)
+    if wait > 0:
+        raise TooManyRequests(f"this key creates jobs faster than {settings.job_rate_per_s:g} a second "
+                              f"(bursts of {settings.job_burst}); retry in {wait:.1f} s", retry_after=math.ceil(wait),
+                              code="rate_limited")
 
 
 def check_queue_limit(store: JobStore, settings: Settings, owner: str) -> None:

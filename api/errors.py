@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from common.errors import ServiceError, ServiceUnavailable, Unauthorized
+from common.errors import ServiceError, Unauthorized
 
 log = logging.getLogger("stillmoving.api")
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -31,7 +31,8 @@ def _field(loc) -> str | None:
 
 
 async def service_error(_: Request, exc: ServiceError):
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ServiceUnavailable) else None
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     if isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
     return envelope(exc.status, exc.code, exc.message, exc.field, headers)

@@ -61,6 +61,10 @@ class InvalidCheckpoint(InvalidArgument):
 class TooManyRequests(ServiceError):
     status, code = 429, "too_many_requests"
 
+    def __init__(self, message: str, *, retry_after: int | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
 
 class ServiceUnavailable(ServiceError):
     status, code = 503, "unavailable"

@@ -64,6 +64,7 @@ elseif new ~= '' then
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
   redis.call('ZREM', KEYS[5], ARGV[3])
+  if tonumber(ARGV[8]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[8]) end
 end
 return 1
 """
@@ -110,6 +111,18 @@ for _, owner in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return false
 """
+# A token bucket per key: `burst` tokens, refilled at `rate` a second; returns 0 (taken) or seconds to wait.
+_TAKE_TOKEN = """
+local rate, burst, clock = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or clock
+tokens = math.min(burst, tokens + math.max(0, clock - at) * rate)
+if tokens < 1 then return tostring((1 - tokens) / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - 1), 'at', tostring(clock))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return '0'
+"""
 RUNNING_KEY = PREFIX + "running"
 
 
@@ -153,13 +166,20 @@ def _decode(raw: dict[str, str]) -> dict[str, Any]:
 class JobStore:
     """Typed access to the records; every Redis connection error surfaces as `ServiceUnavailable`."""
 
-    def __init__(self, redis_url: str):
+    def __init__(self, redis_url: str, retention_s: int = 0):
+        self.retention_s = retention_s  # a finished job's record expires after this (0 = kept)
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=5,
                                           socket_timeout=10, health_check_interval=30)
         self._transition = self.redis.register_script(_TRANSITION)
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
         self._create = self.redis.register_script(_CREATE)
         self._next_fair = self.redis.register_script(_NEXT_FAIR)
+        self._take_token = self.redis.register_script(_TAKE_TOKEN)
+
+    @classmethod
+    def from_settings(cls, settings) -> "JobStore":
+        """The store a service process uses: the settings' Redis and record retention."""
+        return cls(settings.redis_url, settings.job_retention_s)
 
     def ping(self) -> None:
         try:
@@ -184,6 +204,10 @@ class JobStore:
     def _fair_key(queue: str, owner: str | None = None) -> str:
         """The owner's queued jobs in `queue`; with no owner, the rotation of owners."""
         return f"{PREFIX}fair:{queue}:" + ("owners" if owner is None else f"owner:{owner}")
+
+    def take_token(self, owner: str, rate: float, burst: int) -> float:
+        """Spend one of the owner's job-creation tokens: 0.0 when taken, else seconds until one is there."""
+        return float(self._take_token(keys=[self._owner_key(owner, "rate")], args=[rate, burst, repr(time.time())]))
 
     def create_job(self, job: JobRecord, queue: str, customization: CustomizationRecord | None = None,
                    limit: int = 0) -> bool:
@@ -237,7 +261,8 @@ class JobStore:
             keys=[self.job_key(job_id), self._queue_key(queue), self._owner_key(owner, "queued"), RUNNING_KEY,
                   self._fair_key(queue, owner), self._fair_key(queue)],
             args=[json.dumps([json.dumps(s) for s in allowed_from]), json.dumps(_encode(fields)), job_id,
-                  fields.get("status", ""), "" if attempt is None else json.dumps(attempt), repr(time.time()), owner])
+                  fields.get("status", ""), "" if attempt is None else json.dumps(attempt), repr(time.time()), owner,
+                  self.retention_s])
         return result == 1
 
     def heartbeat(self, job_id: str, attempt: int, **fields: Any) -> bool:
@@ -296,8 +321,12 @@ class JobStore:
         return self.redis.zcard(self._owner_key(owner, "queued"))
 
     def list_jobs(self, owner: str, limit: int, cursor: tuple[float, str] | None) -> tuple[list[JobRecord], tuple | None]:
-        ids, next_cursor = self._page(self._owner_key(owner, "jobs"), limit, cursor)
+        listing = self._owner_key(owner, "jobs")
+        ids, next_cursor = self._page(listing, limit, cursor)
         jobs = [self._job_from(raw) for raw in self._hgetall_many([self.job_key(i) for i in ids])]
+        expired = [job_id for job_id, job in zip(ids, jobs) if job is None]
+        if expired:  # records past their retention leave the listing too
+            self.redis.zrem(listing, *expired)
         return [job for job in jobs if job is not None], next_cursor
 
     def _page(self, key: str, limit: int, cursor: tuple[float, str] | None) -> tuple[list[str], tuple | None]:

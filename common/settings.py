@@ -44,6 +44,10 @@ class Settings(BaseSettings):
                                                              "before the body is read)")
     upload_part_bytes: int = Field(8 * 1024**2, ge=5 * 1024**2)
     max_queued_jobs_per_key: int = Field(50, ge=1)
+    job_rate_per_s: float = Field(2.0, gt=0, description="sustained job creations per second per key (a token "
+                                                         "bucket; 429 with Retry-After past it)")
+    job_burst: int = Field(30, ge=1, description="job creations a key may make at once before the rate applies")
+    job_retention_s: int = Field(7 * 24 * 3600, ge=60, description="how long a finished job's record is kept")
     idempotency_ttl_s: int = 24 * 3600
     idempotency_lease_s: int = Field(120, ge=5, description="how long an Idempotency-Key stays reserved by a "
                                                           "request in progress without news from it (a request "

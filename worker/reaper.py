@@ -120,6 +120,6 @@ def install(app: Celery, settings: Settings) -> None:
 
     @worker_ready.connect(weak=False)
     def _start_reaper(**_):
-        Reaper(JobStore(settings.redis_url), app, settings).start()
+        Reaper(JobStore.from_settings(settings), app, settings).start()
         log.info("reaper started (every %gs, heartbeat timeout %gs, %d attempts)", settings.reaper_interval_s,
                  settings.heartbeat_timeout_s, settings.max_attempts)

@@ -88,7 +88,7 @@ class Runner:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.store = JobStore(settings.redis_url)
+        self.store = JobStore.from_settings(settings)
         self.storage = RetryingStorage(settings)
         self.workdir = Path(settings.workdir).resolve()
         self.bases: LRUCache = LRUCache(settings.base_cache_size)

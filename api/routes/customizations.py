@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StorageDep, StoreDep
-from api.enqueue import accepted, check_queue_limit, enqueue, new_id, replay
+from api.enqueue import accepted, check_queue_limit, enqueue, new_id, rate_limit, replay
 from api.upload import HashingSink, receive_form
 from api.views import customization_view
 from common import checkpoint_header, presets
@@ -102,6 +102,7 @@ async def create_customization(request: Request, owner: OwnerDep, settings: Sett
             store.idempotency_extend(owner, SCOPE, idempotency_key, settings.idempotency_lease_s)
     upload = storage.upload_stream()
     try:
+        await run_in_threadpool(rate_limit, store, settings, owner)
         await run_in_threadpool(check_queue_limit, store, settings, owner)
         raw_config = await receive_form(request, upload, settings, keep_alive)
         config = parse_config(raw_config, settings.model_preset)

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep
-from api.enqueue import accepted, enqueue, new_id, replay
+from api.enqueue import accepted, enqueue, new_id, rate_limit, replay
 from common import presets
 from common.errors import Conflict, NotFound, UnsupportedMediaType
 from common.jobstore import now
@@ -36,6 +36,7 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
         if held is not None:
             return replay(store, owner, held, fingerprint)
     try:
+        rate_limit(store, settings, owner)  # a replay above costs no token
         if body.customization_id:
             customization = store.get_customization(body.customization_id)
             if customization is None or customization.owner != owner:

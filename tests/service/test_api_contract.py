@@ -259,6 +259,40 @@ def test_pagination_skips_no_job_created_in_the_same_instant(api):
         api.post(f"/jobs/{job_id}/cancel", headers=d)
 
 
+def test_job_creation_is_rate_limited_per_key_with_retry_after(api_settings):
+    """Submit-then-cancel loops made ~4 KB records at 200/s; now a token bucket per key (burst 3, 2/s here)."""
+    import time
+
+    conf = api_settings.model_copy(update={"job_burst": 3, "job_rate_per_s": 2.0, "api_keys": ["rate-1", "rate-2"]})
+    with TestClient(create_app(conf)) as client:
+        one, two = ({"Authorization": f"Bearer {k}"} for k in ("rate-1", "rate-2"))
+        made = [client.post("/generate", headers=one, json=GEN) for _ in range(3)]
+        assert [r.status_code for r in made] == [202, 202, 202]
+        refused = client.post("/generate", headers=one, json=GEN)
+        assert_error(refused, 429, "rate_limited")
+        assert refused.headers["retry-after"] == "1"
+        assert client.post("/generate", headers={**one, "Idempotency-Key": "r"}, json=GEN).status_code == 429
+        assert client.post("/generate", headers=two, json=GEN).status_code == 202  # the bucket is per key
+        for r in made:
+            assert client.post(f"/jobs/{r.json()['job_id']}/cancel", headers=one).status_code == 200  # not rated
+        time.sleep(0.6)  # 2 a second: one token back
+        assert client.post("/generate", headers=one, json=GEN).status_code == 202
+        assert client.post("/generate", headers=one, json=GEN).status_code == 429
+
+
+def test_finished_job_records_expire_and_leave_the_listing(api_settings):
+    conf = api_settings.model_copy(update={"job_retention_s": 60, "api_keys": ["retention-1"]})
+    with TestClient(create_app(conf)) as client:
+        auth = {"Authorization": "Bearer retention-1"}
+        done, kept = (client.post("/generate", headers=auth, json=GEN).json()["job_id"] for _ in range(2))
+        assert client.post(f"/jobs/{done}/cancel", headers=auth).status_code == 200
+        store = client.app.state.store
+        assert 0 < store.redis.ttl(store.job_key(done)) <= 60 and store.redis.ttl(store.job_key(kept)) == -1
+        store.redis.delete(store.job_key(done))  # as Redis does once the TTL has passed
+        assert [j["id"] for j in client.get("/jobs", headers=auth).json()["items"]] == [kept]
+        assert store.redis.zcard(store._owner_key(store.get_job(kept).owner, "jobs")) == 1  # the id left the index
+
+
 def test_per_key_queue_limit_is_429(api_settings):
     limited = api_settings.model_copy(update={"max_queued_jobs_per_key": 2, "api_keys": ["limited-key"]})
     headers = {"Authorization": "Bearer limited-key"}

@@ -45,11 +45,13 @@ SETTINGS = dict(deadline=None, derandomize=True, database=None,
 @pytest.fixture(scope="module")
 def fuzz_settings(settings):
     """The session's servers, with a Redis database, queues, bucket and key nobody else uses. The queue
-    limit is out of reach so that a 429 never hides what a request would have done. Emptied at the end."""
+    and rate limits are out of reach so that a 429 never hides what a request would have done. Emptied at
+    the end."""
     base, _, _ = settings.redis_url.rpartition("/")
     fuzz = settings.model_copy(update={
         "redis_url": f"{base}/1", "train_queue": "fuzz-train", "generate_queue": "fuzz-generate",
         "s3_bucket": "stillmoving-fuzz", "api_keys": [FUZZ_KEY], "max_queued_jobs_per_key": 100_000,
+        "job_burst": 100_000,
         "max_upload_bytes": 1024 * 1024})
     yield fuzz
     redis.Redis.from_url(fuzz.redis_url).flushdb()
