@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
@@ -51,6 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGuard, settings=settings)
     for module in (health, customizations, generate, jobs, limits):
         app.include_router(module.router)
+
+    @app.get("/ui", include_in_schema=False)
+    async def ui_root() -> RedirectResponse:  # relative: Starlette's own redirect is built from the Host header
+        return RedirectResponse("/ui/")
+
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app
 
@@ -60,4 +66,6 @@ def main() -> None:
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info")
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info",
+                http=settings.api_http, h11_max_incomplete_event_size=settings.max_request_head_bytes,
+                limit_concurrency=settings.api_max_connections, timeout_keep_alive=settings.api_keep_alive_s)

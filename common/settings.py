@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEV_API_KEY])
+    api_http: Literal["h11", "httptools"] = Field("h11", description="uvicorn's HTTP parser: h11 bounds the request "
+                                                  "head (max_request_head_bytes); httptools is faster and unbounded, "
+                                                  "for use behind the reverse proxy (deploy/nginx), which bounds it")
+    max_request_head_bytes: int = Field(64 * 1024, ge=4096, description="request line and headers (h11)")
+    api_max_connections: int = Field(512, ge=1, description="concurrent connections and tasks; 503 past it")
+    api_keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
     max_upload_bytes: int = Field(8 * 1024**3, ge=1)
     max_header_bytes: int = Field(16 * 1024**2, ge=1024)
     max_json_bytes: int = Field(1024**2, ge=1024, description="largest JSON request body (413 past it, checked "

@@ -47,6 +47,13 @@ def test_compose_services(compose_config):
         assert env["STILLMOVING_REDIS_URL"] == "redis://redis:6379/0"
         assert env["STILLMOVING_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert set(compose_config["volumes"]) >= {"redis-data", "minio-data", "model-cache"}
+    # the proxy is the only published port and renders the template test_proxy.py runs
+    assert "ports" not in services["api"] and services["proxy"]["ports"][0]["target"] == 8000
+    assert services["proxy"]["volumes"][0]["source"].endswith("deploy/nginx/stillmoving.conf.template")
+    assert services["proxy"]["volumes"][0]["target"].startswith("/etc/nginx/templates/")
+    template = (ROOT / "deploy" / "nginx" / "stillmoving.conf.template").read_text()
+    import re
+    assert set(re.findall(r"\$\{(\w+)\}", template)) == set(services["proxy"]["environment"])
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "Dockerfile.worker"])
