@@ -11,6 +11,7 @@ Layout (prefix ``sm:``)::
     sm:fair:<queue>:owner:<o>  zset of the owner's queued job ids in that queue by when each may start
     sm:fair:<queue>:owners     zset of owners by the turn they were last served (round-robin between keys)
     sm:fair:<queue>:turn       counter of turns served
+    sm:ckpt:<sha256>           set of the customization ids made from that uploaded checkpoint
     sm:idem:<o>:<scope>:<h>    JSON {"job_id", "customization_id", "fingerprint"} of an Idempotency-Key
     sm:running                 zset of running job ids by last heartbeat (epoch seconds; the reaper's index)
 
@@ -90,6 +91,7 @@ redis.call('ZADD', KEYS[8], 'NX', 0, ARGV[7])
 if ARGV[5] ~= '' then
   for k, v in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[5], k, v) end
   redis.call('ZADD', KEYS[6], ARGV[2], ARGV[5])
+  redis.call('SADD', KEYS[9], ARGV[5])
 end
 return 1
 """
@@ -217,7 +219,8 @@ class JobStore:
         created = self._create(
             keys=[self.job_key(job.id), self._owner_key(job.owner, "jobs"), self._queue_key(queue),
                   self._owner_key(job.owner, "queued"), cus_key, self._owner_key(job.owner, "customizations"),
-                  self._fair_key(queue, job.owner), self._fair_key(queue)],
+                  self._fair_key(queue, job.owner), self._fair_key(queue),
+                  self.checkpoint_refs_key(customization.checkpoint_sha256 if customization else "-")],
             args=[limit, repr(time.time()), job.id, json.dumps({**_encode(job), "queue": json.dumps(queue)}),
                   customization.id if customization else "",
                   json.dumps(_encode(customization)) if customization else "{}", job.owner])
@@ -358,6 +361,19 @@ class JobStore:
         ids, next_cursor = self._page(self._owner_key(owner, "customizations"), limit, cursor)
         raws = self._hgetall_many([self.customization_key(i) for i in ids])
         return [CustomizationRecord.model_validate(_decode(raw)) for raw in raws if raw], next_cursor
+
+    @staticmethod
+    def checkpoint_refs_key(sha256: str) -> str:
+        return f"{PREFIX}ckpt:{sha256}"
+
+    def checkpoint_users(self, sha256: str) -> list[CustomizationRecord]:
+        """The customizations made from an uploaded checkpoint (what keeps its object alive)."""
+        ids = sorted(self.redis.smembers(self.checkpoint_refs_key(sha256)))
+        raws = self._hgetall_many([self.customization_key(i) for i in ids])
+        return [CustomizationRecord.model_validate(_decode(raw)) for raw in raws if raw]
+
+    def forget_checkpoint(self, sha256: str) -> None:
+        self.redis.delete(self.checkpoint_refs_key(sha256))
 
     # ---- idempotency keys -------------------------------------------------------------------------
     @staticmethod

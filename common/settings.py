@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(120.0, gt=0, description="a running job with no heartbeat for this long is "
                                                                "re-queued by the reaper")
     reaper_interval_s: float = Field(15.0, gt=0, description="how often each worker looks for dead or overdue jobs")
+    gc_interval_s: float = Field(600.0, gt=0, description="how often a worker's reaper sweeps storage for "
+                                                         "checkpoints and uploads nobody needs")
+    gc_grace_s: float = Field(3600.0, ge=0, description="objects younger than this are never collected")
     max_attempts: int = Field(3, ge=1, description="runs of one job (first + retries after a lost worker)")
     train_checkpoint_every: int = Field(50, ge=1, description="training steps between resume states in storage")
     storage_retries: int = Field(5, ge=0, description="retries of a worker's failed storage operation before its "

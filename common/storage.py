@@ -34,8 +34,12 @@ TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTi
                    "ThrottlingException", "RequestLimitExceeded", "NoSuchBucket"}
 
 
+CHECKPOINTS_PREFIX = "checkpoints/"
+UPLOADS_PREFIX = "uploads/"
+
+
 def checkpoint_key(sha256: str) -> str:
-    return f"checkpoints/{sha256}.safetensors"
+    return f"{CHECKPOINTS_PREFIX}{sha256}.safetensors"
 
 
 def customization_prefix(customization_id: str) -> str:
@@ -91,6 +95,11 @@ class Storage:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError:
             self.client.create_bucket(Bucket=self.bucket)
+            # parts of uploads an API died in the middle of are storage no object shows: S3 drops them after a
+            # day (MinIO does so itself: its stale_uploads_expiry is 24 h)
+            self.client.put_bucket_lifecycle_configuration(Bucket=self.bucket, LifecycleConfiguration={"Rules": [{
+                "ID": "abort-stale-uploads", "Status": "Enabled", "Filter": {"Prefix": UPLOADS_PREFIX},
+                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}]})
 
     def ping(self) -> None:
         """Raise `ServiceUnavailable` unless the bucket is reachable."""
@@ -127,10 +136,19 @@ class Storage:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
     def list_keys(self, prefix: str) -> list[str]:
-        keys = []
+        return [key for key, _ in self.list_objects(prefix)]
+
+    def list_objects(self, prefix: str) -> list[tuple[str, float]]:
+        """(key, last-modified epoch seconds) of every object under `prefix`."""
+        objects = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(item["Key"] for item in page.get("Contents", []))
-        return keys
+            objects.extend((item["Key"], item["LastModified"].timestamp()) for item in page.get("Contents", []))
+        return objects
+
+    def touch(self, key: str) -> None:
+        """Renew an object's last-modified time (a new upload of stored content: the collector's grace restarts)."""
+        self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+                                MetadataDirective="REPLACE")
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -206,7 +224,7 @@ class StreamingUpload:
         self.storage = storage
         self.client, self.bucket = storage.client, storage.bucket
         self.part_bytes = storage.settings.upload_part_bytes
-        self.staging_key = f"uploads/{uuid.uuid4().hex}"
+        self.staging_key = f"{UPLOADS_PREFIX}{uuid.uuid4().hex}"
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.head = bytearray()  # the first bytes (safetensors header), bounded by head_limit
@@ -241,6 +259,7 @@ class StreamingUpload:
         """Store the upload under `key`; return False when an identical object was already there."""
         if self.storage.exists(key):
             self.abort()
+            self.storage.touch(key)
             return False
         if self._upload_id is None:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(self._buffer))

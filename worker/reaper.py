@@ -1,4 +1,5 @@
-"""The reaper: re-queues running jobs whose worker stopped beating, fails jobs past their hard time limit.
+"""The reaper: re-queues running jobs whose worker stopped beating, fails jobs past their hard time limit,
+and every `gc_interval_s` runs the storage collector (`worker.collector`).
 
 A daemon thread in every worker's main process (started on Celery's ``worker_ready``). Running jobs are
 indexed in Redis by their last heartbeat; each change here is a compare-and-set on the job's status and
@@ -19,14 +20,17 @@ from common.celery_config import TASK_FOR_KIND
 from common.jobstore import JobStore, now
 from common.schemas import ErrorInfo, JobRecord
 from common.settings import Settings
+from common.storage import Storage
+from worker.collector import collect
 
 log = logging.getLogger("stillmoving.reaper")
 
 
 class Reaper:
-    def __init__(self, store: JobStore, celery: Celery, settings: Settings):
-        self.store, self.celery, self.settings = store, celery, settings
+    def __init__(self, store: JobStore, celery: Celery, settings: Settings, storage: Storage | None = None):
+        self.store, self.celery, self.settings, self.storage = store, celery, settings, storage
         self._stop = threading.Event()
+        self._last_collect = 0.0
 
     def reap_once(self) -> dict[str, str]:
         """One pass over the running jobs; returns ``{job_id: "requeued" | "canceled" | "timeout" | "worker_lost"}``."""
@@ -101,7 +105,10 @@ class Reaper:
         while True:
             try:
                 self.reap_once()
-            except Exception as exc:  # Redis or the broker briefly down: next pass
+                if self.storage is not None and time.time() - self._last_collect > self.settings.gc_interval_s:
+                    self._last_collect = time.time()
+                    collect(self.store, self.storage, self.settings.gc_grace_s)
+            except Exception as exc:  # Redis, the broker or storage briefly down: next pass
                 log.warning("reaper pass failed: %s", type(exc).__name__)
             if self._stop.wait(self.settings.reaper_interval_s):
                 return
@@ -120,6 +127,6 @@ def install(app: Celery, settings: Settings) -> None:
 
     @worker_ready.connect(weak=False)
     def _start_reaper(**_):
-        Reaper(JobStore.from_settings(settings), app, settings).start()
+        Reaper(JobStore.from_settings(settings), app, settings, Storage(settings)).start()
         log.info("reaper started (every %gs, heartbeat timeout %gs, %d attempts)", settings.reaper_interval_s,
                  settings.heartbeat_timeout_s, settings.max_attempts)
