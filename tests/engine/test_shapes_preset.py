@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import engine
+from common.checkpoint_header import check_against_base, load_base_keys, parse_header
 from engine.checkpoints import load_customized_t2i
 from engine.shapes import dreambooth
 from engine.shapes.checkpoints import make_shapes_checkpoint
@@ -74,7 +75,6 @@ def test_key_manifests_are_what_the_command_generates():
 
 
 def test_customized_checkpoints_load_in_every_upload_format(shapes, tmp_path):
-    from common.checkpoint_header import check_against_base, load_base_keys, parse_header
 
     unets = {}
     for fmt in ("lora", "lora-kohya", "unet", "ldm"):
@@ -92,6 +92,19 @@ def test_customized_checkpoints_load_in_every_upload_format(shapes, tmp_path):
     assert max((unets["lora"][k] - unets["lora-kohya"][k]).abs().max().item() for k in base) < 1e-6
 
 
+def test_a_lora_with_text_encoder_layers_passes_the_api_and_tunes_both_models(shapes):
+    """The DreamBooth `--train_text_encoder` form of a LoRA (diffusers keys under unet. and text_encoder.)."""
+    path = CUSTOMIZED_DIR / dreambooth.LORA_TEXT_FILE
+    head = path.read_bytes()
+    assert check_against_base(parse_header(head, len(head), 16 * 1024**2), load_base_keys("shapes")).format == "lora"
+    _, components = load_customized_t2i(shapes.components, path, shapes.unet_config_dir)
+    for part in ("unet", "text_encoder"):
+        base, tuned = shapes.components[part].state_dict(), components[part].state_dict()
+        changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+        assert changed and all(("attn" in k or "ff.net" in k) if part == "unet" else "self_attn" in k
+                               for k in changed), (part, changed[:3])
+
+
 @pytest.mark.slow
 def test_the_world_build_command_runs_every_stage(tmp_path):
     """Each training stage for a few steps: the command keeps working (the real run is `make shapes-world`)."""
@@ -106,7 +119,7 @@ def test_the_world_build_command_runs_every_stage(tmp_path):
     result = engine.generate(base, None, engine.SampleSpec(prompt="a red circle moving left", steps=2), tmp_path / "v")
     assert result["video"].exists() and result["num_frames"] == 8
     assert sorted(p.name for p in (out / "customized").iterdir()) == sorted(
-        [dreambooth.FULL_FILE, dreambooth.LORA_FILE, dreambooth.LORA_NO_PRIOR_FILE])
+        [dreambooth.FULL_FILE, dreambooth.LORA_FILE, dreambooth.LORA_NO_PRIOR_FILE, dreambooth.LORA_TEXT_FILE])
 
 
 def test_the_shared_motion_adapter_trains_on_stills_of_the_presets_own_world(shapes, base):
