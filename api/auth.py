@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+UNAUTHORIZED = "missing or invalid API key (expected 'Authorization: Bearer <key>')"
+
 
 def owner_of(key: str) -> str:
     """The tenant id of an API key: a hash, so the key itself is never stored or logged."""

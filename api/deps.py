@@ -11,7 +11,7 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Depends, Header, Request
 
-from api.auth import owner_for
+from api.auth import UNAUTHORIZED, owner_for
 from common.errors import Unauthorized
 from common.jobstore import JobStore
 from common.settings import Settings
@@ -44,7 +44,7 @@ async def authenticate(settings: SettingsDep, authorization: Annotated[str | Non
     """The caller's tenant id (`api.guard` refused a bad key before the body; this names it for the route)."""
     owner = owner_for(authorization, settings.api_keys)
     if owner is None:
-        raise Unauthorized("missing or invalid API key (expected 'Authorization: Bearer <key>')")
+        raise Unauthorized(UNAUTHORIZED)
     return owner
 
 

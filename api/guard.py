@@ -9,23 +9,25 @@ from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
 
-from api.auth import owner_for
+from api.auth import UNAUTHORIZED, owner_for
 from common.settings import Settings
 
 PUBLIC = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 PUBLIC_PREFIXES = ("/ui",)
-MULTIPART_OVERHEAD = 1024 * 1024
+MULTIPART_OVERHEAD = 1024 * 1024  # form boundaries, part headers and the config part around a checkpoint
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                    (b"referrer-policy", b"no-referrer")]  # form boundaries, part headers and the config part around a checkpoint
+                    (b"referrer-policy", b"no-referrer")]
 
 
-def _error(status: int, code: str, message: str, headers: dict | None = None,
-           field: str | None = None) -> tuple[dict, list, bytes]:
+async def _refuse(send, status: int, code: str, message: str, headers: dict | None = None,
+                  field: str | None = None) -> None:
+    """Answer with the JSON error envelope without reading the request's body."""
     error = {"code": code, "message": message} | ({"field": field} if field else {})
     body = json.dumps({"error": error}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    return {"type": "http.response.start", "status": status, "headers": raw}, [], body
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestGuard:
@@ -50,15 +52,13 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if owner_for(headers.get("authorization"), self.settings.api_keys) is None:
-            return await _send(send, *_error(401, "unauthorized", "missing or invalid API key (expected "
-                                             "'Authorization: Bearer <key>')", {"WWW-Authenticate": "Bearer"}))
+            return await _refuse(send, 401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
         multipart = headers.get("content-type", "").lower().startswith("multipart/")
         limit = self.settings.max_upload_bytes + MULTIPART_OVERHEAD if multipart else self.settings.max_json_bytes
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            return await _send(send, *_error(413, "payload_too_large", f"request body of {declared} bytes is over "
-                                             f"the limit of {limit} bytes",
-                                             field="checkpoint" if multipart else None))
+            return await _refuse(send, 413, "payload_too_large", f"request body of {declared} bytes is over the "
+                                 f"limit of {limit} bytes", field="checkpoint" if multipart else None)
         if multipart:  # `api.upload` counts the streamed bytes of an upload as they arrive
             return await self.app(scope, receive, send)
         seen = 0
@@ -73,7 +73,6 @@ class RequestGuard:
 
         return await self.app(scope, counted, send)
 
-
     @staticmethod
     def _with_headers(send, extra: list):
         """Every response: no MIME sniffing, no framing, no referrer; the page: its CSP too."""
@@ -87,8 +86,3 @@ class RequestGuard:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
-
-
-async def _send(send, start: dict, _unused: list, body: bytes) -> None:
-    await send(start)
-    await send({"type": "http.response.body", "body": body})

@@ -303,21 +303,21 @@ class JobStore:
         """Queued jobs of `queue`, startable or not."""
         return self.redis.zcard(self._queue_key(queue))
 
+    def _fair_key_of(self, job_id: str) -> str | None:
+        """The fair-queue index its job belongs to (its owner's, in its queue); None for an unknown job."""
+        owner, queue = self.redis.hmget(self.job_key(job_id), ["owner", "queue"])
+        return self._fair_key(json.loads(queue), json.loads(owner)) if owner and queue else None
+
     def defer(self, job_id: str, seconds: float) -> None:
         """Keep a queued job out of `next_fair`'s picks for `seconds` (it waits for its customization)."""
-        record = self.redis.hmget(self.job_key(job_id), ["owner", "queue"])
-        if all(record):
-            owner, queue = (json.loads(v) for v in record)
-            self.redis.zadd(self._fair_key(queue, owner), {job_id: time.time() + seconds}, xx=True)
+        if (index := self._fair_key_of(job_id)) is not None:
+            self.redis.zadd(index, {job_id: time.time() + seconds}, xx=True)
 
     def queue_position(self, job_id: str) -> int | None:
         """1-based position among the owner's own queued jobs of that queue (1 = its next), None when not
         queued. Other keys' backlogs are not shown: with fair dispatch they delay a job by one job each."""
-        record = self.redis.hmget(self.job_key(job_id), ["owner", "queue"])
-        if not all(record):
-            return None
-        owner, queue = (json.loads(v) for v in record)
-        rank = self.redis.zrank(self._fair_key(queue, owner), job_id)
+        index = self._fair_key_of(job_id)
+        rank = self.redis.zrank(index, job_id) if index is not None else None
         return None if rank is None else rank + 1
 
     def queued_count(self, owner: str) -> int:

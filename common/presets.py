@@ -44,13 +44,10 @@ class Preset:
     max_train_work: int
     train_sizes: tuple[tuple[int, int, int], ...] | None  # (height, width, num_frames)
 
-    @property
-    def train_size(self) -> tuple[int, int, int]:
-        return self.height, self.width, self.num_frames
-
 
 _CPU_VIDEO = dict(max_video_pixels=32 * 64 * 64, max_video_work=video_work(32, 64, 64, 50),
-                  max_train_pixels=16 * 64 * 64, max_train_work=train_work(images=200, image_steps=50, steps=2000, frames=16, height=64, width=64))
+                  max_train_pixels=16 * 64 * 64,
+                  max_train_work=train_work(images=200, image_steps=50, steps=2000, frames=16, height=64, width=64))
 
 PRESETS: dict[str, Preset] = {
     # CPU-sized: the largest video (32 frames at 64x64, 50 steps) is 32 times the default one (8 at 32x32, 25).
@@ -72,31 +69,34 @@ def _largest(asked: dict[str, int], defaults: dict[str, int]) -> str:
     return max(asked, key=lambda name: asked[name] / defaults[name])
 
 
-def _check_frames(preset: Preset, num_frames: int, prefix: str) -> None:
+def _check_frames(preset: Preset, num_frames: int, prefix: str = "") -> None:
     if num_frames > preset.max_frames:
         raise InvalidArgument(f"{prefix}num_frames={num_frames} is more than the {preset.max_frames} frame positions "
                               "of this preset's motion modules", field=prefix + "num_frames")
 
 
+def _check_pixels(preset: Preset, size: dict[str, int], limit: int, what: str, prefix: str = "") -> None:
+    """num_frames x height x width of `size` within `limit` (memory), else 422 naming the largest of them."""
+    pixels = size["num_frames"] * size["height"] * size["width"]
+    if pixels > limit:
+        field = _largest(size, {"height": preset.height, "width": preset.width, "num_frames": preset.num_frames})
+        raise InvalidArgument(f"{prefix}num_frames x height x width = {pixels} pixel-frames is over this deployment's "
+                              f"{what} of {limit}", field=prefix + field)
+
+
 def check_video(preset: Preset, num_frames: int | None, height: int | None, width: int | None,
-                steps: int | None, prefix: str = "") -> None:
+                steps: int | None) -> None:
     """Refuse a video the preset cannot run (frame positions) or that is over its memory or time limit."""
     defaults = {"num_frames": preset.num_frames, "height": preset.height, "width": preset.width,
                 "steps": preset.sample_steps}
     asked = {"num_frames": num_frames or preset.num_frames, "height": height or preset.height,
              "width": width or preset.width, "steps": steps or preset.sample_steps}
-    _check_frames(preset, asked["num_frames"], prefix)
-    size = {k: asked[k] for k in ("num_frames", "height", "width")}
-    pixels = size["num_frames"] * size["height"] * size["width"]
-    if pixels > preset.max_video_pixels:
-        field = _largest(size, defaults)
-        raise InvalidArgument(f"{prefix}num_frames x height x width = {pixels} pixel-frames is over this deployment's "
-                              f"limit of {preset.max_video_pixels}", field=prefix + field)
+    _check_frames(preset, asked["num_frames"])
+    _check_pixels(preset, {k: asked[k] for k in ("num_frames", "height", "width")}, preset.max_video_pixels, "limit")
     work = video_work(asked["num_frames"], asked["height"], asked["width"], asked["steps"])
     if work > preset.max_video_work:
-        field = _largest(asked, defaults)
-        raise InvalidArgument(f"{prefix}num_frames x height x width x steps = {work} is over this deployment's limit "
-                              f"of {preset.max_video_work}", field=prefix + field)
+        raise InvalidArgument(f"num_frames x height x width x steps = {work} is over this deployment's limit "
+                              f"of {preset.max_video_work}", field=_largest(asked, defaults))
 
 
 def check_customization(preset: Preset, config: dict, prefix: str = "config.") -> None:
@@ -110,18 +110,13 @@ def check_customization(preset: Preset, config: dict, prefix: str = "config.") -
         raise InvalidArgument(f"{prefix}{wrong}={size[wrong]}: this preset trains at (height x width x num_frames) "
                               f"{allowed} only (each new size would train its own shared Motion Adapter)",
                               field=prefix + wrong)
-    pixels = size["num_frames"] * size["height"] * size["width"]
-    if pixels > preset.max_train_pixels:
-        defaults = {"height": preset.height, "width": preset.width, "num_frames": preset.num_frames}
-        field = _largest(size, defaults)
-        raise InvalidArgument(f"{prefix}num_frames x height x width = {pixels} pixel-frames is over this deployment's "
-                              f"training limit of {preset.max_train_pixels}", field=prefix + field)
+    _check_pixels(preset, size, preset.max_train_pixels, "training limit", prefix)
     prior = config.get("prior_num_images", 0) if config.get("prior_preservation_weight") else 0
     work = train_work(images=config["num_images"], image_steps=preset.image_steps, steps=config["train_steps"],
                       frames=size["num_frames"], height=size["height"], width=size["width"], prior_images=prior)
     if work > preset.max_train_work:
         asked = {"train_steps": config["train_steps"], "num_images": config["num_images"], **size}
-        from common.schemas import CustomizationConfig
+        from common.schemas import CustomizationConfig  # here: the engine reads this module without pydantic
 
         fields = CustomizationConfig.model_fields
         defaults = {"train_steps": fields["train_steps"].default, "num_images": fields["num_images"].default,

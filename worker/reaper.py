@@ -66,24 +66,25 @@ class Reaper:
         return actions
 
     def _fail(self, job: JobRecord, code: str, message: str) -> str | None:
-        error = ErrorInfo(code=code, message=message)
-        if not self.store.transition(job.id, ["running"], attempt=job.attempts, status="failed", finished_at=now(),
-                                     error=error):
+        if not self._end(job, "failed", ErrorInfo(code=code, message=message)):
             return None
-        if job.kind == "customize" and job.customization_id:
-            self.store.update_customization(job.customization_id, status="failed", error=error, finished_at=now())
         log.warning("job %s failed (%s): %s", job.id, code, message)
         return code
 
     def _cancel(self, job: JobRecord) -> str | None:
-        error = ErrorInfo(code="canceled", message="canceled by request")
-        if not self.store.transition(job.id, ["running"], attempt=job.attempts, status="canceled", finished_at=now(),
-                                     error=error):
+        if not self._end(job, "canceled", ErrorInfo(code="canceled", message="canceled by request")):
             return None
-        if job.kind == "customize" and job.customization_id:
-            self.store.update_customization(job.customization_id, status="canceled", error=error, finished_at=now())
         log.warning("job %s: canceled; its worker went quiet before it stopped", job.id)
         return "canceled"
+
+    def _end(self, job: JobRecord, status: str, error: ErrorInfo) -> bool:
+        """End a running job (on the attempt seen) as `status`, and its customization with it."""
+        if not self.store.transition(job.id, ["running"], attempt=job.attempts, status=status, finished_at=now(),
+                                     error=error):
+            return False
+        if job.kind == "customize" and job.customization_id:
+            self.store.update_customization(job.customization_id, status=status, error=error, finished_at=now())
+        return True
 
     def _requeue(self, job: JobRecord) -> str | None:
         if not self.store.transition(job.id, ["running"], attempt=job.attempts, status="queued", stage="requeued",
