@@ -170,6 +170,7 @@ class JobStore:
 
     def __init__(self, redis_url: str, retention_s: int = 0):
         self.retention_s = retention_s  # a finished job's record expires after this (0 = kept)
+        self.clock = time.time  # the rate limiter's clock; a test sets it to make refills exact
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=5,
                                           socket_timeout=10, health_check_interval=30)
         self._transition = self.redis.register_script(_TRANSITION)
@@ -209,7 +210,7 @@ class JobStore:
 
     def take_token(self, owner: str, rate: float, burst: int) -> float:
         """Spend one of the owner's job-creation tokens: 0.0 when taken, else seconds until one is there."""
-        return float(self._take_token(keys=[self._owner_key(owner, "rate")], args=[rate, burst, repr(time.time())]))
+        return float(self._take_token(keys=[self._owner_key(owner, "rate")], args=[rate, burst, repr(self.clock())]))
 
     def create_job(self, job: JobRecord, queue: str, customization: CustomizationRecord | None = None,
                    limit: int = 0) -> bool:

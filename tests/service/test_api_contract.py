@@ -260,22 +260,24 @@ def test_pagination_skips_no_job_created_in_the_same_instant(api):
 
 
 def test_job_creation_is_rate_limited_per_key_with_retry_after(api_settings):
-    """Submit-then-cancel loops made ~4 KB records at 200/s; now a token bucket per key (burst 3, 2/s here)."""
-    import time
+    """Submit-then-cancel loops made ~4 KB records at 200/s; now a token bucket per key (burst 3, 2/s here).
 
+    The store's clock is held still, so a slow machine cannot refill the bucket between requests."""
     conf = api_settings.model_copy(update={"job_burst": 3, "job_rate_per_s": 2.0, "api_keys": ["rate-1", "rate-2"]})
     with TestClient(create_app(conf)) as client:
+        store, t0 = client.app.state.store, 1_000_000.0
+        store.clock = lambda: t0
         one, two = ({"Authorization": f"Bearer {k}"} for k in ("rate-1", "rate-2"))
         made = [client.post("/generate", headers=one, json=GEN) for _ in range(3)]
         assert [r.status_code for r in made] == [202, 202, 202]
         refused = client.post("/generate", headers=one, json=GEN)
         assert_error(refused, 429, "rate_limited")
-        assert refused.headers["retry-after"] == "1"
+        assert refused.headers["retry-after"] == "1"  # 0.5 s to the next token, rounded up
         assert client.post("/generate", headers={**one, "Idempotency-Key": "r"}, json=GEN).status_code == 429
         assert client.post("/generate", headers=two, json=GEN).status_code == 202  # the bucket is per key
         for r in made:
             assert client.post(f"/jobs/{r.json()['job_id']}/cancel", headers=one).status_code == 200  # not rated
-        time.sleep(0.6)  # 2 a second: one token back
+        store.clock = lambda: t0 + 0.6  # 2 a second: one token back
         assert client.post("/generate", headers=one, json=GEN).status_code == 202
         assert client.post("/generate", headers=one, json=GEN).status_code == 429
 
