@@ -51,7 +51,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-sampling-"))
     base = tiny_base(work)
     d = base.defaults
-    frames, size, steps = args.frames or d.num_frames, args.size or d.height, args.steps or d.sample_steps
+    frames, size, steps = d.fill(num_frames=args.frames, height=args.size, steps=args.steps).values()
     checkpoint = tiny_checkpoint(work)
     custom = engine.load_customization(base, quick_customization(base, work, checkpoint), checkpoint)
     prompt, seed = "a photo of sks dog running", 7

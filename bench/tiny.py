@@ -15,11 +15,11 @@ QUICK_TRAIN = engine.TrainSpec(prompts=PROMPTS, num_images=2, train_steps=4, ran
 
 
 def add_video_size_args(parser: argparse.ArgumentParser, steps: bool = False) -> None:
-    """``--frames``, ``--size`` (and ``--steps``); 0 means the tiny preset's default."""
-    parser.add_argument("--frames", type=int, default=0, help="0: the tiny preset's default (8)")
-    parser.add_argument("--size", type=int, default=0, help="0: the tiny preset's default (32)")
+    """``--frames``, ``--size`` (and ``--steps``); absent means the tiny preset's default."""
+    parser.add_argument("--frames", type=int, help="default: the tiny preset's")
+    parser.add_argument("--size", type=int, help="default: the tiny preset's")
     if steps:
-        parser.add_argument("--steps", type=int, default=0, help="0: the tiny preset's default (4)")
+        parser.add_argument("--steps", type=int, help="default: the tiny preset's")
 
 
 def tiny_base(workdir: Path) -> engine.BaseModels:

@@ -130,7 +130,7 @@ def main() -> None:
     base = engine.load_base_models(engine.ModelSpec(preset="tiny", device=args.device, precision=args.precision),
                                    work / "models")
     d = base.defaults
-    frames, size = args.frames or d.num_frames, args.size or d.height
+    frames, size = d.fill(num_frames=args.frames, height=args.size).values()
     train = engine.TrainSpec(prompts=PROMPTS, num_images=4, rank=args.rank,
                              num_frames=frames, height=size, width=size, batch_size=args.batch,
                              motion=engine.MotionAdapterSpec(train_steps=2, num_images=2))

@@ -52,12 +52,17 @@ def _finish(client: Client, job: dict, quiet: bool) -> dict:
     return final
 
 
-def cmd_customize(client: Client, args) -> int:
-    config = {"prompts": args.prompt, "num_images": args.num_images, "train_steps": args.train_steps,
-              "seed": args.seed}
-    for key in ("name", "rank", "num_frames", "height", "width", "learning_rate"):
+def customize_config(args) -> dict:
+    """The config of `customize`: the prompts and only what the user set (the server's schema holds the defaults)."""
+    config = {"prompts": args.prompt}
+    for key in ("name", "num_images", "train_steps", "seed", "rank", "num_frames", "height", "width", "learning_rate"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
+    return config
+
+
+def cmd_customize(client: Client, args) -> int:
+    config = customize_config(args)
     size = args.checkpoint.stat().st_size
     with tqdm(total=size, unit="B", unit_scale=True, desc="upload", disable=args.quiet, file=sys.stderr) as bar:
         accepted = client.customize(args.checkpoint, config, on_bytes=bar.update)
@@ -95,11 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("checkpoint", type=Path)
     c.add_argument("--prompt", action="append", required=True)
     c.add_argument("--name")
-    c.add_argument("--num-images", type=int, default=40)
-    c.add_argument("--train-steps", type=int, default=500)
+    c.add_argument("--num-images", type=int, help="default: the server's (GET /openapi.json)")
+    c.add_argument("--train-steps", type=int, help="default: the server's")
     c.add_argument("--rank", type=int)
     c.add_argument("--learning-rate", type=float)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int)
     c.add_argument("--num-frames", type=int)
     c.add_argument("--height", type=int)
     c.add_argument("--width", type=int)

@@ -44,6 +44,15 @@ class Preset:
     max_train_work: int
     train_sizes: tuple[tuple[int, int, int], ...] | None  # (height, width, num_frames)
 
+    def fill(self, **asked: int | None) -> dict[str, int]:
+        """The asked sizes and step counts with each None (everywhere: "the preset's default") replaced by this
+        preset's value: the one place requests and specs get their defaults."""
+        return {name: getattr(self, _DEFAULT_OF[name]) if value is None else value for name, value in asked.items()}
+
+
+_DEFAULT_OF = {"num_frames": "num_frames", "height": "height", "width": "width", "steps": "sample_steps",
+               "image_steps": "image_steps"}
+
 
 _CPU_VIDEO = dict(max_video_pixels=32 * 64 * 64, max_video_work=video_work(32, 64, 64, 50),
                   max_train_pixels=16 * 64 * 64,
@@ -87,10 +96,8 @@ def _check_pixels(preset: Preset, size: dict[str, int], limit: int, what: str, p
 def check_video(preset: Preset, num_frames: int | None, height: int | None, width: int | None,
                 steps: int | None) -> None:
     """Refuse a video the preset cannot run (frame positions) or that is over its memory or time limit."""
-    defaults = {"num_frames": preset.num_frames, "height": preset.height, "width": preset.width,
-                "steps": preset.sample_steps}
-    asked = {"num_frames": num_frames or preset.num_frames, "height": height or preset.height,
-             "width": width or preset.width, "steps": steps or preset.sample_steps}
+    defaults = preset.fill(num_frames=None, height=None, width=None, steps=None)
+    asked = preset.fill(num_frames=num_frames, height=height, width=width, steps=steps)
     _check_frames(preset, asked["num_frames"])
     _check_pixels(preset, {k: asked[k] for k in ("num_frames", "height", "width")}, preset.max_video_pixels, "limit")
     work = video_work(asked["num_frames"], asked["height"], asked["width"], asked["steps"])
@@ -101,8 +108,7 @@ def check_video(preset: Preset, num_frames: int | None, height: int | None, widt
 
 def check_customization(preset: Preset, config: dict, prefix: str = "config.") -> None:
     """Refuse a customization at a size the preset does not train at, or over its training cost limit."""
-    size = {"height": config.get("height") or preset.height, "width": config.get("width") or preset.width,
-            "num_frames": config.get("num_frames") or preset.num_frames}
+    size = preset.fill(height=config.get("height"), width=config.get("width"), num_frames=config.get("num_frames"))
     _check_frames(preset, size["num_frames"], prefix)
     if preset.train_sizes is not None and tuple(size.values()) not in preset.train_sizes:
         allowed = ", ".join(f"{h}x{w}x{f}" for h, w, f in preset.train_sizes)

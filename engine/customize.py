@@ -79,7 +79,7 @@ def customize(
     Args:
         base: loaded base models (`load_base_models`).
         checkpoint_path: the customized T2I upload (.safetensors: LoRA, diffusers UNet or LDM single file).
-        train: settings; sizes of 0 take the preset's defaults.
+        train: settings; sizes of None take the preset's defaults.
         out_dir: where the artifact goes (created).
         motion_cache_dir: Motion Adapter cache; loaded from ``<dir>/<key>/`` or trained and written there.
         progress: ``progress(stage, step, total)``; should_cancel: polled between steps.

@@ -60,7 +60,7 @@ def contact_sheet(rows: dict[str, np.ndarray], path: Path) -> Path:
 
 
 def evaluate(base: BaseModels, custom_dir: Path, checkpoint: Path, prompt: str, out_dir: Path, seed: int = 0,
-             num_frames: int = 0, steps: int = 0, progress=None, should_cancel=None,
+             num_frames: int | None = None, steps: int | None = None, progress=None, should_cancel=None,
              clip_model: str | None = None, local_files_only: bool = False) -> dict:
     """Render the four rows, write ``contact_sheet.png`` and ``metrics.json`` into `out_dir`.
 

@@ -20,30 +20,22 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from common.presets import PRESETS
+from common.presets import PRESETS, Preset
 from engine import tiny_models
 from engine.errors import ModelLoadError, SpecError
 from engine.specs import GENERIC_MOTION_PROMPTS, ModelSpec
 
 
 @dataclass(frozen=True)
-class PresetDefaults:
-    """Per-preset defaults for sizes and step counts (0 in a spec means "use these"; the values are the
-    service's, `common.presets`), and the generic prompts whose base-T2I stills train the shared Motion Adapter
-    (they must describe the base's own world)."""
+class PresetDefaults(Preset):
+    """A preset's serving facts (`common.presets`: default sizes and steps, filled in by `fill`) and the generic
+    prompts whose base-T2I stills train the shared Motion Adapter (they must describe the base's own world)."""
 
-    height: int
-    width: int
-    num_frames: int
-    image_steps: int
-    sample_steps: int
     motion_prompts: tuple[str, ...] = GENERIC_MOTION_PROMPTS
 
     @classmethod
     def of(cls, preset: str, **extra) -> "PresetDefaults":
-        p = PRESETS[preset]
-        return cls(height=p.height, width=p.width, num_frames=p.num_frames, image_steps=p.image_steps,
-                   sample_steps=p.sample_steps, **extra)
+        return cls(**vars(PRESETS[preset]), **extra)
 
 
 def _shapes_class_prompts() -> tuple[str, ...]:

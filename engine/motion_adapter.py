@@ -41,13 +41,8 @@ def motion_prompts(base: BaseModels, train: TrainSpec) -> tuple[str, ...]:
 
 def resolved_size(base: BaseModels, train: TrainSpec) -> dict[str, int]:
     """Training video size with the preset's defaults filled in."""
-    d = base.defaults
-    return {
-        "height": train.height or d.height,
-        "width": train.width or d.width,
-        "num_frames": train.num_frames or d.num_frames,
-        "image_steps": train.image_steps or d.image_steps,
-    }
+    return base.defaults.fill(height=train.height, width=train.width, num_frames=train.num_frames,
+                              image_steps=train.image_steps)
 
 
 def ensure_motion_adapter(base: BaseModels, train: TrainSpec, cache_dir: Path, reporter: Reporter) -> tuple[Path, bool]:

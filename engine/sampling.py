@@ -18,13 +18,8 @@ from engine.specs import SampleSpec
 
 def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
     """The spec's size/frames/steps with the preset's defaults filled in, validated."""
-    d = base.defaults
-    values = {
-        "num_frames": sample.num_frames or d.num_frames,
-        "height": sample.height or d.height,
-        "width": sample.width or d.width,
-        "steps": sample.steps or d.sample_steps,
-    }
+    values = base.defaults.fill(num_frames=sample.num_frames, height=sample.height, width=sample.width,
+                                steps=sample.steps)
     check_num_frames(base, values["num_frames"])
     if values["height"] % 8 or values["width"] % 8:
         raise SpecError(f"height/width must be multiples of 8, got {values['height']}x{values['width']}",

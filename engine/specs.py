@@ -111,7 +111,7 @@ class MotionAdapterSpec:
 class TrainSpec:
     """A Still-Moving customization: frozen videos from the customized T2I, then Spatial Adapters.
 
-    `height`, `width`, `num_frames`, `image_steps` of 0 mean "the preset's default".
+    `height`, `width`, `num_frames`, `image_steps` of None mean "the preset's default" (as in the API).
     """
 
     prompts: tuple[str, ...]
@@ -134,10 +134,10 @@ class TrainSpec:
     # prompts trained alongside the customized ones, loss weight `prior_preservation_weight` (0 = off).
     prior_preservation_weight: float = 0.0
     prior_num_images: int = 16  # sample once at Motion Adapter scale 1 and 0; record the motion of each
-    num_frames: int = 0
-    height: int = 0
-    width: int = 0
-    image_steps: int = 0
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    image_steps: int | None = None
     image_guidance_scale: float = 7.5
     negative_prompt: str = ""
     checkpoint_every: int = 50
@@ -147,14 +147,14 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """One video to sample. Size/frames/steps of 0 mean "the preset's default"."""
+    """One video to sample. Size/frames/steps of None mean "the preset's default" (as in the API)."""
 
     prompt: str
     negative_prompt: str = ""
-    num_frames: int = 0
-    height: int = 0
-    width: int = 0
-    steps: int = 0
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
     guidance_scale: float = 7.5
     seed: int = 0
     fps: int = 8

@@ -24,15 +24,24 @@ function say(text) { $("message").textContent = text || ""; }
 
 function intOrNull(id) { const v = $(id).value.trim(); return v === "" ? null : Number(v); }
 
+// Only what the user set goes into a request: the server's schema holds every default.
+function sendSet(body, inputs) {
+  for (const [id, field] of inputs) { const v = intOrNull(id); if (v !== null) body[field] = v; }
+}
+
+// The placeholders show the server's defaults, read from its OpenAPI schema (public, no key needed).
+fetch("/openapi.json").then((r) => r.json()).then((spec) => {
+  const config = spec.components.schemas.CustomizationConfig.properties;
+  $("num-images").placeholder = `default ${config.num_images.default}`;
+  $("train-steps").placeholder = `default ${config.train_steps.default}`;
+}).catch(() => {});
+
 $("customize-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   say("");
-  const config = {
-    prompts: $("prompts").value.split("\n").map((p) => p.trim()).filter(Boolean),
-    name: $("name").value || null,
-    num_images: intOrNull("num-images") || 4,
-    train_steps: intOrNull("train-steps") || 20,
-  };
+  const config = { prompts: $("prompts").value.split("\n").map((p) => p.trim()).filter(Boolean) };
+  if ($("name").value) config.name = $("name").value;
+  sendSet(config, [["num-images", "num_images"], ["train-steps", "train_steps"]]);
   const form = new FormData();
   form.append("checkpoint", $("checkpoint").files[0]);
   form.append("config", JSON.stringify(config));
@@ -49,9 +58,7 @@ $("generate-form").addEventListener("submit", async (event) => {
   const request = { prompt: $("prompt").value };
   const customization = $("customization-select").value;
   if (customization) request.customization_id = customization;
-  for (const [id, field] of [["num-frames", "num_frames"], ["steps", "steps"], ["seed", "seed"]]) {
-    const v = intOrNull(id); if (v !== null) request[field] = v;
-  }
+  sendSet(request, [["num-frames", "num_frames"], ["steps", "steps"], ["seed", "seed"]]);
   try {
     const job = await api("POST", "/generate", request);
     watch(job.job_id, `generate "${request.prompt}"`);

@@ -10,6 +10,7 @@ outage past the retry window fails the job with ``storage_unavailable``. A runni
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -17,12 +18,13 @@ import socket
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import BaseModel
 
 import engine
 from common import storage as keys
 from common.errors import StorageUnavailable
 from common.jobstore import JobStore, now
-from common.schemas import TERMINAL, ErrorInfo, JobRecord
+from common.schemas import TERMINAL, CustomizationConfig, ErrorInfo, GenerateRequest, JobRecord
 from common.settings import Settings, get_settings
 from common.storage import RetryingStorage
 from worker import train_state
@@ -58,29 +60,25 @@ def model_spec(settings: Settings) -> engine.ModelSpec:
                             gradient_checkpointing=settings.gradient_checkpointing, compile_unet=settings.compile_unet)
 
 
+def _spec_fields(request: BaseModel, spec_type: type) -> dict:
+    """The request's values for the spec's fields of the same name: the schema's defaults are the only ones."""
+    names = {f.name for f in dataclasses.fields(spec_type)}
+    return {k: v for k, v in request.model_dump().items() if k in names}
+
+
 def train_spec(config: dict, settings: Settings) -> engine.TrainSpec:
+    """The engine's spec of a customization job, its config validated by the API's own schema."""
+    request = CustomizationConfig.model_validate(config)
     motion = engine.MotionAdapterSpec(rank=settings.motion_rank, train_steps=settings.motion_train_steps,
                                       num_images=settings.motion_num_images, batch_size=settings.motion_batch_size)
-    return engine.TrainSpec(
-        prompts=tuple(config["prompts"]), num_images=config["num_images"], train_steps=config["train_steps"],
-        rank=config["rank"], learning_rate=config["learning_rate"], seed=config["seed"],
-        train_resnets=config.get("train_resnets", False), train_projections=config.get("train_projections", False),
-        train_feedforward=config.get("train_feedforward", False), use_motion_adapter=config.get("use_motion_adapter", True),
-        motion_adapter_source=config.get("motion_adapter_source", "shared"),
-        prior_preservation_weight=config.get("prior_preservation_weight", 0.0),
-        prior_num_images=config.get("prior_num_images", 16),
-        num_frames=config.get("num_frames") or 0, height=config.get("height") or 0, width=config.get("width") or 0,
-        image_batch_size=settings.image_batch_size, checkpoint_every=settings.train_checkpoint_every, motion=motion)
+    values = _spec_fields(request, engine.TrainSpec) | {"prompts": tuple(request.prompts)}
+    return engine.TrainSpec(**values, image_batch_size=settings.image_batch_size,
+                            checkpoint_every=settings.train_checkpoint_every, motion=motion)
 
 
 def sample_spec(params: dict) -> engine.SampleSpec:
-    return engine.SampleSpec(
-        prompt=params["prompt"], negative_prompt=params.get("negative_prompt", ""),
-        num_frames=params.get("num_frames") or 0, height=params.get("height") or 0, width=params.get("width") or 0,
-        steps=params.get("steps") or 0, guidance_scale=params["guidance_scale"], seed=params["seed"],
-        fps=params["fps"], format=params["format"], spatial_adapter_scale=params["spatial_adapter_scale"],
-        motion_adapter_scale=params.get("motion_adapter_scale", 0.0), method=params["method"],
-        scheduler=params.get("scheduler", "ddim"))
+    """The engine's spec of a generation job, its params validated by the API's own schema."""
+    return engine.SampleSpec(**_spec_fields(GenerateRequest.model_validate(params), engine.SampleSpec))
 
 
 class Runner:

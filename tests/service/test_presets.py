@@ -32,6 +32,34 @@ def test_the_engine_defaults_are_the_presets():
         d = PRESET_DEFAULTS[name]
         assert (d.height, d.width, d.num_frames, d.image_steps, d.sample_steps) == (
             preset.height, preset.width, preset.num_frames, preset.image_steps, preset.sample_steps)
+        assert d.fill(num_frames=None, height=12, steps=None, image_steps=None) == {
+            "num_frames": preset.num_frames, "height": 12, "steps": preset.sample_steps,
+            "image_steps": preset.image_steps}
+
+
+def test_the_worker_builds_engine_specs_from_the_api_schemas_own_defaults():
+    """One defaults story: None = the preset's, the schema's defaults for the rest, no second copy in the worker."""
+    import dataclasses
+
+    import engine
+    from common.schemas import GenerateRequest
+    from common.settings import Settings
+    from worker.runner import sample_spec, train_spec
+
+    train = train_spec({"prompts": ["a sks dog"]}, Settings(_env_file=None))
+    config = CustomizationConfig(prompts=["a sks dog"])
+    spec_names = {f.name for f in dataclasses.fields(engine.TrainSpec)}
+    api_only = {"base_model", "name"}  # chosen by the API, not the engine
+    assert set(CustomizationConfig.model_fields) - spec_names == api_only  # none dropped on the way
+    for name in set(CustomizationConfig.model_fields) - api_only:
+        assert getattr(train, name) == (tuple(config.prompts) if name == "prompts" else getattr(config, name)), name
+    assert train.num_frames is None and train.height is None  # the engine fills the preset's, as the API did
+    sample = sample_spec({"prompt": "a red circle", "seed": 5})
+    assert set(GenerateRequest.model_fields) - {f.name for f in dataclasses.fields(engine.SampleSpec)} == {
+        "customization_id"}
+    assert (sample.steps, sample.method, sample.scheduler, sample.fps) == (None, "base", "ddim", 8)
+    with pytest.raises(ValueError):
+        sample_spec({"prompt": "x", "seed": 1, "steps": 0})  # the worker validates as the API does
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -70,3 +70,14 @@ def test_cancel_stops_a_job(api_url):
             break
         time.sleep(0.5)
     assert final["status"] == "canceled"
+
+
+def test_customize_sends_only_what_the_user_set():
+    """The server's schema holds the defaults; a client that restated them would drift from it."""
+    from client.main import build_parser, customize_config
+
+    bare = build_parser().parse_args(["customize", "ck.safetensors", "--prompt", "a sks toy"])
+    assert customize_config(bare) == {"prompts": ["a sks toy"]}
+    full = build_parser().parse_args(["customize", "ck.safetensors", "--prompt", "a", "--num-images", "3",
+                                      "--train-steps", "7", "--seed", "0"])
+    assert customize_config(full) == {"prompts": ["a"], "num_images": 3, "train_steps": 7, "seed": 0}

@@ -32,6 +32,10 @@ def page(api_url):
 
 
 def test_upload_train_generate_and_play_in_the_browser(page, checkpoints, tmp_path):
+    from common.schemas import CustomizationConfig
+
+    default = CustomizationConfig.model_fields["train_steps"].default  # shown, not sent: the server fills it
+    page.wait_for_function(f"document.querySelector('#train-steps').placeholder === 'default {default}'")
     page.set_input_files("#checkpoint", str(checkpoints["unet"]))
     page.fill("#prompts", "a sks toy")
     page.fill("#name", "from the browser")
