@@ -12,14 +12,11 @@ class LRUCache(Generic[T]):
     def __init__(self, capacity: int):
         self.capacity = capacity
         self._items: OrderedDict[Hashable, T] = OrderedDict()
-        self.hits = self.misses = 0
 
     def get_or_load(self, key: Hashable, load: Callable[[], T]) -> T:
         if key in self._items:
             self._items.move_to_end(key)
-            self.hits += 1
             return self._items[key]
-        self.misses += 1
         value = load()
         self._items[key] = value
         while len(self._items) > self.capacity:

@@ -24,7 +24,6 @@ FULL_FILE = "dreambooth-unet.safetensors"
 LORA_FILE = "dreambooth-lora.safetensors"
 LORA_NO_PRIOR_FILE = "dreambooth-lora-no-prior.safetensors"
 LORA_TEXT_FILE = "dreambooth-lora-text-encoder.safetensors"  # UNet and text-encoder LoRA, diffusers keys
-NUM_INSTANCE = 8
 NUM_CLASS = 32
 LORA_RANK = 8
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]

@@ -178,7 +178,3 @@ def texture_sample(rng: np.random.Generator) -> np.ndarray:
     frame, _ = render(scene.shape, scene.colour, "two-tone", scene.x, scene.y, scene.size, second=second,
                       period=float(rng.uniform(8.0, 32.0)), angle=float(rng.uniform(0, 360)))
     return frame
-
-
-def to_pil(frame: np.ndarray) -> Image.Image:
-    return Image.fromarray(frame)

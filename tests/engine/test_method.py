@@ -93,7 +93,6 @@ def test_training_changes_only_spatial_adapter_tensors(base, customized):
     adapters.activate(unet, [adapters.MOTION, adapters.SPATIAL])
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     custom_before = {k: v.clone() for k, v in customized["unet"].state_dict().items()}
-    trainable = {n for n, p in unet.named_parameters() if p.requires_grad}
     latents = torch.randn(2, 4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     data = TrainData(latents=latents, embeddings=torch.randn(2, 77, unet.config.cross_attention_dim))
     result = train_adapter(unet, adapters.SPATIAL, data, make_training_scheduler(base), 3, 1e-2, 1, 0,
@@ -101,12 +100,10 @@ def test_training_changes_only_spatial_adapter_tensors(base, customized):
     after = unet.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     spatial_keys = {k for k in before if "lora_" in k and ".spatial." in k}
-    assert changed and changed <= spatial_keys
-    assert any(".lora_A." in k for k in changed) and any(".lora_B." in k for k in changed)
+    assert spatial_keys and changed == spatial_keys  # every Spatial Adapter tensor trained, nothing else
     assert len(result.losses) == 3
     assert all(torch.equal(custom_before[k], v) for k, v in customized["unet"].state_dict().items())
     assert not any(p.requires_grad for p in unet.parameters())
-    del trainable
 
 
 def test_frozen_video_frames_are_identical_and_latent_is_repeated(base):
