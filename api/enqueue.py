@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from common.celery_config import TASK_FOR_KIND
 from common.errors import Conflict, ServiceUnavailable, TooManyRequests
-from common.jobstore import JobStore, now
+from common.jobstore import JobStore
 from common.schemas import CustomizationRecord, ErrorInfo, JobAccepted, JobRecord
 from common.settings import Settings
 
@@ -53,11 +53,8 @@ def enqueue(store: JobStore, celery: Celery, settings: Settings, job: JobRecord,
         celery.send_task(TASK_FOR_KIND[job.kind], args=[job.id], queue=queue, task_id=job.id)
     except Exception as exc:  # broker down: do not leave a queued job that nobody will run
         log.warning("could not send task for %s: %s", job.id, type(exc).__name__)
-        store.transition(job.id, ["queued"], status="failed", finished_at=now(),
-                         error=ErrorInfo(code="unavailable", message="the queue was unreachable"))
-        if customization is not None:
-            store.update_customization(customization.id, status="failed",
-                                       error=ErrorInfo(code="unavailable", message="the queue was unreachable"))
+        store.finish(job.id, "failed", ["queued"],  # its customization too
+                     error=ErrorInfo(code="unavailable", message="the queue was unreachable"))
         raise ServiceUnavailable("the job queue is unreachable; retry later") from exc
 
 

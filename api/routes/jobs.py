@@ -9,8 +9,8 @@ from api.deps import OwnerDep, StorageDep, StoreDep
 from api.routes.customizations import Limit, parse_cursor
 from api.views import job_view
 from common.errors import Conflict, NotFound
-from common.jobstore import JobStore, encode_cursor, now
-from common.schemas import ErrorInfo, JobList, JobRecord, JobView
+from common.jobstore import JobStore, encode_cursor
+from common.schemas import JobList, JobRecord, JobView
 
 router = APIRouter(tags=["jobs"])
 
@@ -38,17 +38,8 @@ def get_job(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep):
              description="A queued job is canceled at once (200). A running job is asked to stop and stops "
                          "between two steps (202; poll the job). A finished job gives 409.")
 def cancel_job(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep):
-    job = owned_job(store, owner, job_id)
-    canceled = ErrorInfo(code="canceled", message="canceled by request")
-    if job.status == "queued" and store.transition(job_id, ["queued"], status="canceled", cancel_requested=True,
-                                                   finished_at=now(), error=canceled):
-        if job.kind == "customize" and job.customization_id:
-            store.update_customization(job.customization_id, status="canceled", finished_at=now(), error=canceled)
-        return job_view(store.get_job(job_id), store, storage)
-    job = store.get_job(job_id)
-    if job.status == "canceled":
-        return job_view(job, store, storage)
+    job = store.cancel(owned_job(store, owner, job_id).id)
     if job.status in ("succeeded", "failed"):
         raise Conflict(f"job {job_id!r} already {job.status}", code="job_finished", field="job_id")
-    store.request_cancel(job_id)
-    return JSONResponse(job_view(store.get_job(job_id), store, storage).model_dump(mode="json"), status_code=202)
+    view = job_view(job, store, storage)
+    return view if job.status == "canceled" else JSONResponse(view.model_dump(mode="json"), status_code=202)
