@@ -1,4 +1,4 @@
-"""Create a job record and send its Celery task by name; the per-key queue limit; Idempotency-Key replay."""
+"""Create a job record and send its Celery task by name; the per-key rate and queue limits; the 202."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from celery import Celery
 from fastapi.responses import JSONResponse
 
 from common.celery_config import TASK_FOR_KIND
-from common.errors import Conflict, ServiceUnavailable, TooManyRequests
+from common.errors import ServiceUnavailable, TooManyRequests
 from common.jobstore import JobStore
 from common.schemas import CustomizationRecord, ErrorInfo, JobAccepted, JobRecord
 from common.settings import Settings
@@ -62,14 +62,3 @@ def accepted(body: JobAccepted) -> JSONResponse:
     return JSONResponse(body.model_dump(exclude_none=True), status_code=202,
                         headers={"Location": f"/jobs/{body.job_id}"})
 
-
-def replay(store: JobStore, owner: str, held: dict, fingerprint: str | None) -> JSONResponse:
-    """The response for a retried request with a known Idempotency-Key."""
-    if not held.get("job_id"):
-        raise Conflict("a request with this Idempotency-Key is still being processed", code="idempotency_in_progress")
-    if fingerprint is not None and held.get("fingerprint") not in (None, fingerprint):
-        raise Conflict("this Idempotency-Key was used with a different request body", code="idempotency_key_reused",
-                       field="Idempotency-Key")
-    job = store.get_job(held["job_id"])
-    status = job.status if job is not None and job.owner == owner else "queued"
-    return accepted(JobAccepted(job_id=held["job_id"], status=status, customization_id=held.get("customization_id")))

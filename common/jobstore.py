@@ -246,8 +246,10 @@ class JobStore:
                   json.dumps(_encode(customization)) if customization else "{}", job.owner])
         return created == 1
 
-    def get_job(self, job_id: str) -> JobRecord | None:
-        return self._job_from(self.redis.hgetall(self.job_key(job_id)))
+    def get_job(self, job_id: str, owner: str | None = None) -> JobRecord | None:
+        """The job; None when there is none (or, with `owner`, when it is another key's)."""
+        job = self._job_from(self.redis.hgetall(self.job_key(job_id)))
+        return job if job is not None and owner in (None, job.owner) else None
 
     @staticmethod
     def _job_from(raw: dict[str, str]) -> JobRecord | None:
@@ -396,9 +398,11 @@ class JobStore:
     def customization_key(customization_id: str) -> str:
         return f"{PREFIX}cus:{customization_id}"
 
-    def get_customization(self, customization_id: str) -> CustomizationRecord | None:
+    def get_customization(self, customization_id: str, owner: str | None = None) -> CustomizationRecord | None:
+        """The customization; None when there is none (or, with `owner`, when it is another key's)."""
         raw = self.redis.hgetall(self.customization_key(customization_id))
-        return CustomizationRecord.model_validate(_decode(raw)) if raw else None
+        record = CustomizationRecord.model_validate(_decode(raw)) if raw else None
+        return record if record is not None and owner in (None, record.owner) else None
 
     def list_customizations(self, owner: str, limit: int, cursor: tuple[float, str] | None):
         ids, next_cursor = self._page(self._owner_key(owner, "customizations"), limit, cursor)
