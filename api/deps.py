@@ -1,7 +1,9 @@
-"""Dependencies: settings and clients from the app state, bearer-key auth, as `Annotated` aliases.
+"""Dependencies: settings and clients from the app state, bearer-key auth, the caller's records by path id,
+as `Annotated` aliases.
 
-All are ``async def``: none does I/O, and FastAPI runs a plain ``def`` dependency in the thread pool,
-a hop per dependency per request (most of the per-request CPU of a cheap endpoint).
+Those that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in the thread pool, a hop
+per dependency per request (most of the per-request CPU of a cheap endpoint). The `Owned...` ones read the
+job store, so they are plain ``def``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from celery import Celery
 from fastapi import Depends, Header, Request
 
 from api.auth import UNAUTHORIZED, owner_for
-from common.errors import Unauthorized
+from common.errors import NotFound, Unauthorized
 from common.jobstore import JobStore
+from common.schemas import CustomizationRecord, JobRecord
 from common.settings import Settings
 from common.storage import Storage
 
@@ -50,3 +53,23 @@ async def authenticate(settings: SettingsDep, authorization: Annotated[str | Non
 
 OwnerDep = Annotated[str, Depends(authenticate)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+def owned_job(job_id: str, owner: OwnerDep, store: StoreDep) -> JobRecord:
+    """The job `job_id` of the caller's key; 404 for an unknown job or another key's (indistinguishable)."""
+    job = store.get_job(job_id, owner=owner)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", field="job_id")
+    return job
+
+
+def owned_customization(customization_id: str, owner: OwnerDep, store: StoreDep) -> CustomizationRecord:
+    """The customization `customization_id` of the caller's key; 404 otherwise (also for a body's id)."""
+    record = store.get_customization(customization_id, owner=owner)
+    if record is None:
+        raise NotFound(f"no customization {customization_id!r}", field="customization_id")
+    return record
+
+
+OwnedJob = Annotated[JobRecord, Depends(owned_job)]
+OwnedCustomization = Annotated[CustomizationRecord, Depends(owned_customization)]

@@ -1,4 +1,4 @@
-"""Create a job record and send its Celery task by name; the per-key queue limit; Idempotency-Key replay."""
+"""Create a job record and send its Celery task by name; the per-key rate and queue limits; the 202."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from celery import Celery
 from fastapi.responses import JSONResponse
 
 from common.celery_config import TASK_FOR_KIND
-from common.errors import Conflict, ServiceUnavailable, TooManyRequests
-from common.jobstore import JobStore, now
+from common.errors import ServiceUnavailable, TooManyRequests
+from common.jobstore import JobStore
 from common.schemas import CustomizationRecord, ErrorInfo, JobAccepted, JobRecord
 from common.settings import Settings
 
@@ -53,11 +53,8 @@ def enqueue(store: JobStore, celery: Celery, settings: Settings, job: JobRecord,
         celery.send_task(TASK_FOR_KIND[job.kind], args=[job.id], queue=queue, task_id=job.id)
     except Exception as exc:  # broker down: do not leave a queued job that nobody will run
         log.warning("could not send task for %s: %s", job.id, type(exc).__name__)
-        store.transition(job.id, ["queued"], status="failed", finished_at=now(),
-                         error=ErrorInfo(code="unavailable", message="the queue was unreachable"))
-        if customization is not None:
-            store.update_customization(customization.id, status="failed",
-                                       error=ErrorInfo(code="unavailable", message="the queue was unreachable"))
+        store.finish(job.id, "failed", ["queued"],  # its customization too
+                     error=ErrorInfo(code="unavailable", message="the queue was unreachable"))
         raise ServiceUnavailable("the job queue is unreachable; retry later") from exc
 
 
@@ -65,14 +62,3 @@ def accepted(body: JobAccepted) -> JSONResponse:
     return JSONResponse(body.model_dump(exclude_none=True), status_code=202,
                         headers={"Location": f"/jobs/{body.job_id}"})
 
-
-def replay(store: JobStore, owner: str, held: dict, fingerprint: str | None) -> JSONResponse:
-    """The response for a retried request with a known Idempotency-Key."""
-    if not held.get("job_id"):
-        raise Conflict("a request with this Idempotency-Key is still being processed", code="idempotency_in_progress")
-    if fingerprint is not None and held.get("fingerprint") not in (None, fingerprint):
-        raise Conflict("this Idempotency-Key was used with a different request body", code="idempotency_key_reused",
-                       field="Idempotency-Key")
-    job = store.get_job(held["job_id"])
-    status = job.status if job is not None and job.owner == owner else "queued"
-    return accepted(JobAccepted(job_id=held["job_id"], status=status, customization_id=held.get("customization_id")))

@@ -11,11 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from common.errors import ServiceError, Unauthorized
+from common.errors import BadRequest, InvalidArgument, ServiceError, Unauthorized
 
 log = logging.getLogger("stillmoving.api")
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_argument"}
+LOCATIONS = ("body", "query", "path", "header")  # where FastAPI found a value (not part of its field's name)
 
 
 def envelope(status: int, code: str, message: str, field: str | None = None, headers: dict | None = None):
@@ -23,11 +24,6 @@ def envelope(status: int, code: str, message: str, field: str | None = None, hea
     if field is not None:
         body["field"] = field
     return JSONResponse({"error": body}, status_code=status, headers=headers)
-
-
-def _field(loc) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or None
 
 
 async def service_error(_: Request, exc: ServiceError):
@@ -38,18 +34,30 @@ async def service_error(_: Request, exc: ServiceError):
     return envelope(exc.status, exc.code, exc.message, exc.field, headers)
 
 
-async def validation_error(_: Request, exc: RequestValidationError):
-    errors = exc.errors()
+def reshape_validation_errors(errors: list[dict], root: str | None = None) -> ServiceError:
+    """Pydantic's validation errors as one service error: the first, named by its field's dotted path, and how
+    many more there are. `root` names a part validated on its own (the upload's ``config``): its paths start
+    there, and invalid JSON in it is a 422 on that field rather than the request's 400."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
-        return envelope(400, "bad_request", "the request needs a JSON body")
+        return BadRequest("the request needs a JSON body")
     if first.get("type") == "json_invalid":
-        return envelope(400, "malformed_json", f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
+        reason = first.get("ctx", {}).get("error", "")
+        if root is None:
+            return BadRequest(f"request body is not valid JSON: {reason}", code="malformed_json")
+        return InvalidArgument(f"{root} is not valid JSON: {reason}", field=root)
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    field = _field(first.get("loc", ()))
+    loc = [str(p) for p in first.get("loc", ())]
+    if root is None and loc[:1] and loc[0] in LOCATIONS:  # FastAPI's loc starts with where the value was
+        loc = loc[1:]
+    field = ".".join(([root] if root else []) + loc) or None
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problems)"
-    return envelope(422, "invalid_argument", f"{field}: {message}" if field else message, field)
+    return InvalidArgument(f"{field}: {message}" if field else message, field=field)
+
+
+async def validation_error(request: Request, exc: RequestValidationError):
+    return await service_error(request, reshape_validation_errors(exc.errors()))
 
 
 async def http_error(_: Request, exc: HTTPException):

@@ -16,6 +16,8 @@ Layout (prefix ``sm:``)::
     sm:running                 zset of running job ids by last heartbeat (epoch seconds; the reaper's index)
 
 Status changes go through one Lua script (`transition`) so that, e.g., a cancel and a start never both win.
+A customize job's customization changes with its job, in the same script (`CUSTOMIZATION_STATUS`): the
+named operations (`finish`, `requeue`, `cancel`) are transitions, so nothing writes the mirror by hand.
 
 Fair dispatch: Celery stays the transport, one message per queued job, but a message is a turn, not a job:
 the worker that receives one runs `next_fair`'s pick, the oldest startable job of the key served longest
@@ -35,9 +37,13 @@ import redis
 from pydantic import BaseModel
 
 from common.errors import ServiceUnavailable
-from common.schemas import CustomizationRecord, JobRecord
+from common.schemas import TERMINAL, CustomizationRecord, ErrorInfo, JobRecord
 
 PREFIX = "sm:"
+# The status a customize job's customization takes when its job takes each status (a generation only uses one).
+CUSTOMIZATION_STATUS = {"queued": "queued", "running": "training", "succeeded": "ready", "failed": "failed",
+                        "canceled": "canceled"}
+CANCELED = ErrorInfo(code="canceled", message="canceled by request")
 
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
@@ -48,6 +54,9 @@ if not ok then return 0 end
 if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[5] then return 0 end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[7]) == 1 then
+  for k, v in pairs(cjson.decode(ARGV[9])) do redis.call('HSET', KEYS[7], k, v) end
+end
 local new = ARGV[4]
 if new == 'queued' then
   redis.call('ZADD', KEYS[2], ARGV[6], ARGV[3])
@@ -161,6 +170,16 @@ def _json_default(value: Any):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _mirror(job_fields: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """What a customize job's change writes to its customization: none without a status change; else the status
+    that follows the job's (`CUSTOMIZATION_STATUS`), and on an end the job's end time and error."""
+    status = job_fields.get("status")
+    if status is None:
+        return {}
+    ended = {k: job_fields[k] for k in ("finished_at", "error") if k in job_fields} if status in TERMINAL else {}
+    return {"status": CUSTOMIZATION_STATUS[status], **ended, **extra}
+
+
 def _decode(raw: dict[str, str]) -> dict[str, Any]:
     return {k: json.loads(v) for k, v in raw.items()}
 
@@ -227,8 +246,10 @@ class JobStore:
                   json.dumps(_encode(customization)) if customization else "{}", job.owner])
         return created == 1
 
-    def get_job(self, job_id: str) -> JobRecord | None:
-        return self._job_from(self.redis.hgetall(self.job_key(job_id)))
+    def get_job(self, job_id: str, owner: str | None = None) -> JobRecord | None:
+        """The job; None when there is none (or, with `owner`, when it is another key's)."""
+        job = self._job_from(self.redis.hgetall(self.job_key(job_id)))
+        return job if job is not None and owner in (None, job.owner) else None
 
     @staticmethod
     def _job_from(raw: dict[str, str]) -> JobRecord | None:
@@ -254,20 +275,46 @@ class JobStore:
         if fields and self.redis.exists(self.job_key(job_id)):
             self.redis.hset(self.job_key(job_id), mapping=_encode(fields))
 
-    def transition(self, job_id: str, allowed_from: Iterable[str], attempt: int | None = None, **fields: Any) -> bool:
+    def transition(self, job_id: str, allowed_from: Iterable[str], attempt: int | None = None,
+                   customization: dict | None = None, **fields: Any) -> bool:
         """Atomically apply `fields` (incl. ``status``) if the job's status is in `allowed_from` (and, when
-        `attempt` is given, the job is still on that attempt). Keeps the queue and running indexes in step."""
+        `attempt` is given, the job is still on that attempt). Keeps the queue and running indexes in step, and a
+        customize job's customization: its status follows the job's, with `customization`'s fields."""
         record = self.redis.hgetall(self.job_key(job_id))
         if not record:
             return False
         owner, queue = json.loads(record["owner"]), json.loads(record.get("queue", '"none"'))
+        trains = json.loads(record.get("customization_id", "null")) if record["kind"] == '"customize"' else None
+        mirror = _mirror(fields, customization or {}) if trains else {}
         result = self._transition(
             keys=[self.job_key(job_id), self._queue_key(queue), self._owner_key(owner, "queued"), RUNNING_KEY,
-                  self._fair_key(queue, owner), self._fair_key(queue)],
+                  self._fair_key(queue, owner), self._fair_key(queue), self.customization_key(trains or "-")],
             args=[json.dumps([json.dumps(s) for s in allowed_from]), json.dumps(_encode(fields)), job_id,
                   fields.get("status", ""), "" if attempt is None else json.dumps(attempt), repr(time.time()), owner,
-                  self.retention_s])
+                  self.retention_s, json.dumps(_encode(mirror)) if mirror else ""])
         return result == 1
+
+    def finish(self, job_id: str, status: str, allowed_from: Iterable[str] = ("running",), attempt: int | None = None,
+               error: ErrorInfo | None = None, result: dict | None = None, customization: dict | None = None,
+               **fields: Any) -> bool:
+        """End a job as `status` (succeeded, failed or canceled) if it is in `allowed_from` (on `attempt`), and a
+        customize job's customization with it: ready (with `customization`'s fields: its manifest), failed or
+        canceled, with the job's error and end time. False (nothing written) when the job is not there."""
+        fields.update(status=status, finished_at=now(), error=error)
+        if status == "succeeded":
+            fields.update(progress=1.0, stage="done", result=result)
+        return self.transition(job_id, allowed_from, attempt, customization, **fields)
+
+    def requeue(self, job_id: str, attempt: int) -> bool:
+        """Put a running job (still on `attempt`) back in its queue, its customization back to queued."""
+        return self.transition(job_id, ["running"], attempt, status="queued", stage="requeued", worker=None)
+
+    def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued job at once (and its customization); ask a running one to stop between two steps.
+        Returns the job as it is then: canceled, still running with ``cancel_requested``, or already ended."""
+        if not self.finish(job_id, "canceled", ["queued"], error=CANCELED, cancel_requested=True):
+            self.request_cancel(job_id)
+        return self.get_job(job_id)
 
     def heartbeat(self, job_id: str, attempt: int, **fields: Any) -> bool:
         """Mark attempt `attempt` of a running job alive (and set `fields`); False if the job is no longer
@@ -285,8 +332,9 @@ class JobStore:
     def forget_running(self, job_id: str) -> None:
         self.redis.zrem(RUNNING_KEY, job_id)
 
-    def request_cancel(self, job_id: str) -> None:
-        self.update_job(job_id, cancel_requested=True)
+    def request_cancel(self, job_id: str) -> bool:
+        """Flag a queued or running job to stop (its worker checks between steps); False once it ended."""
+        return self.transition(job_id, ["queued", "running"], cancel_requested=True)
 
     def cancel_requested(self, job_id: str) -> bool:
         raw = self.redis.hget(self.job_key(job_id), "cancel_requested")
@@ -350,13 +398,11 @@ class JobStore:
     def customization_key(customization_id: str) -> str:
         return f"{PREFIX}cus:{customization_id}"
 
-    def get_customization(self, customization_id: str) -> CustomizationRecord | None:
+    def get_customization(self, customization_id: str, owner: str | None = None) -> CustomizationRecord | None:
+        """The customization; None when there is none (or, with `owner`, when it is another key's)."""
         raw = self.redis.hgetall(self.customization_key(customization_id))
-        return CustomizationRecord.model_validate(_decode(raw)) if raw else None
-
-    def update_customization(self, customization_id: str, **fields: Any) -> None:
-        if fields and self.redis.exists(self.customization_key(customization_id)):
-            self.redis.hset(self.customization_key(customization_id), mapping=_encode(fields))
+        record = CustomizationRecord.model_validate(_decode(raw)) if raw else None
+        return record if record is not None and owner in (None, record.owner) else None
 
     def list_customizations(self, owner: str, limit: int, cursor: tuple[float, str] | None):
         ids, next_cursor = self._page(self._owner_key(owner, "customizations"), limit, cursor)

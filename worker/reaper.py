@@ -17,7 +17,7 @@ from celery import Celery
 from celery.signals import worker_ready
 
 from common.celery_config import TASK_FOR_KIND
-from common.jobstore import JobStore, now
+from common.jobstore import CANCELED, JobStore
 from common.schemas import ErrorInfo, JobRecord
 from common.settings import Settings
 from common.storage import Storage
@@ -66,37 +66,25 @@ class Reaper:
         return actions
 
     def _fail(self, job: JobRecord, code: str, message: str) -> str | None:
-        if not self._end(job, "failed", ErrorInfo(code=code, message=message)):
+        if not self.store.finish(job.id, "failed", attempt=job.attempts, error=ErrorInfo(code=code, message=message)):
             return None
         log.warning("job %s failed (%s): %s", job.id, code, message)
         return code
 
     def _cancel(self, job: JobRecord) -> str | None:
-        if not self._end(job, "canceled", ErrorInfo(code="canceled", message="canceled by request")):
+        if not self.store.finish(job.id, "canceled", attempt=job.attempts, error=CANCELED):
             return None
         log.warning("job %s: canceled; its worker went quiet before it stopped", job.id)
         return "canceled"
 
-    def _end(self, job: JobRecord, status: str, error: ErrorInfo) -> bool:
-        """End a running job (on the attempt seen) as `status`, and its customization with it."""
-        if not self.store.transition(job.id, ["running"], attempt=job.attempts, status=status, finished_at=now(),
-                                     error=error):
-            return False
-        if job.kind == "customize" and job.customization_id:
-            self.store.update_customization(job.customization_id, status=status, error=error, finished_at=now())
-        return True
-
     def _requeue(self, job: JobRecord) -> str | None:
-        if not self.store.transition(job.id, ["running"], attempt=job.attempts, status="queued", stage="requeued",
-                                     worker=None):
+        if not self.store.requeue(job.id, job.attempts):
             return None
-        if job.kind == "customize" and job.customization_id:
-            self.store.update_customization(job.customization_id, status="queued")
         queue = self.store.job_queue(job.id) or self.settings.queue_for(job.kind)
         try:
             self.celery.send_task(TASK_FOR_KIND[job.kind], args=[job.id], queue=queue,
                                   task_id=f"{job.id}.retry{job.attempts}")
-        except Exception:  # broker down: put it back as a dead running job, the next pass tries again
+        except Exception:  # broker down: back to a dead running job (customization training); next pass retries
             self.store.transition(job.id, ["queued"], attempt=job.attempts, status="running", stage="lost")
             raise
         log.warning("job %s: no heartbeat since attempt %d's worker went quiet; re-queued", job.id, job.attempts)

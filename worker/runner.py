@@ -23,7 +23,7 @@ from pydantic import BaseModel
 import engine
 from common import storage as keys
 from common.errors import StorageUnavailable
-from common.jobstore import JobStore, now
+from common.jobstore import CANCELED, JobStore, now
 from common.schemas import TERMINAL, CustomizationConfig, ErrorInfo, GenerateRequest, JobRecord
 from common.settings import Settings, get_settings
 from common.storage import RetryingStorage
@@ -142,7 +142,8 @@ class Runner:
 
     # ---- job lifecycle ----------------------------------------------------------------------------
     def start(self, job: JobRecord) -> JobProgress:
-        """Take the job (queued → running, next attempt); `NotQueued` when another worker has it or it ended."""
+        """Take the job (queued → running, next attempt; a customization is then training); `NotQueued` when
+        another worker has it or it ended."""
         attempt = job.attempts + 1
         if not self.store.transition(job.id, ["queued"], attempt=job.attempts, status="running", started_at=now(),
                                      stage="starting", attempts=attempt, heartbeat_at=now(),
@@ -155,20 +156,13 @@ class Runner:
     def heartbeat(self, progress: JobProgress) -> Heartbeat:
         return Heartbeat(progress, self.settings.heartbeat_interval_s)
 
-    def finish(self, job: JobRecord, status: str, error: ErrorInfo | None = None, result: dict | None = None) -> None:
-        fields = {"status": status, "finished_at": now(), "error": error}
-        if status == "succeeded":
-            fields.update(progress=1.0, stage="done", result=result)
-        if job.status == "running":  # only while this attempt still holds the job
-            done = self.store.transition(job.id, ["running"], attempt=job.attempts, **fields)
-        else:
-            done = self.store.transition(job.id, ["queued"], **fields)
-        if not done:
+    def finish(self, job: JobRecord, status: str, error: ErrorInfo | None = None, result: dict | None = None,
+               customization: dict | None = None) -> None:
+        """End the job (and a customize job's customization, in the same write) while this attempt holds it."""
+        held = (["running"], job.attempts) if job.status == "running" else (["queued"], None)
+        if not self.store.finish(job.id, status, *held, error=error, result=result, customization=customization):
             log.info("job %s: attempt %d no longer holds it; %s not recorded", job.id, job.attempts, status)
             return
-        if job.kind == "customize" and status != "succeeded":
-            self.store.update_customization(job.customization_id, status=status if status == "canceled" else "failed",
-                                            error=error, finished_at=now())
         log.info("job %s %s%s", job.id, status, f" ({error.code}: {error.message})" if error else "")
 
     def run(self, kind: str, token: str, body) -> None:
@@ -207,7 +201,7 @@ class Runner:
         except (WaitForCustomization, NotQueued):
             raise
         except engine.CancelledError:
-            self.finish(job, "canceled", ErrorInfo(code="canceled", message="canceled by request"))
+            self.finish(job, "canceled", CANCELED)
         except (JobFailed, StorageUnavailable) as exc:
             self.finish(job, "failed", ErrorInfo(code=exc.code, message=exc.message))
         except engine.EngineError as exc:
@@ -241,8 +235,7 @@ class Runner:
             self._customize_running(job, scratch, reporter)
 
     def _customize_running(self, job: JobRecord, scratch: Path, reporter: JobProgress) -> None:
-        self.store.update_customization(job.customization_id, status="training")
-        reporter.set_stage("fetch")
+        reporter.set_stage("fetch")  # the customization is "training" since `start`
         base = self.base()
         checkpoint = self.checkpoint(job.params["checkpoint_sha256"])
         train = train_spec(job.params["config"], self.settings)
@@ -270,9 +263,8 @@ class Runner:
             "preview_poster_key": prefix + preview["poster"] if preview.get("poster") else None,
             "image_keys": [prefix + item["file"] for item in manifest.get("images", [])],
         }
-        self.store.update_customization(job.customization_id, status="ready", manifest=manifest,
-                                        manifest_key=result["manifest_key"], finished_at=now())
-        self.finish(job, "succeeded", result=result)
+        self.finish(job, "succeeded", result=result,
+                    customization={"manifest": manifest, "manifest_key": result["manifest_key"]})
 
     # ---- generate ---------------------------------------------------------------------------------
     def run_generate(self, job_id: str) -> None:

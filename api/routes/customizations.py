@@ -9,12 +9,14 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StorageDep, StoreDep
-from api.enqueue import accepted, check_queue_limit, enqueue, new_id, rate_limit, replay
+from api.deps import CeleryDep, IdempotencyKey, OwnedCustomization, OwnerDep, SettingsDep, StorageDep, StoreDep
+from api.enqueue import check_queue_limit, enqueue, new_id, rate_limit
+from api.errors import reshape_validation_errors
+from api.idempotency import Idempotency
 from api.upload import HashingSink, receive_form
 from api.views import customization_view
 from common import checkpoint_header, presets
-from common.errors import InvalidArgument, NotFound
+from common.errors import InvalidArgument
 from common.jobstore import decode_cursor, encode_cursor, now
 from common.schemas import (
     CustomizationConfig,
@@ -25,7 +27,7 @@ from common.schemas import (
     JobRecord,
 )
 from common.settings import Settings
-from common.storage import checkpoint_key
+from common.storage import StreamingUpload, checkpoint_key
 
 router = APIRouter(tags=["customizations"])
 SCOPE = "customizations"
@@ -71,67 +73,68 @@ def parse_config(raw: bytes, default_base: str) -> CustomizationConfig:
     try:
         config = CustomizationConfig.model_validate_json(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        if first["type"] == "json_invalid":
-            reason = first["msg"].removeprefix("Invalid JSON: ")
-            raise InvalidArgument(f"config is not valid JSON: {reason}", field="config") from None
-        where = ".".join(str(p) for p in first["loc"])
-        field = f"config.{where}" if where else "config"
-        raise InvalidArgument(f"{field}: {first['msg'].removeprefix('Value error, ')}", field=field) from None
+        raise reshape_validation_errors(exc.errors(), root="config") from None
     if config.base_model is None:
         config.base_model = default_base
     return config
+
+
+async def replay_upload(request: Request, claim: Idempotency, settings: Settings):
+    """A retry of an upload whose key is held: 409 at once while the first is in progress (the body unread);
+    else its upload is hashed (nothing stored) to compare it with the first one's."""
+    if not claim.held.get("job_id"):
+        return await run_in_threadpool(claim.replay, None)
+    sink = HashingSink()
+    config = parse_config(await receive_form(request, sink, settings), settings.model_preset)
+    return await run_in_threadpool(claim.replay, fingerprint(sink.hexdigest(), config))
+
+
+async def receive_upload(request: Request, upload: StreamingUpload, settings: Settings, keep_alive):
+    """Stream the form into `upload` and check it: the config (for this deployment's preset), then the
+    checkpoint's header against the base model. Returns the config and the header's summary."""
+    config = parse_config(await receive_form(request, upload, settings, keep_alive), settings.model_preset)
+    if config.base_model != settings.model_preset:
+        raise InvalidArgument(f"base_model={config.base_model!r} is not served here; this deployment serves "
+                              f"{settings.model_preset!r}", field="config.base_model")
+    presets.check_customization(settings.preset(), config.model_dump())
+    summary = await run_in_threadpool(check_header, bytes(upload.head), upload.size, settings, config.base_model)
+    return config, summary
+
+
+def customization_job(owner: str, config: CustomizationConfig, sha256: str,
+                      checkpoint_format: str) -> tuple[JobRecord, CustomizationRecord]:
+    """The records of a new customization and the job that trains it."""
+    job_id, customization_id, created = new_id("job"), new_id("cus"), now()
+    customization = CustomizationRecord(
+        id=customization_id, owner=owner, name=config.name, job_id=job_id, base_model=config.base_model,
+        checkpoint_sha256=sha256, checkpoint_format=checkpoint_format, config=config.model_dump(), created_at=created)
+    job = JobRecord(id=job_id, kind="customize", owner=owner, created_at=created, customization_id=customization_id,
+                    params={"config": config.model_dump(), "checkpoint_sha256": sha256,
+                            "checkpoint_format": checkpoint_format})
+    return job, customization
 
 
 @router.post("/customizations", status_code=202, response_model=JobAccepted, openapi_extra=FORM_SCHEMA,
              summary="Upload a checkpoint and start a Still-Moving customization")
 async def create_customization(request: Request, owner: OwnerDep, settings: SettingsDep, store: StoreDep,
                                storage: StorageDep, celery: CeleryDep, idempotency_key: IdempotencyKey = None):
-    keep_alive = None
-    if idempotency_key:
-        held = await run_in_threadpool(store.idempotency_reserve, owner, SCOPE, idempotency_key,
-                                       settings.idempotency_lease_s)
-        if held is not None:
-            if not held.get("job_id"):  # still in progress: 409 without reading the body
-                return await run_in_threadpool(replay, store, owner, held, None)
-            sink = HashingSink()  # a retry: hash its upload to compare, store nothing
-            config = parse_config(await receive_form(request, sink, settings), settings.model_preset)
-            return await run_in_threadpool(replay, store, owner, held, fingerprint(sink.hexdigest(), config))
-
-        def keep_alive():
-            store.idempotency_extend(owner, SCOPE, idempotency_key, settings.idempotency_lease_s)
-    upload = storage.upload_stream()
-    try:
-        await run_in_threadpool(rate_limit, store, settings, owner)
-        await run_in_threadpool(check_queue_limit, store, settings, owner)
-        raw_config = await receive_form(request, upload, settings, keep_alive)
-        config = parse_config(raw_config, settings.model_preset)
-        if config.base_model != settings.model_preset:
-            raise InvalidArgument(f"base_model={config.base_model!r} is not served here; this deployment serves "
-                                  f"{settings.model_preset!r}", field="config.base_model")
-        presets.check_customization(settings.preset(), config.model_dump())
-        summary = await run_in_threadpool(check_header, bytes(upload.head), upload.size, settings, config.base_model)
-        sha256 = upload.hexdigest()
-        await run_in_threadpool(upload.commit, checkpoint_key(sha256))
-        job_id, customization_id = new_id("job"), new_id("cus")
-        created = now()
-        customization = CustomizationRecord(
-            id=customization_id, owner=owner, name=config.name, job_id=job_id, base_model=config.base_model,
-            checkpoint_sha256=sha256, checkpoint_format=summary.format, config=config.model_dump(), created_at=created)
-        job = JobRecord(id=job_id, kind="customize", owner=owner, created_at=created, customization_id=customization_id,
-                        params={"config": config.model_dump(), "checkpoint_sha256": sha256,
-                                "checkpoint_format": summary.format})
-        await run_in_threadpool(enqueue, store, celery, settings, job, customization)
-    except BaseException:
-        await run_in_threadpool(upload.abort)
-        if idempotency_key:
-            await run_in_threadpool(store.idempotency_release, owner, SCOPE, idempotency_key)
-        raise
-    if idempotency_key:
-        await run_in_threadpool(store.idempotency_bind, owner, SCOPE, idempotency_key,
-                                {"job_id": job_id, "customization_id": customization_id,
-                                 "fingerprint": fingerprint(sha256, config)}, settings.idempotency_ttl_s)
-    return accepted(JobAccepted(job_id=job_id, status="queued", customization_id=customization_id))
+    async with Idempotency(store, settings, owner, SCOPE, idempotency_key) as claim:
+        if claim.held is not None:
+            return await replay_upload(request, claim, settings)
+        upload = storage.upload_stream()
+        try:
+            await run_in_threadpool(rate_limit, store, settings, owner)
+            await run_in_threadpool(check_queue_limit, store, settings, owner)
+            config, summary = await receive_upload(request, upload, settings, claim.keep_alive)
+            sha256 = upload.hexdigest()
+            await run_in_threadpool(upload.commit, checkpoint_key(sha256))
+            job, customization = customization_job(owner, config, sha256, summary.format)
+            await run_in_threadpool(enqueue, store, celery, settings, job, customization)
+        except BaseException:
+            await run_in_threadpool(upload.abort)
+            raise
+        body = JobAccepted(job_id=job.id, status="queued", customization_id=customization.id)
+        return await run_in_threadpool(claim.accept, body, fingerprint(sha256, config))
 
 
 def parse_cursor(cursor: str | None) -> tuple[float, str] | None:
@@ -154,8 +157,5 @@ def list_customizations(owner: OwnerDep, store: StoreDep, storage: StorageDep, l
 
 @router.get("/customizations/{customization_id}", response_model=CustomizationView,
             summary="A customization: state, settings, manifest and artifact URLs")
-def get_customization(customization_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep):
-    record = store.get_customization(customization_id)
-    if record is None or record.owner != owner:
-        raise NotFound(f"no customization {customization_id!r}", field="customization_id")
-    return customization_view(record, storage)
+def get_customization(customization: OwnedCustomization, storage: StorageDep):
+    return customization_view(customization, storage)

@@ -8,10 +8,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep
-from api.enqueue import accepted, enqueue, new_id, rate_limit, replay
+from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep, owned_customization
+from api.enqueue import enqueue, new_id, rate_limit
+from api.idempotency import Idempotency
 from common import presets
-from common.errors import Conflict, NotFound, UnsupportedMediaType
+from common.errors import Conflict, UnsupportedMediaType
 from common.jobstore import now
 from common.schemas import GenerateRequest, JobAccepted, JobRecord
 
@@ -29,18 +30,13 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
                       celery: CeleryDep, _json: Annotated[None, Depends(require_json)] = None,
                       idempotency_key: IdempotencyKey = None):
     presets.check_video(settings.preset(), body.num_frames, body.height, body.width, body.steps)
-    fingerprint = None
-    if idempotency_key:
-        fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-        held = store.idempotency_reserve(owner, SCOPE, idempotency_key, settings.idempotency_lease_s)
-        if held is not None:
-            return replay(store, owner, held, fingerprint)
-    try:
+    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    with Idempotency(store, settings, owner, SCOPE, idempotency_key) as claim:
+        if claim.held is not None:
+            return claim.replay(fingerprint)
         rate_limit(store, settings, owner)  # a replay above costs no token
         if body.customization_id:
-            customization = store.get_customization(body.customization_id)
-            if customization is None or customization.owner != owner:
-                raise NotFound(f"no customization {body.customization_id!r}", field="customization_id")
+            customization = owned_customization(body.customization_id, owner, store)
             if customization.status in ("failed", "canceled"):
                 raise Conflict(f"customization {body.customization_id!r} is {customization.status}; "
                                "it cannot be used", code="customization_failed", field="customization_id")
@@ -51,11 +47,4 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
         job = JobRecord(id=new_id("job"), kind="generate", owner=owner, created_at=now(), params=params,
                         customization_id=body.customization_id)
         enqueue(store, celery, settings, job)
-    except BaseException:
-        if idempotency_key:
-            store.idempotency_release(owner, SCOPE, idempotency_key)
-        raise
-    if idempotency_key:
-        store.idempotency_bind(owner, SCOPE, idempotency_key, {"job_id": job.id, "fingerprint": fingerprint},
-                               settings.idempotency_ttl_s)
-    return accepted(JobAccepted(job_id=job.id, status="queued"))
+        return claim.accept(JobAccepted(job_id=job.id, status="queued"), fingerprint)

@@ -5,21 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import OwnerDep, StorageDep, StoreDep
+from api.deps import OwnedJob, OwnerDep, StorageDep, StoreDep
 from api.routes.customizations import Limit, parse_cursor
 from api.views import job_view
-from common.errors import Conflict, NotFound
-from common.jobstore import JobStore, encode_cursor, now
-from common.schemas import ErrorInfo, JobList, JobRecord, JobView
+from common.errors import Conflict
+from common.jobstore import encode_cursor
+from common.schemas import JobList, JobView
 
 router = APIRouter(tags=["jobs"])
-
-
-def owned_job(store: JobStore, owner: str, job_id: str) -> JobRecord:
-    job = store.get_job(job_id)
-    if job is None or job.owner != owner:
-        raise NotFound(f"no job {job_id!r}", field="job_id")
-    return job
 
 
 @router.get("/jobs", response_model=JobList, summary="The caller's jobs, newest first")
@@ -30,25 +23,16 @@ def list_jobs(owner: OwnerDep, store: StoreDep, storage: StorageDep, limit: Limi
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, summary="A job: status, stage, progress, result")
-def get_job(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep):
-    return job_view(owned_job(store, owner, job_id), store, storage)
+def get_job(job: OwnedJob, store: StoreDep, storage: StorageDep):
+    return job_view(job, store, storage)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobView, summary="Cancel a queued or running job",
              description="A queued job is canceled at once (200). A running job is asked to stop and stops "
                          "between two steps (202; poll the job). A finished job gives 409.")
-def cancel_job(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep):
-    job = owned_job(store, owner, job_id)
-    canceled = ErrorInfo(code="canceled", message="canceled by request")
-    if job.status == "queued" and store.transition(job_id, ["queued"], status="canceled", cancel_requested=True,
-                                                   finished_at=now(), error=canceled):
-        if job.kind == "customize" and job.customization_id:
-            store.update_customization(job.customization_id, status="canceled", finished_at=now(), error=canceled)
-        return job_view(store.get_job(job_id), store, storage)
-    job = store.get_job(job_id)
-    if job.status == "canceled":
-        return job_view(job, store, storage)
+def cancel_job(job: OwnedJob, store: StoreDep, storage: StorageDep):
+    job = store.cancel(job.id)
     if job.status in ("succeeded", "failed"):
-        raise Conflict(f"job {job_id!r} already {job.status}", code="job_finished", field="job_id")
-    store.request_cancel(job_id)
-    return JSONResponse(job_view(store.get_job(job_id), store, storage).model_dump(mode="json"), status_code=202)
+        raise Conflict(f"job {job.id!r} already {job.status}", code="job_finished", field="job_id")
+    view = job_view(job, store, storage)
+    return view if job.status == "canceled" else JSONResponse(view.model_dump(mode="json"), status_code=202)

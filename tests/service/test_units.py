@@ -144,3 +144,34 @@ def test_engine_loads_no_service_frameworks():
     # the one shared fact table (defaults, frame positions, cost limits) and its plain-python errors, nothing more
     common = {m for m in _modules_after("import engine", whole_names=True) if m.split(".")[0] == "common"}
     assert common == {"common", "common.presets", "common.errors"}, common
+
+
+def test_validation_errors_of_a_body_and_of_the_upload_config_are_reshaped_alike():
+    """One reshaper for FastAPI's request errors and the upload's ``config``. Were two: the config's dropped the
+    count of further problems, and a body field named like a location ("body", "query"...) lost its name."""
+    from pydantic import ValidationError
+
+    from api.errors import reshape_validation_errors
+    from common.schemas import CustomizationConfig, GenerateRequest
+
+    def errors(model, raw: str) -> list[dict]:
+        with pytest.raises(ValidationError) as caught:
+            model.model_validate_json(raw)
+        return caught.value.errors()
+
+    two = reshape_validation_errors(errors(CustomizationConfig, '{"prompts": 3, "rank": "x"}'), root="config")
+    assert (two.status, two.code, two.field) == (422, "invalid_argument", "config.prompts")
+    assert two.message.startswith("config.prompts: ") and two.message.endswith("(and 1 more problems)")
+    extra = reshape_validation_errors(errors(CustomizationConfig, '{"prompts": ["x"], "body": 1}'), root="config")
+    assert extra.field == "config.body"
+    broken = reshape_validation_errors(errors(CustomizationConfig, "{nope"), root="config")
+    assert (broken.status, broken.field) == (422, "config") and broken.message.startswith("config is not valid JSON: ")
+
+    body = [{**e, "loc": ("body", *e["loc"])} for e in errors(GenerateRequest, '{"prompt": "x", "steps": "many"}')]
+    assert reshape_validation_errors(body).field == "steps"
+    assert reshape_validation_errors([{**body[0], "loc": ("body", "body")}]).field == "body"
+    assert reshape_validation_errors([{"type": "missing", "loc": ("body",), "msg": "Field required"}]).status == 400
+    malformed = reshape_validation_errors([{"type": "json_invalid", "loc": ("body", 1), "msg": "JSON decode error",
+                                            "ctx": {"error": "Expecting value"}}])
+    assert (malformed.status, malformed.code, malformed.message) == (
+        400, "malformed_json", "request body is not valid JSON: Expecting value")
