@@ -65,7 +65,10 @@ def main() -> None:
     """Console entry: serve the API with uvicorn on the configured host and port."""
     import uvicorn
 
+    from api.http_protocol import with_head_timeout
+
     settings = get_settings()
+    http = with_head_timeout(settings.api_head_timeout_s) if settings.api_http == "h11" else settings.api_http
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info",
-                http=settings.api_http, h11_max_incomplete_event_size=settings.max_request_head_bytes,
+                http=http, h11_max_incomplete_event_size=settings.max_request_head_bytes,
                 limit_concurrency=settings.api_max_connections, timeout_keep_alive=settings.api_keep_alive_s)

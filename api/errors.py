@@ -15,7 +15,7 @@ from common.errors import BadRequest, InvalidArgument, ServiceError, Unauthorize
 
 log = logging.getLogger("stillmoving.api")
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-              413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_argument"}
+              408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_argument"}
 LOCATIONS = ("body", "query", "path", "header")  # where FastAPI found a value (not part of its field's name)
 
 

@@ -1,10 +1,13 @@
 """An ASGI middleware in front of the app: the API key and the body size are checked before any byte
 of a body is read (FastAPI parses a JSON body before it resolves the auth dependency: an unauthenticated
-1 GB body used to be parsed, 2.9 GB peak, before its 401)."""
+1 GB body used to be parsed, 2.9 GB peak, before its 401); a body that stalls is cut off, and a key streams
+a bounded number of uploads at once (what the proxy enforces, here too for the direct path)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
@@ -33,10 +36,12 @@ async def _refuse(send, status: int, code: str, message: str, headers: dict | No
 class RequestGuard:
     """401 without a valid key and 413 past the body limit, both before the app reads the body: JSON bodies
     up to `max_json_bytes`, multipart uploads up to the upload limit (declared length here; streamed bytes
-    in `api.upload`, and for JSON in `receive` below)."""
+    in `api.upload`, and for JSON in `receive` below); 408 when the next piece of a body takes longer than
+    `api_body_timeout_s`; 429 past `uploads_per_key` uploads streaming at once."""
 
     def __init__(self, app, settings: Settings):
         self.app, self.settings = app, settings
+        self.uploads: Counter[str] = Counter()  # uploads streaming now, per key (this process)
         storage = settings.s3_public_endpoint_url or settings.s3_endpoint_url
         media = _origin(storage) if storage else "https://*.amazonaws.com"
         # the page loads its own script and style only; videos and stills come from presigned storage URLs
@@ -51,7 +56,8 @@ class RequestGuard:
         if scope["path"] in PUBLIC or scope["path"].startswith(PUBLIC_PREFIXES):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if owner_for(headers.get("authorization"), self.settings.api_keys) is None:
+        owner = owner_for(headers.get("authorization"), self.settings.api_keys)
+        if owner is None:
             return await _refuse(send, 401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
         multipart = headers.get("content-type", "").lower().startswith("multipart/")
         limit = self.settings.max_upload_bytes + MULTIPART_OVERHEAD if multipart else self.settings.max_json_bytes
@@ -59,8 +65,19 @@ class RequestGuard:
         if declared.isdigit() and int(declared) > limit:
             return await _refuse(send, 413, "payload_too_large", f"request body of {declared} bytes is over the "
                                  f"limit of {limit} bytes", field="checkpoint" if multipart else None)
+        receive = self._timed(receive)
         if multipart:  # `api.upload` counts the streamed bytes of an upload as they arrive
-            return await self.app(scope, receive, send)
+            if self.uploads[owner] >= self.settings.uploads_per_key:
+                return await _refuse(send, 429, "too_many_uploads", f"this key already streams "
+                                     f"{self.uploads[owner]} uploads (limit {self.settings.uploads_per_key}); "
+                                     "retry when one has finished", {"Retry-After": "5"})
+            self.uploads[owner] += 1
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                self.uploads[owner] -= 1
+                if not self.uploads[owner]:
+                    del self.uploads[owner]
         seen = 0
 
         async def counted():
@@ -72,6 +89,25 @@ class RequestGuard:
             return message
 
         return await self.app(scope, counted, send)
+
+    def _timed(self, receive):
+        """`receive` that waits at most `api_body_timeout_s` for each piece of the body (not after it: then
+        the app waits for the client's disconnect, as long as its response takes)."""
+        timeout, whole = self.settings.api_body_timeout_s, False
+
+        async def timed():
+            nonlocal whole
+            if whole:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                # an HTTPException: FastAPI lets only these through its body parsing (others become a 400)
+                raise HTTPException(408, f"the request body stalled: no data for {timeout:g} s") from None
+            whole = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        return timed
 
     @staticmethod
     def _with_headers(send, extra: list):

@@ -15,8 +15,9 @@ from typing import Callable
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
-from common.errors import BadRequest, InvalidArgument, PayloadTooLarge, UnsupportedMediaType
+from common.errors import BadRequest, InvalidArgument, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from common.settings import Settings
 from common.storage import StreamingUpload
 
@@ -131,7 +132,7 @@ async def receive_form(request: Request, upload: StreamingUpload | HashingSink, 
         parser.finalize()
         if parser.state != MultipartState.END:  # the body stopped before its closing boundary: cut off
             raise BadRequest("malformed multipart body: it ends before its closing boundary")
-    except (InvalidArgument, PayloadTooLarge):
+    except (ServiceError, HTTPException):  # the form's own refusals, and the guard's (a stalled body: 408)
         raise
     except Exception as exc:
         if type(exc).__module__.startswith(("botocore", "boto3")):

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     max_request_head_bytes: int = Field(64 * 1024, ge=4096, description="request line and headers (h11)")
     api_max_connections: int = Field(512, ge=1, description="concurrent connections and tasks; 503 past it")
     api_keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
+    api_head_timeout_s: float = Field(10.0, gt=0, description="a request head must arrive whole within this of its "
+                                      "first byte, else the connection is closed (h11; nginx's client_header_timeout)")
+    api_body_timeout_s: float = Field(30.0, gt=0, description="longest wait for the next piece of a request body "
+                                      "(408 past it; nginx's client_body_timeout)")
+    uploads_per_key: int = Field(2, ge=1, description="checkpoint uploads one key may stream at once, per API "
+                                 "process (429 past it; the proxy's UPLOADS_PER_KEY)")
     max_upload_bytes: int = Field(8 * 1024**3, ge=1)
     max_header_bytes: int = Field(16 * 1024**2, ge=1024)
     max_json_bytes: int = Field(1024**2, ge=1024, description="largest JSON request body (413 past it, checked "
