@@ -35,15 +35,31 @@ TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTi
 
 
 CHECKPOINTS_PREFIX = "checkpoints/"
+CHECKPOINT_SUFFIX = ".safetensors"
 UPLOADS_PREFIX = "uploads/"
+# by file suffix: what the worker's artifacts are served as
+CONTENT_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".png": "image/png", ".json": "application/json"}
 
 
 def checkpoint_key(sha256: str) -> str:
-    return f"{CHECKPOINTS_PREFIX}{sha256}.safetensors"
+    return f"{CHECKPOINTS_PREFIX}{sha256}{CHECKPOINT_SUFFIX}"
+
+
+def checkpoint_sha256(key: str) -> str:
+    """The content hash a `checkpoint_key` names."""
+    return key.removeprefix(CHECKPOINTS_PREFIX).removesuffix(CHECKPOINT_SUFFIX)
 
 
 def customization_prefix(customization_id: str) -> str:
     return f"customizations/{customization_id}/"
+
+
+def customization_artifact_keys(customization_id: str, manifest: dict) -> dict:
+    """Keys of the files a customization's manifest names for viewing: preview video and poster, stills."""
+    prefix, preview = customization_prefix(customization_id), manifest.get("preview") or {}
+    return {"preview_key": prefix + preview["video"] if preview.get("video") else None,
+            "preview_poster_key": prefix + preview["poster"] if preview.get("poster") else None,
+            "image_keys": [prefix + item["file"] for item in manifest.get("images", [])]}
 
 
 def video_prefix(job_id: str) -> str:

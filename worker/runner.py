@@ -24,13 +24,12 @@ from common.errors import StorageUnavailable
 from common.jobstore import JobStore, now
 from common.schemas import TERMINAL, ErrorInfo, JobRecord
 from common.settings import Settings, get_settings
-from common.storage import RetryingStorage
+from common.storage import CONTENT_TYPES, RetryingStorage
 from worker import train_state
 from worker.cache import LRUCache
 from worker.progress import Heartbeat, JobProgress
 
 log = logging.getLogger("stillmoving.worker")
-CONTENT_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".png": "image/png", ".json": "application/json"}
 
 
 class WaitForCustomization(Exception):
@@ -100,19 +99,20 @@ class Runner:
         return self.bases.get_or_load(spec, lambda: engine.load_base_models(spec, self.workdir / "models"))
 
     def checkpoint(self, sha256: str) -> Path:
-        path = self.workdir / "checkpoints" / f"{sha256}.safetensors"
+        key = keys.checkpoint_key(sha256)
+        path = self.workdir / key  # the work directory mirrors the storage keys
         if not path.exists():
-            self.storage.get_file(keys.checkpoint_key(sha256), path)
+            self.storage.get_file(key, path)
         return path
 
     def motion_cache(self, key: str) -> Path:
         """Local Motion Adapter cache dir; pulls ``motion-adapters/<key>/`` from storage when it is there."""
-        root = self.workdir / "motion-adapters"
-        target = root / key
+        prefix = keys.motion_adapter_prefix(key)
+        target = self.workdir / prefix
+        root = target.parent
         if not target.exists():
-            prefix = keys.motion_adapter_prefix(key)
             names = {k[len(prefix):] for k in self.storage.list_keys(prefix)}
-            if {"motion_adapter.safetensors", "meta.json"} <= names:
+            if {engine.MOTION_ADAPTER_FILE, engine.MOTION_META_FILE} <= names:
                 staging = root / f".{key}.download"
                 shutil.rmtree(staging, ignore_errors=True)
                 for name in names:
@@ -124,9 +124,9 @@ class Runner:
         record = self.store.get_customization(customization_id)
 
         def load():
-            directory = self.workdir / "customizations" / customization_id
             prefix = keys.customization_prefix(customization_id)
-            for name in ("spatial_adapter.safetensors", "manifest.json"):
+            directory = self.workdir / prefix
+            for name in (engine.SPATIAL_ADAPTER_FILE, engine.MANIFEST_FILE):
                 if not (directory / name).exists():
                     self.storage.get_file(prefix + name, directory / name)
             motion = engine.read_manifest(directory).get("motion_adapter") or {}
@@ -260,20 +260,13 @@ class Runner:
                                     on_checkpoint=lambda d: train_state.save(self.storage, job.customization_id, d))
         reporter.set_stage("upload")
         if manifest.get("motion_adapter", {}).get("trained_now"):
-            self.upload_dir(motion_root / motion_key, keys.motion_adapter_prefix(motion_key), last="meta.json")
-        prefix = keys.customization_prefix(job.customization_id)
-        self.upload_dir(out_dir, prefix, last="manifest.json")
+            self.upload_dir(motion_root / motion_key, keys.motion_adapter_prefix(motion_key),
+                            last=engine.MOTION_META_FILE)
+        self.upload_dir(out_dir, keys.customization_prefix(job.customization_id), last=engine.MANIFEST_FILE)
         train_state.drop(self.storage, job.customization_id)
-        preview = manifest.get("preview") or {}
-        result = {
-            "customization_id": job.customization_id,
-            "manifest_key": prefix + "manifest.json",
-            "preview_key": prefix + preview["video"] if preview.get("video") else None,
-            "preview_poster_key": prefix + preview["poster"] if preview.get("poster") else None,
-            "image_keys": [prefix + item["file"] for item in manifest.get("images", [])],
-        }
-        self.store.update_customization(job.customization_id, status="ready", manifest=manifest,
-                                        manifest_key=result["manifest_key"], finished_at=now())
+        result = {"customization_id": job.customization_id,
+                  **keys.customization_artifact_keys(job.customization_id, manifest)}
+        self.store.update_customization(job.customization_id, status="ready", manifest=manifest, finished_at=now())
         self.finish(job, "succeeded", result=result)
 
     # ---- generate ---------------------------------------------------------------------------------

@@ -145,3 +145,27 @@ def test_engine_loads_no_service_frameworks():
     # plain-python errors, nothing more
     common = {m for m in _modules_after("import engine", whole_names=True) if m.split(".")[0] == "common"}
     assert common == {"common", "common.presets", "common.errors", "common.checkpoint_rules"}, common
+
+
+def test_a_customization_s_urls_are_built_one_way():
+    """The job's result and the customization's view presign the same keys (the view restated the storage prefix)."""
+    from types import SimpleNamespace
+
+    from api.views import customization_view, job_view
+    from common.schemas import CustomizationRecord, JobRecord
+    from common.storage import customization_artifact_keys
+
+    storage = SimpleNamespace(presign=lambda key: f"https://s3/{key}")
+    manifest = {"preview": {"video": "preview.mp4", "poster": "preview.png"},
+                "images": [{"file": "images/000.png"}, {"file": "images/001.png"}]}
+    created = datetime.now(timezone.utc)
+    job = JobRecord(id="j1", kind="customize", owner="o", status="succeeded", created_at=created,
+                    customization_id="c1", result={"customization_id": "c1", **customization_artifact_keys("c1", manifest)})
+    record = CustomizationRecord(id="c1", owner="o", status="ready", job_id="j1", base_model="tiny",
+                                 checkpoint_sha256="0" * 64, checkpoint_format="lora", config={}, created_at=created,
+                                 manifest=manifest)
+    result, view = job_view(job, None, storage).result, customization_view(record, storage)
+    assert result["preview_url"] == view.preview_url == "https://s3/customizations/c1/preview.mp4"
+    assert result["image_urls"] == view.image_urls == ["https://s3/customizations/c1/images/000.png",
+                                                       "https://s3/customizations/c1/images/001.png"]
+    assert result["preview_poster_url"] == "https://s3/customizations/c1/preview.png"
