@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from common.errors import BadRequest, InvalidArgument, PayloadTooLarge, UnsupportedMediaType
 from common.settings import Settings
-from common.storage import StreamingUpload
+from common.storage import STORAGE_ERRORS, StreamingUpload
 
 MAX_CONFIG_BYTES = 64 * 1024
 KEEP_ALIVE_S = 10.0
@@ -131,11 +131,9 @@ async def receive_form(request: Request, upload: StreamingUpload | HashingSink, 
         parser.finalize()
         if parser.state != MultipartState.END:  # the body stopped before its closing boundary: cut off
             raise BadRequest("malformed multipart body: it ends before its closing boundary")
-    except (InvalidArgument, PayloadTooLarge):
+    except (InvalidArgument, PayloadTooLarge, *STORAGE_ERRORS):  # storage errors: 503 from their handler
         raise
     except Exception as exc:
-        if type(exc).__module__.startswith(("botocore", "boto3")):
-            raise
         raise BadRequest(f"malformed multipart body: {exc}") from exc
     if state.pending:
         await run_in_threadpool(upload.write, b"".join(state.pending))

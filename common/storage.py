@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import boto3
-from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+from boto3.exceptions import Boto3Error, RetriesExceededError, S3UploadFailedError
 from botocore.client import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -30,6 +30,9 @@ from common.settings import Settings
 log = logging.getLogger("stillmoving.storage")
 T = TypeVar("T")
 # Error codes of a storage that is (re)starting, overloaded or briefly inconsistent: worth another try.
+# Everything the storage client raises (boto3's own wrappers and botocore's errors): what callers catch as
+# "storage failed", by type.
+STORAGE_ERRORS = (BotoCoreError, ClientError, Boto3Error)
 TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
                    "ThrottlingException", "RequestLimitExceeded", "NoSuchBucket"}
 
@@ -121,7 +124,7 @@ class Storage:
         """Raise `ServiceUnavailable` unless the bucket is reachable."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except (BotoCoreError, ClientError) as exc:
+        except STORAGE_ERRORS as exc:
             raise ServiceUnavailable(f"storage unreachable: {type(exc).__name__}") from exc
 
     def exists(self, key: str) -> bool:
@@ -299,5 +302,5 @@ class StreamingUpload:
             if self._upload_id is not None:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.staging_key, UploadId=self._upload_id)
             self.client.delete_object(Bucket=self.bucket, Key=self.staging_key)
-        except (BotoCoreError, ClientError):
+        except STORAGE_ERRORS:
             pass

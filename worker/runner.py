@@ -20,7 +20,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import engine
 from common import storage as keys
-from common.errors import StorageUnavailable
+from common.errors import CustomizationFailed, ServiceError
 from common.jobstore import JobStore, now
 from common.schemas import TERMINAL, ErrorInfo, JobRecord
 from common.settings import Settings, get_settings
@@ -33,20 +33,27 @@ log = logging.getLogger("stillmoving.worker")
 
 
 class WaitForCustomization(Exception):
-    """The generation's customization is still queued or training; try again later."""
+    """Not an error: the generation's customization is still queued or training; try again later."""
 
 
 class NotQueued(Exception):
-    """Another worker started the job first (or it ended): pick again."""
+    """Not an error: another worker started the job first (or it ended): pick again."""
 
 
 PICKS_PER_TURN = 5  # a turn lost to a race with another worker picks again, this many times at most
 
 
-class JobFailed(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
+def job_outcome(exc: Exception) -> tuple[str, ErrorInfo]:
+    """How an exception ends a job, (status, error): the one map from the service's (`ServiceError`) and the
+    engine's (`engine.EngineError`) exceptions, each with its stable code, to the job record; anything else is
+    ``internal`` (and logged with its traceback by the caller)."""
+    if isinstance(exc, engine.CancelledError):
+        return "canceled", ErrorInfo(code="canceled", message="canceled by request")
+    if isinstance(exc, (ServiceError, engine.EngineError)):
+        return "failed", ErrorInfo(code=exc.code, message=exc.message)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "failed", ErrorInfo(code="timeout", message="the job ran past its time limit")
+    return "failed", ErrorInfo(code="internal", message=f"internal error ({type(exc).__name__})")
 
 
 def model_spec(settings: Settings) -> engine.ModelSpec:
@@ -208,17 +215,11 @@ class Runner:
             body(job, scratch)
         except (WaitForCustomization, NotQueued):
             raise
-        except engine.CancelledError:
-            self.finish(job, "canceled", ErrorInfo(code="canceled", message="canceled by request"))
-        except (JobFailed, StorageUnavailable) as exc:
-            self.finish(job, "failed", ErrorInfo(code=exc.code, message=exc.message))
-        except engine.EngineError as exc:
-            self.finish(job, "failed", ErrorInfo(code=exc.code, message=str(exc)))
-        except SoftTimeLimitExceeded:
-            self.finish(job, "failed", ErrorInfo(code="timeout", message="the job ran past its time limit"))
         except Exception as exc:
-            log.exception("job %s failed", job_id)
-            self.finish(job, "failed", ErrorInfo(code="internal", message=f"internal error ({type(exc).__name__})"))
+            status, error = job_outcome(exc)
+            if error.code == "internal":
+                log.exception("job %s failed", job_id)
+            self.finish(job, status, error)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -277,11 +278,10 @@ class Runner:
         if job.customization_id:
             record = self.store.get_customization(job.customization_id)
             if record is None:
-                raise JobFailed("customization_failed", f"customization {job.customization_id!r} no longer exists")
+                raise CustomizationFailed(f"customization {job.customization_id!r} no longer exists")
             if record.status in ("failed", "canceled"):
                 why = f": {record.error.message}" if record.error else ""
-                raise JobFailed("customization_failed",
-                                f"customization {job.customization_id!r} {record.status}{why}")
+                raise CustomizationFailed(f"customization {job.customization_id!r} {record.status}{why}")
             if record.status != "ready":
                 self.store.update_job(job.id, stage="waiting_for_customization")
                 raise WaitForCustomization(job.customization_id)
