@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from common.schemas import ErrorEnvelope
 from common.settings import Settings, get_settings
 from common.storage import Storage
 
+log = logging.getLogger("stillmoving.api")
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
 ERROR_RESPONSES = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)}
 
@@ -35,8 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.s3_create_bucket:
             try:
                 app.state.storage.ensure_bucket()
-            except Exception:  # storage down at start: /readyz says so, the API still serves
-                pass
+            except Exception as exc:  # storage down at start: /readyz says so, the API still serves
+                log.warning("storage: bucket %r could not be checked or created at start (%s: %s); serving "
+                            "without it", settings.s3_bucket, type(exc).__name__, exc)
         yield
         app.state.store.redis.close()
 

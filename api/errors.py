@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 
 import redis
-from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from common.errors import BadRequest, InvalidArgument, ServiceError, Unauthorized
+from common.storage import STORAGE_ERRORS
 
 log = logging.getLogger("stillmoving.api")
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -85,6 +85,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(redis.RedisError, redis_error)
-    app.add_exception_handler(BotoCoreError, storage_error)
-    app.add_exception_handler(ClientError, storage_error)
+    for storage_exception in STORAGE_ERRORS:
+        app.add_exception_handler(storage_exception, storage_error)
     app.add_exception_handler(Exception, unexpected_error)

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from common.errors import BadRequest, InvalidArgument, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from common.settings import Settings
-from common.storage import StreamingUpload
+from common.storage import STORAGE_ERRORS, StreamingUpload
 
 MAX_CONFIG_BYTES = 64 * 1024
 KEEP_ALIVE_S = 10.0
@@ -132,11 +132,10 @@ async def receive_form(request: Request, upload: StreamingUpload | HashingSink, 
         parser.finalize()
         if parser.state != MultipartState.END:  # the body stopped before its closing boundary: cut off
             raise BadRequest("malformed multipart body: it ends before its closing boundary")
-    except (ServiceError, HTTPException):  # the form's own refusals, and the guard's (a stalled body: 408)
+    # the form's own refusals, the guard's (a stalled body: 408), storage errors (503 from their handler)
+    except (ServiceError, HTTPException, *STORAGE_ERRORS):
         raise
     except Exception as exc:
-        if type(exc).__module__.startswith(("botocore", "boto3")):
-            raise
         raise BadRequest(f"malformed multipart body: {exc}") from exc
     if state.pending:
         await run_in_threadpool(upload.write, b"".join(state.pending))

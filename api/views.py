@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.jobstore import JobStore
 from common.schemas import CustomizationRecord, CustomizationView, JobRecord, JobView
-from common.storage import Storage
+from common.storage import Storage, customization_artifact_keys
 
 
 def job_view(job: JobRecord, store: JobStore, storage: Storage) -> JobView:
@@ -24,24 +24,24 @@ def _result(job: JobRecord, storage: Storage) -> dict:
         out["video_url"] = storage.presign(stored["video_key"])
         out["poster_url"] = storage.presign(stored["poster_key"])
         return out
-    return {
-        "customization_id": stored.get("customization_id"),
-        "preview_url": storage.presign(stored["preview_key"]) if stored.get("preview_key") else None,
-        "preview_poster_url": storage.presign(stored["preview_poster_key"]) if stored.get("preview_poster_key") else None,
-        "image_urls": [storage.presign(k) for k in stored.get("image_keys", [])],
-    }
+    return {"customization_id": stored.get("customization_id"), **_artifact_urls(stored, storage)}
+
+
+def _artifact_urls(stored: dict, storage: Storage) -> dict:
+    """Presigned URLs of a customization's `customization_artifact_keys` (in a job's result or from its manifest)."""
+    return {"preview_url": storage.presign(stored["preview_key"]) if stored.get("preview_key") else None,
+            "preview_poster_url": storage.presign(stored["preview_poster_key"]) if stored.get("preview_poster_key")
+            else None,
+            "image_urls": [storage.presign(k) for k in stored.get("image_keys", [])]}
 
 
 def customization_view(record: CustomizationRecord, storage: Storage) -> CustomizationView:
-    preview, images = None, []
+    urls = {}
     if record.status == "ready" and record.manifest:
-        prefix = f"customizations/{record.id}/"
-        if record.manifest.get("preview"):
-            preview = storage.presign(prefix + record.manifest["preview"]["video"])
-        images = [storage.presign(prefix + item["file"]) for item in record.manifest.get("images", [])]
+        urls = _artifact_urls(customization_artifact_keys(record.id, record.manifest), storage)
     return CustomizationView(
         id=record.id, name=record.name, status=record.status, job_id=record.job_id, base_model=record.base_model,
         checkpoint={"sha256": record.checkpoint_sha256, "format": record.checkpoint_format}, config=record.config,
         created_at=record.created_at, finished_at=record.finished_at, error=record.error, manifest=record.manifest,
-        preview_url=preview, image_urls=images,
+        preview_url=urls.get("preview_url"), image_urls=urls.get("image_urls", []),
     )

@@ -9,7 +9,10 @@ Keys are then matched against the base model's key manifest ``common/base_keys/<
   whose target modules exist in the base with matching shapes;
 * ``unet``: a full diffusers UNet, exactly the base's key set and shapes;
 * ``ldm``: a single-file LDM checkpoint whose ``model.diffusion_model.*`` shapes equal the base UNet's
-  as a multiset (VAE/text-encoder/EMA parts allowed and ignored).
+  as a multiset, and whose text encoder, if it has one, has exactly the base's keys and shapes (VAE/EMA
+  parts allowed and ignored).
+
+Which key means what is `common.checkpoint_rules`, the table the engine's loader reads too.
 """
 
 from __future__ import annotations
@@ -22,18 +25,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from common.checkpoint_rules import LDM_UNET_PREFIX, ldm_stray_keys, ldm_text_encoder_keys, upload_format
 from common.errors import InvalidCheckpoint
 
 BASE_KEYS_DIR = Path(__file__).parent / "base_keys"
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-LORA_MARKERS = ("lora_A", "lora_B", "lora_down", "lora_up", "lora.down", "lora.up")
-LDM_UNET_PREFIX = "model.diffusion_model."
-LDM_IGNORED_PREFIXES = ("first_stage_model.", "cond_stage_model.", "model_ema.", "conditioner.")
-LDM_IGNORED_KEYS = {"alphas_cumprod", "alphas_cumprod_prev", "betas", "logvar", "log_one_minus_alphas_cumprod",
-                    "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
-                    "posterior_variance", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-                    "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"}
 FIELD = "checkpoint"
 
 
@@ -86,7 +83,7 @@ def parse_header(head: bytes, file_size: int, max_header_bytes: int) -> HeaderIn
     try:
         header = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, an int past 4300 digits, deep nesting
-        raise _bad(f"safetensors header is not valid JSON: {str(exc)[:200]}") from None
+        raise _bad(f"safetensors header is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(header, dict):
         raise _bad("safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -143,42 +140,44 @@ def check_against_base(info: HeaderInfo, base: dict[str, dict[str, tuple[int, ..
     if not keys:
         raise _bad("checkpoint holds no tensors")
     shapes = {k: s for k, (_, s) in info.tensors.items()}
-    if any(marker in k for k in keys for marker in LORA_MARKERS):
+    fmt = upload_format(keys)
+    if fmt == "lora":
         _check_lora(shapes, base)
-        fmt = "lora"
-    elif any(k.startswith(LDM_UNET_PREFIX) for k in keys):
-        _check_ldm(shapes, base["unet"])
-        fmt = "ldm"
+    elif fmt == "ldm":
+        _check_ldm(shapes, base)
     else:
-        _check_unet(shapes, base["unet"])
-        fmt = "unet"
+        _check_keys(shapes, base["unet"], "full UNet checkpoint",
+                    "(expected a LoRA, a diffusers UNet or a single-file LDM checkpoint)")
     return CheckpointSummary(format=fmt, num_tensors=len(keys))
 
 
-def _check_unet(shapes: dict, unet: dict) -> None:
-    unknown = sorted(set(shapes) - set(unet))
+def _check_keys(shapes: dict, expected: dict, what: str, hint: str = "") -> None:
+    """Exactly the keys of `expected`, each with its shape (what the engine's strict load needs)."""
+    unknown = sorted(set(shapes) - set(expected))
     if unknown:
-        raise _bad(f"{len(unknown)} keys unknown to the base UNet, e.g. {unknown[:3]} "
-                   "(expected a LoRA, a diffusers UNet or a single-file LDM checkpoint)")
-    missing = sorted(set(unet) - set(shapes))
+        raise _bad(f"{what}: {len(unknown)} keys unknown to the base, e.g. {unknown[:3]} {hint}".rstrip())
+    missing = sorted(set(expected) - set(shapes))
     if missing:
-        raise _bad(f"full UNet checkpoint lacks {len(missing)} keys of the base, e.g. {missing[:3]}")
+        raise _bad(f"{what} lacks {len(missing)} keys of the base, e.g. {missing[:3]}")
     for key, shape in shapes.items():
-        if tuple(shape) != unet[key]:
-            raise _bad(f"tensor {key!r} has shape {list(shape)}, the base has {list(unet[key])}")
+        if tuple(shape) != expected[key]:
+            raise _bad(f"{what}: tensor {key!r} has shape {list(shape)}, the base has {list(expected[key])}")
 
 
-def _check_ldm(shapes: dict, unet: dict) -> None:
-    stray = sorted(k for k in shapes if not k.startswith(LDM_UNET_PREFIX)
-                   and not k.startswith(LDM_IGNORED_PREFIXES) and k not in LDM_IGNORED_KEYS)
+def _check_ldm(shapes: dict, base: dict) -> None:
+    stray = ldm_stray_keys(shapes)
     if stray:
         raise _bad(f"single-file checkpoint has {len(stray)} unknown keys, e.g. {stray[:3]}")
     got = Counter(tuple(s) for k, s in shapes.items() if k.startswith(LDM_UNET_PREFIX))
-    want = Counter(unet.values())
+    want = Counter(base["unet"].values())
     if got != want:
         extra, lacking = got - want, want - got
         raise _bad(f"single-file UNet tensors do not fit the base: unexpected shapes {sorted(extra)[:3]}, "
                    f"missing shapes {sorted(lacking)[:3]}")
+    text = ldm_text_encoder_keys(shapes, base["text_encoder"])
+    if text:
+        _check_keys({name: shapes[key] for key, name in text.items()}, base["text_encoder"],
+                    "single-file text encoder")
 
 
 def _modules(part: dict) -> dict[str, tuple[int, ...]]:

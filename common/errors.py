@@ -50,6 +50,12 @@ class UnsupportedMediaType(ServiceError):
     status, code = 415, "unsupported_media_type"
 
 
+class CustomizationFailed(Conflict):
+    """A generation's customization failed, was canceled or is gone: it cannot be used."""
+
+    code = "customization_failed"
+
+
 class InvalidArgument(ServiceError):
     status, code = 422, "invalid_argument"
 

@@ -172,7 +172,6 @@ class CustomizationRecord(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     error: ErrorInfo | None = None
-    manifest_key: str | None = None
     manifest: dict[str, Any] | None = None
 
 

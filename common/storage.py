@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import boto3
-from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+from boto3.exceptions import Boto3Error, RetriesExceededError, S3UploadFailedError
 from botocore.client import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -30,20 +30,39 @@ from common.settings import Settings
 log = logging.getLogger("stillmoving.storage")
 T = TypeVar("T")
 # Error codes of a storage that is (re)starting, overloaded or briefly inconsistent: worth another try.
+# Everything the storage client raises (boto3's own wrappers and botocore's errors): what callers catch as
+# "storage failed", by type.
+STORAGE_ERRORS = (BotoCoreError, ClientError, Boto3Error)
 TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
                    "ThrottlingException", "RequestLimitExceeded", "NoSuchBucket"}
 
 
 CHECKPOINTS_PREFIX = "checkpoints/"
+CHECKPOINT_SUFFIX = ".safetensors"
 UPLOADS_PREFIX = "uploads/"
+# by file suffix: what the worker's artifacts are served as
+CONTENT_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".png": "image/png", ".json": "application/json"}
 
 
 def checkpoint_key(sha256: str) -> str:
-    return f"{CHECKPOINTS_PREFIX}{sha256}.safetensors"
+    return f"{CHECKPOINTS_PREFIX}{sha256}{CHECKPOINT_SUFFIX}"
+
+
+def checkpoint_sha256(key: str) -> str:
+    """The content hash a `checkpoint_key` names."""
+    return key.removeprefix(CHECKPOINTS_PREFIX).removesuffix(CHECKPOINT_SUFFIX)
 
 
 def customization_prefix(customization_id: str) -> str:
     return f"customizations/{customization_id}/"
+
+
+def customization_artifact_keys(customization_id: str, manifest: dict) -> dict:
+    """Keys of the files a customization's manifest names for viewing: preview video and poster, stills."""
+    prefix, preview = customization_prefix(customization_id), manifest.get("preview") or {}
+    return {"preview_key": prefix + preview["video"] if preview.get("video") else None,
+            "preview_poster_key": prefix + preview["poster"] if preview.get("poster") else None,
+            "image_keys": [prefix + item["file"] for item in manifest.get("images", [])]}
 
 
 def video_prefix(job_id: str) -> str:
@@ -105,7 +124,7 @@ class Storage:
         """Raise `ServiceUnavailable` unless the bucket is reachable."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except (BotoCoreError, ClientError) as exc:
+        except STORAGE_ERRORS as exc:
             raise ServiceUnavailable(f"storage unreachable: {type(exc).__name__}") from exc
 
     def exists(self, key: str) -> bool:
@@ -283,5 +302,5 @@ class StreamingUpload:
             if self._upload_id is not None:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.staging_key, UploadId=self._upload_id)
             self.client.delete_object(Bucket=self.bucket, Key=self.staging_key)
-        except (BotoCoreError, ClientError):
+        except STORAGE_ERRORS:
             pass

@@ -12,7 +12,10 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from engine.errors import AdapterError
 
 MOTION = "motion"
 SPATIAL = "spatial"
@@ -95,23 +98,37 @@ def save_adapter(unet, name: str, config: LoraConfig, path: Path) -> Path:
 
 
 def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], LoraConfig]:
-    """Read an adapter file written by `save_adapter` (safetensors; no pickle)."""
-    from safetensors import safe_open
+    """Read an adapter file written by `save_adapter` (safetensors; no pickle).
 
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-    raw = json.loads(meta["lora_config"])
-    allowed = set(LoraConfig.__dataclass_fields__)
-    config = LoraConfig(**{k: v for k, v in raw.items() if k in allowed and k not in {"peft_type", "task_type"}})
-    return load_file(str(path)), config
+    Raises:
+        AdapterError: the file is missing, not safetensors, or lacks a valid ``lora_config`` in its metadata.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterError(f"adapter file {str(path)!r} is not a readable safetensors file: {exc}") from exc
+    if "lora_config" not in meta:
+        raise AdapterError(f"adapter file {str(path)!r} has no lora_config in its metadata")
+    try:
+        raw = json.loads(meta["lora_config"])
+        allowed = set(LoraConfig.__dataclass_fields__)
+        config = LoraConfig(**{k: v for k, v in raw.items() if k in allowed and k not in {"peft_type", "task_type"}})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise AdapterError(f"adapter file {str(path)!r}: its lora_config is not a LoRA config: {exc}") from exc
+    return state, config
 
 
 def load_adapter(unet, name: str, path: Path) -> LoraConfig:
-    """Attach adapter `name` to `unet` with the weights from `path`."""
+    """Attach adapter `name` to `unet` with the weights from `path`; `AdapterError` if they do not fit it."""
     state, config = read_adapter(path)
     add_adapter(unet, name, config)
-    result = set_peft_model_state_dict(unet, state, adapter_name=name)
+    try:
+        result = set_peft_model_state_dict(unet, state, adapter_name=name)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise AdapterError(f"adapter file {str(path)!r} does not fit this model: {exc}") from exc
     unexpected = getattr(result, "unexpected_keys", None) or []
     if unexpected:
-        raise ValueError(f"adapter file {path} has keys this model lacks, e.g. {unexpected[:3]}")
+        raise AdapterError(f"adapter file {str(path)!r} has keys this model lacks, e.g. {unexpected[:3]}")
     return config

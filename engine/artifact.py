@@ -16,10 +16,11 @@ from engine import adapters
 from engine.checkpoints import file_sha256, load_customized_t2i
 from engine.errors import CheckpointError, SpecError
 from engine.models import BaseModels, build_motion_unet, compile_unet
+from engine.motion_adapter import ADAPTER_FILE
 
 MANIFEST = "manifest.json"
 SPATIAL_ADAPTER = "spatial_adapter.safetensors"
-MOTION_ADAPTER = "motion_adapter.safetensors"  # only when trained for this customization (source "customized")
+MOTION_ADAPTER = ADAPTER_FILE  # only when trained for this customization (source "customized")
 MANIFEST_VERSION = 1
 
 

@@ -6,6 +6,8 @@ Formats (safetensors only; nothing is ever unpickled):
   * ``unet``: a full UNet state dict in diffusers key layout.
   * ``ldm``: a single-file SD 1.5 checkpoint in the original LDM layout (``model.diffusion_model.…``),
     converted by ``UNet2DConditionModel.from_single_file`` with the base's local UNet config.
+
+Which key means what is `common.checkpoint_rules`, the table the API's upload check reads too.
 """
 
 from __future__ import annotations
@@ -17,22 +19,12 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from common.checkpoint_rules import LDM_UNET_PREFIX, ldm_stray_keys, ldm_text_encoder_keys, upload_format
 from engine.errors import CheckpointError
 from engine.models import place
-
-LORA_MARKERS = ("lora_A", "lora_B", "lora_down", "lora_up", "lora.down", "lora.up", "lora_te", "lora_unet")
-LDM_UNET_PREFIX = "model.diffusion_model."
-LDM_CLIP_PREFIX = "cond_stage_model.transformer."
-LDM_IGNORED_PREFIXES = ("first_stage_model.", "cond_stage_model.", "model_ema.", "alphas", "betas", "log_")
-LDM_IGNORED_KEYS = {
-    "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
-    "posterior_mean_coef1", "posterior_mean_coef2", "logvar",
-}
 
 
 @dataclass(frozen=True)
@@ -66,11 +58,7 @@ def detect_format(keys: list[str]) -> str:
     """Return "lora", "ldm" or "unet" from the key names alone."""
     if not keys:
         raise CheckpointError("checkpoint holds no tensors", field="checkpoint")
-    if any(marker in key for key in keys for marker in LORA_MARKERS):
-        return "lora"
-    if any(key.startswith(LDM_UNET_PREFIX) for key in keys):
-        return "ldm"
-    return "unet"
+    return upload_format(keys)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -107,12 +95,9 @@ def _load_unet_dict(unet: UNet2DConditionModel, tensors: dict[str, torch.Tensor]
 
 
 def _load_ldm(unet: UNet2DConditionModel, text_encoder, tensors: dict, unet_config_dir: Path) -> None:
-    stray = [
-        k for k in tensors
-        if not k.startswith(LDM_UNET_PREFIX) and not k.startswith(LDM_IGNORED_PREFIXES) and k not in LDM_IGNORED_KEYS
-    ]
+    stray = ldm_stray_keys(tensors)
     if stray:
-        raise CheckpointError(f"single-file checkpoint: unknown keys {sorted(stray)[:3]}", field="checkpoint")
+        raise CheckpointError(f"single-file checkpoint: unknown keys {stray[:3]}", field="checkpoint")
     unet_part = {k: v for k, v in tensors.items() if k.startswith(LDM_UNET_PREFIX)}
     try:
         converted = UNet2DConditionModel.from_single_file(
@@ -121,13 +106,10 @@ def _load_ldm(unet: UNet2DConditionModel, text_encoder, tensors: dict, unet_conf
     except (KeyError, IndexError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"single-file checkpoint does not fit the base UNet: {exc}", field="checkpoint") from exc
     _load_unet_dict(unet, converted.state_dict())
-    clip_part = {k: v for k, v in tensors.items() if k.startswith(LDM_CLIP_PREFIX)}
-    if clip_part:
-        text_state = convert_ldm_clip_checkpoint(clip_part)
-        expected = text_encoder.state_dict()
-        if not any(k in expected for k in text_state):  # transformers 5 drops the "text_model." prefix
-            text_state = {k.removeprefix("text_model."): v for k, v in text_state.items()}
-        text_state = {k: v for k, v in text_state.items() if k in expected or not k.endswith("position_ids")}
+    expected = text_encoder.state_dict()
+    text_keys = ldm_text_encoder_keys(tensors, expected)
+    if text_keys:
+        text_state = {name: tensors[key] for key, name in text_keys.items()}
         _check_against(text_state, expected, "single-file text encoder")
         text_encoder.load_state_dict(text_state, strict=True)
 

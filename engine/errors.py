@@ -32,7 +32,13 @@ class CancelledError(EngineError):
     code = "canceled"
 
 
+class AdapterError(EngineError):
+    """An adapter file (Spatial or Motion Adapter) is unreadable or does not fit the model; names the file."""
+
+    code = "invalid_adapter"
+
+
 class ModelLoadError(EngineError):
-    """Base weights could not be loaded (bad id, missing files offline, incompatible adapter)."""
+    """Base weights could not be loaded (bad id, missing files offline, incompatible Motion Adapter weights)."""
 
     code = "model_load_failed"

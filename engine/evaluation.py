@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from engine import metrics
-from engine.artifact import Customization, load_customization
+from engine.artifact import MANIFEST, Customization, load_customization
 from engine.customize import customize
 from engine.models import BaseModels
 from engine.progress import Reporter
@@ -38,7 +38,7 @@ def ablation(base: BaseModels, custom: Customization, checkpoint: Path, work_dir
              reporter: Reporter) -> Customization:
     """The same customization trained without the Motion Adapter (trained once, then reused)."""
     target = work_dir / "no-motion-adapter"
-    if not (target / "manifest.json").exists():
+    if not (target / MANIFEST).exists():
         spec = replace(_train_spec(custom.manifest), use_motion_adapter=False, preview=False)
         customize(base, checkpoint, spec, target, work_dir / "unused-motion-cache",
                   progress=reporter.progress, should_cancel=reporter.should_cancel)

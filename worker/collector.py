@@ -27,7 +27,7 @@ def collect(store: JobStore, storage: Storage, grace_s: float, clock: float | No
     for key, modified in storage.list_objects(keys.CHECKPOINTS_PREFIX):
         if clock - modified < grace_s:
             continue
-        sha256 = key.removeprefix(keys.CHECKPOINTS_PREFIX).removesuffix(".safetensors")
+        sha256 = keys.checkpoint_sha256(key)
         users = store.checkpoint_users(sha256)
         if any(c.status in LIVE or (c.finished_at and clock - c.finished_at.timestamp() < grace_s) for c in users):
             continue

@@ -22,34 +22,40 @@ from pydantic import BaseModel
 
 import engine
 from common import storage as keys
-from common.errors import StorageUnavailable
+from common.errors import CustomizationFailed, ServiceError
 from common.jobstore import CANCELED, JobStore, now
 from common.schemas import TERMINAL, CustomizationConfig, ErrorInfo, GenerateRequest, JobRecord
 from common.settings import Settings, get_settings
-from common.storage import RetryingStorage
+from common.storage import CONTENT_TYPES, RetryingStorage
 from worker import train_state
 from worker.cache import LRUCache
 from worker.progress import Heartbeat, JobProgress
 
 log = logging.getLogger("stillmoving.worker")
-CONTENT_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".png": "image/png", ".json": "application/json"}
 
 
 class WaitForCustomization(Exception):
-    """The generation's customization is still queued or training; try again later."""
+    """Not an error: the generation's customization is still queued or training; try again later."""
 
 
 class NotQueued(Exception):
-    """Another worker started the job first (or it ended): pick again."""
+    """Not an error: another worker started the job first (or it ended): pick again."""
 
 
 PICKS_PER_TURN = 5  # a turn lost to a race with another worker picks again, this many times at most
 
 
-class JobFailed(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
+def job_outcome(exc: Exception) -> tuple[str, ErrorInfo]:
+    """How an exception ends a job, (status, error): the one map from the service's (`ServiceError`) and the
+    engine's (`engine.EngineError`) exceptions, each with its stable code, to the job record; anything else is
+    ``internal`` (and logged with its traceback by the caller)."""
+    if isinstance(exc, engine.CancelledError):
+        return "canceled", CANCELED
+    if isinstance(exc, (ServiceError, engine.EngineError)):
+        return "failed", ErrorInfo(code=exc.code, message=exc.message)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "failed", ErrorInfo(code="timeout", message="the job ran past its time limit")
+    return "failed", ErrorInfo(code="internal", message=f"internal error ({type(exc).__name__})")
 
 
 def model_spec(settings: Settings) -> engine.ModelSpec:
@@ -98,19 +104,20 @@ class Runner:
         return self.bases.get_or_load(spec, lambda: engine.load_base_models(spec, self.workdir / "models"))
 
     def checkpoint(self, sha256: str) -> Path:
-        path = self.workdir / "checkpoints" / f"{sha256}.safetensors"
+        key = keys.checkpoint_key(sha256)
+        path = self.workdir / key  # the work directory mirrors the storage keys
         if not path.exists():
-            self.storage.get_file(keys.checkpoint_key(sha256), path)
+            self.storage.get_file(key, path)
         return path
 
     def motion_cache(self, key: str) -> Path:
         """Local Motion Adapter cache dir; pulls ``motion-adapters/<key>/`` from storage when it is there."""
-        root = self.workdir / "motion-adapters"
-        target = root / key
+        prefix = keys.motion_adapter_prefix(key)
+        target = self.workdir / prefix
+        root = target.parent
         if not target.exists():
-            prefix = keys.motion_adapter_prefix(key)
             names = {k[len(prefix):] for k in self.storage.list_keys(prefix)}
-            if {"motion_adapter.safetensors", "meta.json"} <= names:
+            if {engine.MOTION_ADAPTER_FILE, engine.MOTION_META_FILE} <= names:
                 staging = root / f".{key}.download"
                 shutil.rmtree(staging, ignore_errors=True)
                 for name in names:
@@ -122,9 +129,9 @@ class Runner:
         record = self.store.get_customization(customization_id)
 
         def load():
-            directory = self.workdir / "customizations" / customization_id
             prefix = keys.customization_prefix(customization_id)
-            for name in ("spatial_adapter.safetensors", "manifest.json"):
+            directory = self.workdir / prefix
+            for name in (engine.SPATIAL_ADAPTER_FILE, engine.MANIFEST_FILE):
                 if not (directory / name).exists():
                     self.storage.get_file(prefix + name, directory / name)
             motion = engine.read_manifest(directory).get("motion_adapter") or {}
@@ -200,17 +207,11 @@ class Runner:
             body(job, scratch)
         except (WaitForCustomization, NotQueued):
             raise
-        except engine.CancelledError:
-            self.finish(job, "canceled", CANCELED)
-        except (JobFailed, StorageUnavailable) as exc:
-            self.finish(job, "failed", ErrorInfo(code=exc.code, message=exc.message))
-        except engine.EngineError as exc:
-            self.finish(job, "failed", ErrorInfo(code=exc.code, message=str(exc)))
-        except SoftTimeLimitExceeded:
-            self.finish(job, "failed", ErrorInfo(code="timeout", message="the job ran past its time limit"))
         except Exception as exc:
-            log.exception("job %s failed", job_id)
-            self.finish(job, "failed", ErrorInfo(code="internal", message=f"internal error ({type(exc).__name__})"))
+            status, error = job_outcome(exc)
+            if error.code == "internal":
+                log.exception("job %s failed", job_id)
+            self.finish(job, status, error)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -251,20 +252,13 @@ class Runner:
                                     on_checkpoint=lambda d: train_state.save(self.storage, job.customization_id, d))
         reporter.set_stage("upload")
         if manifest.get("motion_adapter", {}).get("trained_now"):
-            self.upload_dir(motion_root / motion_key, keys.motion_adapter_prefix(motion_key), last="meta.json")
-        prefix = keys.customization_prefix(job.customization_id)
-        self.upload_dir(out_dir, prefix, last="manifest.json")
+            self.upload_dir(motion_root / motion_key, keys.motion_adapter_prefix(motion_key),
+                            last=engine.MOTION_META_FILE)
+        self.upload_dir(out_dir, keys.customization_prefix(job.customization_id), last=engine.MANIFEST_FILE)
         train_state.drop(self.storage, job.customization_id)
-        preview = manifest.get("preview") or {}
-        result = {
-            "customization_id": job.customization_id,
-            "manifest_key": prefix + "manifest.json",
-            "preview_key": prefix + preview["video"] if preview.get("video") else None,
-            "preview_poster_key": prefix + preview["poster"] if preview.get("poster") else None,
-            "image_keys": [prefix + item["file"] for item in manifest.get("images", [])],
-        }
-        self.finish(job, "succeeded", result=result,
-                    customization={"manifest": manifest, "manifest_key": result["manifest_key"]})
+        result = {"customization_id": job.customization_id,
+                  **keys.customization_artifact_keys(job.customization_id, manifest)}
+        self.finish(job, "succeeded", result=result, customization={"manifest": manifest})
 
     # ---- generate ---------------------------------------------------------------------------------
     def run_generate(self, job_id: str) -> None:
@@ -274,11 +268,10 @@ class Runner:
         if job.customization_id:
             record = self.store.get_customization(job.customization_id)
             if record is None:
-                raise JobFailed("customization_failed", f"customization {job.customization_id!r} no longer exists")
+                raise CustomizationFailed(f"customization {job.customization_id!r} no longer exists")
             if record.status in ("failed", "canceled"):
                 why = f": {record.error.message}" if record.error else ""
-                raise JobFailed("customization_failed",
-                                f"customization {job.customization_id!r} {record.status}{why}")
+                raise CustomizationFailed(f"customization {job.customization_id!r} {record.status}{why}")
             if record.status != "ready":
                 self.store.update_job(job.id, stage="waiting_for_customization")
                 raise WaitForCustomization(job.customization_id)

@@ -15,11 +15,10 @@ import json
 from pathlib import Path
 
 from common import storage as keys
-from common.storage import Storage
+from common.storage import CONTENT_TYPES, Storage
+from engine import TRAIN_STATE_META as STATE_META  # written last by engine.training (adapter, optimizer, step)
 
-STATE_META = "state.json"  # written last by engine.training (adapter, optimizer, step)
 POINTER = "latest.json"
-CONTENT_TYPES = {".json": "application/json"}
 
 
 def prefix_of(customization_id: str) -> str:

@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from common.checkpoint_header import check_against_base, load_base_keys, parse_header
+from common.errors import InvalidCheckpoint
 from engine import CheckpointError
 from engine.checkpoints import detect_format, load_customized_t2i, read_keys
 from engine.tiny_checkpoints import _perturbed_unet
@@ -163,3 +165,60 @@ def test_ldm_single_file_with_text_encoder_and_vae_keys(base, checkpoints, tmp_p
     got = comps["text_encoder"].state_dict()
     assert all(torch.allclose(got[k], v + 0.01) for k, v in text.items())
     assert all(not torch.equal(got[k], v) for k, v in text.items() if v.is_floating_point())
+
+
+def _api_verdict(path) -> str:
+    """What the API's upload check says of a file: its format, or "rejected: <message>"."""
+    head = path.read_bytes()
+    try:
+        return check_against_base(parse_header(head, len(head), 16 * 1024**2), load_base_keys("tiny")).format
+    except InvalidCheckpoint as exc:
+        return f"rejected: {exc.message}"
+
+
+def _engine_verdict(base, path) -> str:
+    try:
+        return load(base, path)[0]
+    except CheckpointError as exc:
+        return f"rejected: {exc.message}"
+
+
+def _ldm_with(base, checkpoints, tmp_path, extra: dict):
+    tensors = load_file(str(checkpoints["ldm"]))
+    tensors.update(extra)
+    save_file(tensors, str(tmp_path / "x.safetensors"))
+    return tmp_path / "x.safetensors"
+
+
+def _text_encoder(base, prefix: str, shift: float = 0.01) -> dict:
+    return {prefix + "text_model." + k.removeprefix("text_model."): v + shift
+            for k, v in base.components["text_encoder"].state_dict().items()}
+
+
+@pytest.mark.parametrize("case", ["sgm text encoder", "conditioner extra", "wrong text-encoder shape",
+                                  "partial text encoder", "stray schedule-like key"])
+def test_the_api_check_and_the_engine_agree_on_single_file_uploads(base, checkpoints, tmp_path, case):
+    """Regression: the API and the engine kept their own key rules. A ``conditioner.`` key (the generative-models
+    layout) passed the API and failed the job; a text encoder of the wrong shape too; a ``log_…`` key the API
+    refused the engine took. Both read `common.checkpoint_rules` now."""
+    extra = {
+        "sgm text encoder": _text_encoder(base, "conditioner.embedders.0.transformer."),
+        "conditioner extra": {"conditioner.embedders.1.model.logit_scale": torch.ones(())},
+        "wrong text-encoder shape": {**_text_encoder(base, "cond_stage_model.transformer."),
+                                     "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.ones(3)},
+        "partial text encoder": {"cond_stage_model.transformer.text_model.final_layer_norm.weight":
+                                 base.components["text_encoder"].state_dict()["final_layer_norm.weight"]},
+        "stray schedule-like key": {"log_something": torch.ones(2)},
+    }[case]
+    path = _ldm_with(base, checkpoints, tmp_path, extra)
+    api, engine_says = _api_verdict(path), _engine_verdict(base, path)
+    assert api.startswith("rejected") == engine_says.startswith("rejected"), (api, engine_says)
+    assert (api == "ldm") == (case in ("sgm text encoder", "conditioner extra")), api
+
+
+def test_a_text_encoder_in_the_generative_models_layout_is_loaded(base, checkpoints, tmp_path):
+    path = _ldm_with(base, checkpoints, tmp_path, _text_encoder(base, "conditioner.embedders.0.transformer."))
+    _, comps = load(base, path)
+    got = comps["text_encoder"].state_dict()
+    assert all(torch.allclose(got[k], v + 0.01) for k, v in base.components["text_encoder"].state_dict().items())
+

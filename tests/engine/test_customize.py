@@ -175,3 +175,36 @@ def test_prior_preservation_trains_base_stills_alongside(base, checkpoints, tmp_
         engine.customize(base, checkpoints["lora"], small_train(prior_preservation_weight=-1.0), tmp_path / "c",
                          tmp_path / "m")
     assert err.value.field == "prior_preservation_weight"
+
+
+def _corrupt_copy(out_dir, tmp_path, how: str):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    copy = tmp_path / "cust"
+    shutil.copytree(out_dir, copy)
+    path = copy / engine.SPATIAL_ADAPTER_FILE
+    if how == "garbage":
+        path.write_bytes(b"\x00\x01not safetensors" * 64)
+    elif how == "no lora_config":
+        save_file(load_file(str(path)), str(path))
+    elif how == "keys the model lacks":
+        tensors = load_file(str(path))
+        save_file({k.replace("attn1", "attn9"): v for k, v in tensors.items()}, str(path),
+                  metadata={"lora_config": json.dumps({"r": 4, "lora_alpha": 4, "target_modules": ["to_q"]})})
+    return copy
+
+
+@pytest.mark.parametrize("how, fragment", [("garbage", "not a readable safetensors file"),
+                                           ("no lora_config", "no lora_config"),
+                                           ("keys the model lacks", "keys this model lacks")])
+def test_a_corrupt_adapter_file_is_an_engine_error_naming_the_file(base, checkpoints, trained, tmp_path, how,
+                                                                   fragment):
+    """Regression: it was a bare ValueError or KeyError (reported as an internal error); now `AdapterError`."""
+    _, out_dir, _ = trained
+    directory = _corrupt_copy(out_dir, tmp_path, how)
+    with pytest.raises(engine.AdapterError) as info:
+        engine.load_customization(base, directory, checkpoints["lora"])
+    assert info.value.code == "invalid_adapter" and isinstance(info.value, engine.EngineError)
+    assert fragment in info.value.message and engine.SPATIAL_ADAPTER_FILE in info.value.message

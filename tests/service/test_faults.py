@@ -424,7 +424,7 @@ def test_storage_down_fails_the_job_clearly_and_the_worker_goes_on(settings, che
             assert job["result"] is None and store.get_job(job_id).result is None
             customization = api.get(f"/customizations/{cus_id}", headers=A).json()
             assert customization["status"] == "failed" and customization["error"]["code"] == "storage_unavailable"
-            assert customization["manifest"] is None and store.get_customization(cus_id).manifest_key is None
+            assert customization["manifest"] is None and store.get_customization(cus_id).manifest is None
 
             own_moto.thaw()
             own_moto.kill()
@@ -471,7 +471,7 @@ def test_storage_failing_mid_upload_leaves_no_manifest_and_no_result(settings, c
             assert job["result"] is None and store.get_job(job_id).result is None
             customization = api.get(f"/customizations/{cus_id}", headers=A).json()
             assert customization["status"] == "failed" and customization["manifest"] is None
-            assert store.get_customization(cus_id).manifest_key is None
+            assert store.get_customization(cus_id).manifest is None
 
             video = api.post("/generate", headers=A, json=QUICK_VIDEO).json()["job_id"]
             job = wait_job(api, A, video, timeout=60)

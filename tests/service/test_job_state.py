@@ -78,7 +78,7 @@ def test_start_and_success_move_the_customization_with_its_job(store, queue):
     assert states(store, job) == ("running", "training")
     manifest = {"images": []}
     assert store.finish(job.id, "succeeded", attempt=1, result={"customization_id": job.customization_id},
-                        customization={"manifest": manifest, "manifest_key": "customizations/x/manifest.json"})
+                        customization={"manifest": manifest})
     record, customization = store.get_job(job.id), store.get_customization(job.customization_id)
     assert (record.status, record.stage, record.progress) == ("succeeded", "done", 1.0)
     assert customization.status == "ready" and customization.manifest == manifest

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
+from botocore.exceptions import ClientError
 
 from common.settings import DEV_API_KEY, Settings
 from common.storage import Storage, checkpoint_key
@@ -141,9 +142,129 @@ def test_engine_loads_no_service_frameworks():
         pytest.skip("engine not present")
     loaded = _modules_after("import engine")
     assert not loaded & {"celery", "fastapi", "starlette", "uvicorn", "api", "worker"}, loaded
-    # the one shared fact table (defaults, frame positions, cost limits) and its plain-python errors, nothing more
+    # the shared fact tables (preset defaults, frame positions, cost limits; checkpoint key rules) and their
+    # plain-python errors, nothing more
     common = {m for m in _modules_after("import engine", whole_names=True) if m.split(".")[0] == "common"}
-    assert common == {"common", "common.presets", "common.errors"}, common
+    assert common == {"common", "common.presets", "common.errors", "common.checkpoint_rules"}, common
+
+
+def test_a_customization_s_urls_are_built_one_way():
+    """The job's result and the customization's view presign the same keys (the view restated the storage prefix)."""
+    from types import SimpleNamespace
+
+    from api.views import customization_view, job_view
+    from common.schemas import CustomizationRecord, JobRecord
+    from common.storage import customization_artifact_keys
+
+    storage = SimpleNamespace(presign=lambda key: f"https://s3/{key}")
+    manifest = {"preview": {"video": "preview.mp4", "poster": "preview.png"},
+                "images": [{"file": "images/000.png"}, {"file": "images/001.png"}]}
+    created = datetime.now(timezone.utc)
+    job = JobRecord(id="j1", kind="customize", owner="o", status="succeeded", created_at=created,
+                    customization_id="c1", result={"customization_id": "c1", **customization_artifact_keys("c1", manifest)})
+    record = CustomizationRecord(id="c1", owner="o", status="ready", job_id="j1", base_model="tiny",
+                                 checkpoint_sha256="0" * 64, checkpoint_format="lora", config={}, created_at=created,
+                                 manifest=manifest)
+    result, view = job_view(job, None, storage).result, customization_view(record, storage)
+    assert result["preview_url"] == view.preview_url == "https://s3/customizations/c1/preview.mp4"
+    assert result["image_urls"] == view.image_urls == ["https://s3/customizations/c1/images/000.png",
+                                                       "https://s3/customizations/c1/images/001.png"]
+    assert result["preview_poster_url"] == "https://s3/customizations/c1/preview.png"
+
+
+def test_every_job_error_is_mapped_in_one_place():
+    """A bad adapter file was a bare ValueError: "internal error". Engine and service errors keep their code."""
+    import engine
+    from common.errors import CustomizationFailed, StorageUnavailable
+    from worker.runner import job_outcome
+
+    cases = {engine.AdapterError("adapter file 'x' is not a readable safetensors file"): ("failed", "invalid_adapter"),
+             engine.CheckpointError("bad"): ("failed", "invalid_checkpoint"),
+             engine.CancelledError("stop"): ("canceled", "canceled"),
+             StorageUnavailable("storage unavailable: upload of k"): ("failed", "storage_unavailable"),
+             CustomizationFailed("customization 'c' failed"): ("failed", "customization_failed"),
+             ValueError("oops"): ("failed", "internal")}
+    for exc, (status, code) in cases.items():
+        got_status, error = job_outcome(exc)
+        assert (got_status, error.code) == (status, code), exc
+        if code not in ("canceled", "internal"):
+            assert error.message == exc.message
+    assert job_outcome(ValueError("oops"))[1].message == "internal error (ValueError)"
+
+
+class _WrappedClientError(ClientError):
+    """A storage error raised by a layer outside botocore's modules (a wrapper, a test double)."""
+
+
+def _multipart_request(body: bytes):
+    from starlette.requests import Request
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "path": "/customizations", "query_string": b"",
+                    "headers": [(b"content-type", b"multipart/form-data; boundary=XX")]}, receive)
+
+
+def test_a_storage_error_while_streaming_an_upload_stays_a_storage_error():
+    """Regression: upload errors were told apart by module name, so this one became a 400 'malformed body'."""
+    import asyncio
+
+    from api.upload import receive_form
+
+    class FailingSink:
+        size = 0
+
+        def write(self, data):
+            raise _WrappedClientError({"Error": {"Code": "SlowDown"}}, "UploadPart")
+
+    body = (b'--XX\r\nContent-Disposition: form-data; name="checkpoint"; filename="a.safetensors"\r\n\r\n'
+            + b"x" * 100 + b"\r\n--XX--\r\n")
+    with pytest.raises(_WrappedClientError):
+        asyncio.run(receive_form(_multipart_request(body), FailingSink(), Settings(_env_file=None)))
+
+
+def test_the_api_renders_every_storage_error_as_503():
+    """boto3's own wrappers (S3UploadFailedError) were a 500 "internal error"."""
+    from boto3.exceptions import S3UploadFailedError
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from api import errors
+
+    app = FastAPI()
+    errors.install(app)
+
+    @app.get("/x")
+    def fail():
+        raise S3UploadFailedError("upload failed")
+
+    response = TestClient(app, raise_server_exceptions=False).get("/x")
+    assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
+
+
+def test_a_failed_bucket_check_at_start_is_logged(caplog):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    settings = Settings(s3_endpoint_url="http://127.0.0.1:9", s3_bucket="nobucket", storage_timeout_s=1,
+                        redis_url="redis://127.0.0.1:9/0", _env_file=None)
+    with caplog.at_level("WARNING", logger="stillmoving.api"), TestClient(create_app(settings)):
+        pass
+    assert any("bucket 'nobucket' could not be checked" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_bad_header_keeps_its_cause():
+    import struct
+
+    from common.checkpoint_header import parse_header
+    from common.errors import InvalidCheckpoint
+
+    head = struct.pack("<Q", 8) + b"not json"
+    with pytest.raises(InvalidCheckpoint) as info:
+        parse_header(head, len(head), 1024)
+    assert isinstance(info.value.__cause__, ValueError)
 
 
 def test_validation_errors_of_a_body_and_of_the_upload_config_are_reshaped_alike():
