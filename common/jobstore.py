@@ -36,7 +36,7 @@ from typing import Any, Iterable
 import redis
 from pydantic import BaseModel
 
-from common.errors import ServiceUnavailable
+from common.errors import NotFound, ServiceUnavailable
 from common.schemas import TERMINAL, CustomizationRecord, ErrorInfo, JobRecord
 
 PREFIX = "sm:"
@@ -88,8 +88,10 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return 1
 """
 
-# Create a queued job unless the owner already has `limit` queued jobs (atomic: no over-admission).
+# Create a queued job unless the owner already has `limit` queued jobs (atomic: no over-admission), or unless the
+# customization a generation uses is gone (-1: a deletion took it; see common/deletion.py).
 _CREATE = """
+if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[10]) == 0 then return -1 end
 if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[1]) then return 0 end
 for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
@@ -234,16 +236,21 @@ class JobStore:
     def create_job(self, job: JobRecord, queue: str, customization: CustomizationRecord | None = None,
                    limit: int = 0) -> bool:
         """Store a queued job (and its customization) and index it, atomically; False (nothing written)
-        when `limit` > 0 and the owner already has `limit` queued jobs."""
+        when `limit` > 0 and the owner already has `limit` queued jobs. `NotFound` (nothing written) when the
+        customization a generation uses no longer exists."""
         cus_key = self.customization_key(customization.id) if customization else self.customization_key("-")
+        uses = job.customization_id if customization is None else None  # a generation's customization
         created = self._create(
             keys=[self.job_key(job.id), self._owner_key(job.owner, "jobs"), self._queue_key(queue),
                   self._owner_key(job.owner, "queued"), cus_key, self._owner_key(job.owner, "customizations"),
                   self._fair_key(queue, job.owner), self._fair_key(queue),
-                  self.checkpoint_refs_key(customization.checkpoint_sha256 if customization else "-")],
+                  self.checkpoint_refs_key(customization.checkpoint_sha256 if customization else "-"),
+                  self.customization_key(uses or "-")],
             args=[limit, repr(time.time()), job.id, json.dumps({**_encode(job), "queue": json.dumps(queue)}),
                   customization.id if customization else "",
-                  json.dumps(_encode(customization)) if customization else "{}", job.owner])
+                  json.dumps(_encode(customization)) if customization else "{}", job.owner, "1" if uses else ""])
+        if created == -1:
+            raise NotFound(f"no customization {uses!r}", field="customization_id")
         return created == 1
 
     def get_job(self, job_id: str, owner: str | None = None) -> JobRecord | None:
@@ -265,6 +272,13 @@ class JobStore:
         for key in keys:
             pipe.hgetall(key)
         return pipe.execute()
+
+    def exist(self, keys: list[str]) -> list[bool]:
+        """Whether each record key exists, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(key)
+        return [bool(n) for n in pipe.execute()]
 
     def job_queue(self, job_id: str) -> str | None:
         raw = self.redis.hget(self.job_key(job_id), "queue")

@@ -39,6 +39,8 @@ TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTi
 
 CHECKPOINTS_PREFIX = "checkpoints/"
 CHECKPOINT_SUFFIX = ".safetensors"
+CUSTOMIZATIONS_PREFIX = "customizations/"
+VIDEOS_PREFIX = "videos/"
 UPLOADS_PREFIX = "uploads/"
 # by file suffix: what the worker's artifacts are served as
 CONTENT_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".png": "image/png", ".json": "application/json"}
@@ -54,7 +56,7 @@ def checkpoint_sha256(key: str) -> str:
 
 
 def customization_prefix(customization_id: str) -> str:
-    return f"customizations/{customization_id}/"
+    return f"{CUSTOMIZATIONS_PREFIX}{customization_id}/"
 
 
 def customization_artifact_keys(customization_id: str, manifest: dict) -> dict:
@@ -66,7 +68,7 @@ def customization_artifact_keys(customization_id: str, manifest: dict) -> dict:
 
 
 def video_prefix(job_id: str) -> str:
-    return f"videos/{job_id}/"
+    return f"{VIDEOS_PREFIX}{job_id}/"
 
 
 def motion_adapter_prefix(key: str) -> str:
@@ -171,6 +173,14 @@ class Storage:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete objects, up to 1,000 a request (S3's DeleteObjects); a key that is not there is no error."""
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start:start + 1000]]
+            errors = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}).get("Errors")
+            if errors:
+                raise StorageUnavailable(f"storage refused to delete {errors[0].get('Key')}: {errors[0].get('Code')}")
 
     def presign(self, key: str, expires_s: int | None = None) -> str:
         """A GET URL for one object, valid for `expires_s` (default: the presign_expiry_s setting)."""

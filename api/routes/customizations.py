@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -16,6 +16,7 @@ from api.idempotency import Idempotency
 from api.upload import HashingSink, receive_form
 from api.views import customization_view
 from common import checkpoint_header, presets
+from common.deletion import delete_customization
 from common.errors import InvalidArgument
 from common.jobstore import decode_cursor, encode_cursor, now
 from common.schemas import (
@@ -159,3 +160,13 @@ def list_customizations(owner: OwnerDep, store: StoreDep, storage: StorageDep, l
             summary="A customization: state, settings, manifest and artifact URLs")
 def get_customization(customization: OwnedCustomization, storage: StorageDep):
     return customization_view(customization, storage)
+
+
+@router.delete("/customizations/{customization_id}", status_code=204, response_class=Response,
+               summary="Delete a customization nothing uses",
+               description="Its record, its training job's record and its stored artifact, images and resume "
+                           "states (204); the uploaded checkpoint goes once no customization uses it. 409 while "
+                           "its training job, or a generation that uses it, is queued or running.")
+def delete_unused_customization(customization: OwnedCustomization, store: StoreDep, storage: StorageDep):
+    delete_customization(store, storage, customization)
+    return Response(status_code=204)

@@ -1,13 +1,14 @@
-"""``/jobs``: state, progress and results of the caller's jobs; cancellation."""
+"""``/jobs``: state, progress and results of the caller's jobs; cancellation and deletion."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from api.deps import OwnedJob, OwnerDep, StorageDep, StoreDep
 from api.routes.customizations import Limit, parse_cursor
 from api.views import job_view
+from common.deletion import delete_job
 from common.errors import Conflict
 from common.jobstore import encode_cursor
 from common.schemas import JobList, JobView
@@ -36,3 +37,11 @@ def cancel_job(job: OwnedJob, store: StoreDep, storage: StorageDep):
         raise Conflict(f"job {job.id!r} already {job.status}", code="job_finished", field="job_id")
     view = job_view(job, store, storage)
     return view if job.status == "canceled" else JSONResponse(view.model_dump(mode="json"), status_code=202)
+
+
+@router.delete("/jobs/{job_id}", status_code=204, response_class=Response, summary="Delete a finished job",
+               description="A finished job's record and its stored video (204). A queued or running job gives 409: "
+                           "cancel it first. A customize job's record only: its customization stays until deleted.")
+def delete_finished_job(job: OwnedJob, store: StoreDep, storage: StorageDep):
+    delete_job(store, storage, job)
+    return Response(status_code=204)

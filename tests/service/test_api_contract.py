@@ -58,6 +58,7 @@ def test_health_ready_docs(api):
     paths = api.get("/openapi.json").json()["paths"]
     assert {"/customizations", "/customizations/{customization_id}", "/generate", "/jobs", "/jobs/{job_id}",
             "/jobs/{job_id}/cancel", "/healthz", "/readyz"} <= set(paths)
+    assert "delete" in paths["/jobs/{job_id}"] and "delete" in paths["/customizations/{customization_id}"]
     form = paths["/customizations"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert form["schema"]["properties"]["config"]["required"] == ["prompts"]  # the config's own schema
     assert form["encoding"]["config"]["contentType"] == "application/json"
@@ -85,7 +86,8 @@ def test_unknown_route_uses_the_envelope(api, a):
 # ---- auth -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method,path", [("get", "/jobs"), ("get", "/jobs/job_x"), ("post", "/jobs/job_x/cancel"),
                                          ("get", "/customizations"), ("get", "/customizations/cus_x"),
-                                         ("post", "/generate"), ("post", "/customizations")])
+                                         ("post", "/generate"), ("post", "/customizations"),
+                                         ("delete", "/jobs/job_x"), ("delete", "/customizations/cus_x")])
 @pytest.mark.parametrize("header", [None, "Bearer wrong-key", f"Basic {KEY_A}", "Bearer "])
 def test_every_endpoint_needs_a_valid_key(api, method, path, header):
     headers = {"Authorization": header} if header else {}

@@ -56,6 +56,21 @@ def test_compose_services(compose_config):
     assert set(re.findall(r"\$\{(\w+)\}", template)) == set(services["proxy"]["environment"])
 
 
+def test_minio_expires_videos_after_the_job_records_retention(compose_config):
+    """minio-init's lifecycle rule, from the retention the API and worker are given (run with `mc` as `cat`)."""
+    services = compose_config["services"]
+    retention = {services[name]["environment"]["STILLMOVING_JOB_RETENTION_S"] for name in ("api", "worker",
+                                                                                            "minio-init")}
+    assert retention == {"604800"}
+    command = " ".join(services["minio-init"]["command"]).replace("$$", "$")
+    rule = command[command.index("printf"):].replace("mc ilm rule import local/stillmoving", "cat")
+    for seconds, days in (("604800", 9), ("86400", 3)):  # a day or two past the record's expiry
+        out = subprocess.run(["sh", "-c", rule], env={"STILLMOVING_JOB_RETENTION_S": seconds}, capture_output=True,
+                             text=True, check=True)
+        assert json.loads(out.stdout)["Rules"] == [{"ID": "expire-videos", "Status": "Enabled",
+                                                    "Filter": {"Prefix": "videos/"}, "Expiration": {"Days": days}}]
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.api", "Dockerfile.worker"])
 def test_hadolint(dockerfile):
     out = subprocess.run([str(BIN / "hadolint"), str(ROOT / dockerfile)], capture_output=True, text=True)
