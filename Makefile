@@ -30,6 +30,7 @@ test: venv
 
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

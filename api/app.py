@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
@@ -21,7 +22,8 @@ from common.storage import Storage
 
 log = logging.getLogger("stillmoving.api")
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
-ERROR_RESPONSES = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (400, 401, 404, 408, 409, 413, 415, 422, 429, 503)}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

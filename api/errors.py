@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable, Sequence
 
 import redis
 from fastapi import FastAPI, Request
@@ -34,15 +35,15 @@ async def service_error(_: Request, exc: ServiceError):
     return envelope(exc.status, exc.code, exc.message, exc.field, headers)
 
 
-def reshape_validation_errors(errors: list[dict], root: str | None = None) -> ServiceError:
+def reshape_validation_errors(errors: Sequence[Any], root: str | None = None) -> ServiceError:
     """Pydantic's validation errors as one service error: the first, named by its field's dotted path, and how
     many more there are. `root` names a part validated on its own (the upload's ``config``): its paths start
     there, and invalid JSON in it is a 422 on that field rather than the request's 400."""
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
         return BadRequest("the request needs a JSON body")
     if first.get("type") == "json_invalid":
-        reason = first.get("ctx", {}).get("error", "")
+        reason = (first.get("ctx") or {}).get("error", "")
         if root is None:
             return BadRequest(f"request body is not valid JSON: {reason}", code="malformed_json")
         return InvalidArgument(f"{root} is not valid JSON: {reason}", field=root)
@@ -81,10 +82,8 @@ async def unexpected_error(_: Request, exc: Exception):
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(redis.RedisError, redis_error)
-    for storage_exception in STORAGE_ERRORS:
-        app.add_exception_handler(storage_exception, storage_error)
-    app.add_exception_handler(Exception, unexpected_error)
+    handlers: list[tuple[type[Exception], Callable[..., Any]]] = [
+        (ServiceError, service_error), (RequestValidationError, validation_error), (HTTPException, http_error),
+        (redis.RedisError, redis_error), *((e, storage_error) for e in STORAGE_ERRORS), (Exception, unexpected_error)]
+    for exception, handler in handlers:
+        app.add_exception_handler(exception, handler)

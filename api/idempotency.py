@@ -23,7 +23,8 @@ from common.settings import Settings
 
 class Idempotency:
     def __init__(self, store: JobStore, settings: Settings, owner: str, scope: str, key: str | None):
-        self.store, self.settings, self.owner, self.scope, self.key = store, settings, owner, scope, key
+        self.store, self.settings, self.owner, self.scope = store, settings, owner, scope
+        self.key = key or ""  # "" = the request has none
         self.held: dict | None = None  # what an earlier request with this key left; None when this one holds it
         self._reserved = False  # this request holds the key and has not bound it yet
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
@@ -27,7 +27,7 @@ KEEP_ALIVE_S = 10.0
 
 @dataclass
 class _State:
-    upload: StreamingUpload
+    upload: StreamingUpload | HashingSink
     limit: int
     headers: dict = field(default_factory=dict)
     header_field: bytes = b""
@@ -51,7 +51,7 @@ def check_filename(name: str | None) -> None:
                               "(pickle .ckpt/.bin files are never loaded)", field="checkpoint")
 
 
-def _callbacks(state: _State) -> dict:
+def _callbacks(state: _State) -> Any:  # python-multipart's MultipartCallbacks (a TypedDict)
     def on_part_begin():
         state.headers, state.part, state.filename = {}, None, None
 

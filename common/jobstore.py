@@ -178,7 +178,7 @@ def _mirror(job_fields: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
     status = job_fields.get("status")
     if status is None:
         return {}
-    ended = {k: job_fields[k] for k in ("finished_at", "error") if k in job_fields} if status in TERMINAL else {}
+    ended: dict[str, Any] = {k: job_fields[k] for k in ("finished_at", "error") if k in job_fields} if status in TERMINAL else {}
     return {"status": CUSTOMIZATION_STATUS[status], **ended, **extra}
 
 

@@ -161,7 +161,7 @@ class Storage:
 
     def list_objects(self, prefix: str) -> list[tuple[str, float]]:
         """(key, last-modified epoch seconds) of every object under `prefix`."""
-        objects = []
+        objects: list[tuple[str, float]] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             objects.extend((item["Key"], item["LastModified"].timestamp()) for item in page.get("Contents", []))
         return objects

@@ -127,6 +127,8 @@ class Runner:
 
     def customization(self, customization_id: str, base: engine.BaseModels):
         record = self.store.get_customization(customization_id)
+        if record is None:  # deleted since the job was queued
+            raise CustomizationFailed(f"customization {customization_id!r} no longer exists")
 
         def load():
             prefix = keys.customization_prefix(customization_id)
@@ -166,8 +168,9 @@ class Runner:
     def finish(self, job: JobRecord, status: str, error: ErrorInfo | None = None, result: dict | None = None,
                customization: dict | None = None) -> None:
         """End the job (and a customize job's customization, in the same write) while this attempt holds it."""
-        held = (["running"], job.attempts) if job.status == "running" else (["queued"], None)
-        if not self.store.finish(job.id, status, *held, error=error, result=result, customization=customization):
+        allowed, attempt = (["running"], job.attempts) if job.status == "running" else (["queued"], None)
+        if not self.store.finish(job.id, status, allowed, attempt, error=error, result=result,
+                                 customization=customization):
             log.info("job %s: attempt %d no longer holds it; %s not recorded", job.id, job.attempts, status)
             return
         log.info("job %s %s%s", job.id, status, f" ({error.code}: {error.message})" if error else "")
@@ -237,6 +240,8 @@ class Runner:
 
     def _customize_running(self, job: JobRecord, scratch: Path, reporter: JobProgress) -> None:
         reporter.set_stage("fetch")  # the customization is "training" since `start`
+        customization_id = job.customization_id
+        assert customization_id is not None  # a customize job is created with its customization
         base = self.base()
         checkpoint = self.checkpoint(job.params["checkpoint_sha256"])
         train = train_spec(job.params["config"], self.settings)
@@ -244,20 +249,20 @@ class Runner:
         motion_root = self.motion_cache(motion_key)
         shutil.rmtree(scratch, ignore_errors=True)
         out_dir, state_dir = scratch / "customization", scratch / "train-state"
-        resume_step = train_state.fetch(self.storage, job.customization_id, state_dir)
+        resume_step = train_state.fetch(self.storage, customization_id, state_dir)
         if resume_step:
             log.info("job %s attempt %d resumes training from step %d", job.id, job.attempts, resume_step)
         manifest = engine.customize(base, checkpoint, train, out_dir, motion_root, progress=reporter.progress,
                                     should_cancel=reporter.should_cancel, state_dir=state_dir,
-                                    on_checkpoint=lambda d: train_state.save(self.storage, job.customization_id, d))
+                                    on_checkpoint=lambda d: train_state.save(self.storage, customization_id, d))
         reporter.set_stage("upload")
         if manifest.get("motion_adapter", {}).get("trained_now"):
             self.upload_dir(motion_root / motion_key, keys.motion_adapter_prefix(motion_key),
                             last=engine.MOTION_META_FILE)
-        self.upload_dir(out_dir, keys.customization_prefix(job.customization_id), last=engine.MANIFEST_FILE)
-        train_state.drop(self.storage, job.customization_id)
-        result = {"customization_id": job.customization_id,
-                  **keys.customization_artifact_keys(job.customization_id, manifest)}
+        self.upload_dir(out_dir, keys.customization_prefix(customization_id), last=engine.MANIFEST_FILE)
+        train_state.drop(self.storage, customization_id)
+        result = {"customization_id": customization_id,
+                  **keys.customization_artifact_keys(customization_id, manifest)}
         self.finish(job, "succeeded", result=result, customization={"manifest": manifest})
 
     # ---- generate ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from api.deps import OwnedJob, OwnerDep, StorageDep, StoreDep
 from api.routes.customizations import Limit, parse_cursor
 from api.views import job_view
 from common.deletion import delete_job
-from common.errors import Conflict
+from common.errors import Conflict, NotFound
 from common.jobstore import encode_cursor
 from common.schemas import JobList, JobView
 
@@ -32,7 +32,10 @@ def get_job(job: OwnedJob, store: StoreDep, storage: StorageDep):
              description="A queued job is canceled at once (200). A running job is asked to stop and stops "
                          "between two steps (202; poll the job). A finished job gives 409.")
 def cancel_job(job: OwnedJob, store: StoreDep, storage: StorageDep):
-    job = store.cancel(job.id)
+    canceled = store.cancel(job.id)
+    if canceled is None:  # its record expired (retention) between the lookup and the cancel
+        raise NotFound(f"no job {job.id!r}", field="job_id")
+    job = canceled
     if job.status in ("succeeded", "failed"):
         raise Conflict(f"job {job.id!r} already {job.status}", code="job_finished", field="job_id")
     view = job_view(job, store, storage)
