@@ -36,17 +36,15 @@ FIELD = "checkpoint"
 
 @dataclass(frozen=True)
 class HeaderInfo:
-    """What the header says: tensors ``{name: (dtype, shape)}``, metadata and the header's byte length."""
+    """What the header says: tensors ``{name: (dtype, shape)}`` and its (validated) string metadata."""
 
     tensors: dict[str, tuple[str, tuple[int, ...]]]
     metadata: dict[str, str]
-    header_len: int
 
 
 @dataclass(frozen=True)
 class CheckpointSummary:
-    format: str
-    num_tensors: int
+    format: str  # lora, unet or ldm: how the worker will load it
 
 
 def _bad(message: str) -> InvalidCheckpoint:
@@ -106,7 +104,7 @@ def parse_header(head: bytes, file_size: int, max_header_bytes: int) -> HeaderIn
         position = end
     if position != data_size:
         raise _bad(f"tensor data ends at byte {position} but the file holds {data_size} bytes of data")
-    return HeaderInfo(tensors=tensors, metadata=metadata, header_len=length)
+    return HeaderInfo(tensors=tensors, metadata=metadata)
 
 
 def _entry(name: str, entry) -> tuple[str, tuple[int, ...], tuple[int, int]]:
@@ -148,7 +146,7 @@ def check_against_base(info: HeaderInfo, base: dict[str, dict[str, tuple[int, ..
     else:
         _check_keys(shapes, base["unet"], "full UNet checkpoint",
                     "(expected a LoRA, a diffusers UNet or a single-file LDM checkpoint)")
-    return CheckpointSummary(format=fmt, num_tensors=len(keys))
+    return CheckpointSummary(format=fmt)
 
 
 def _check_keys(shapes: dict, expected: dict, what: str, hint: str = "") -> None:
@@ -231,13 +229,3 @@ def _check_lora(shapes: dict, base: dict) -> None:
             raise _bad(f"LoRA down/A tensor {key!r} has shape {list(shape)}; its module takes {weight[1]} inputs")
         elif kind == "up" and (len(shape) < 2 or shape[0] != weight[0]):
             raise _bad(f"LoRA up/B tensor {key!r} has shape {list(shape)}; its module has {weight[0]} outputs")
-
-
-def validate_file(path: Path, preset: str, max_header_bytes: int = 16 * 1024**2) -> CheckpointSummary:
-    """Validate a local file (header + keys against the base preset)."""
-    size = Path(path).stat().st_size
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        length = header_length(prefix, max_header_bytes)
-        head = prefix + handle.read(length)
-    return check_against_base(parse_header(head, size, max_header_bytes), load_base_keys(preset))

@@ -11,7 +11,6 @@ A plain library: it imports neither FastAPI nor Celery and never reads the envir
 from engine.artifact import MANIFEST as MANIFEST_FILE
 from engine.artifact import SPATIAL_ADAPTER as SPATIAL_ADAPTER_FILE
 from engine.artifact import Customization, load_customization, read_manifest
-from engine.checkpoints import CheckpointInfo, inspect_checkpoint
 from engine.customize import customize
 from engine.errors import AdapterError, CancelledError, CheckpointError, EngineError, ModelLoadError, SpecError
 from engine.models import BaseModels, load_base_models
@@ -24,9 +23,9 @@ from engine.tiny_checkpoints import make_tiny_checkpoint
 from engine.training import STATE_META as TRAIN_STATE_META
 
 __all__ = [
-    "AdapterError", "BaseModels", "CancelledError", "CheckpointError", "CheckpointInfo", "Customization", "EngineError",
+    "AdapterError", "BaseModels", "CancelledError", "CheckpointError", "Customization", "EngineError",
     "ModelLoadError", "ModelSpec", "MotionAdapterSpec", "SampleSpec", "SpecError", "TrainSpec", "customize",
-    "generate", "inspect_checkpoint", "load_base_models", "load_customization", "make_tiny_checkpoint",
+    "generate", "load_base_models", "load_customization", "make_tiny_checkpoint",
     "MANIFEST_FILE", "MOTION_ADAPTER_FILE", "MOTION_META_FILE", "SPATIAL_ADAPTER_FILE", "TRAIN_STATE_META",
     "motion_adapter_key", "read_manifest",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,15 +24,6 @@ from safetensors.torch import load_file
 from common.checkpoint_rules import LDM_UNET_PREFIX, ldm_stray_keys, ldm_text_encoder_keys, upload_format
 from engine.errors import CheckpointError
 from engine.models import place
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What an uploaded file is: its format, tensor count and content hash."""
-
-    format: str
-    num_tensors: int
-    sha256: str
 
 
 def file_sha256(path: Path) -> str:
@@ -129,12 +119,6 @@ def _load_lora(unet, text_encoder, tokenizer, scheduler, vae, tensors: dict) -> 
     changed = any(not torch.equal(before[k], v) for k, v in unet.state_dict().items() if k in before)
     if not changed and not any("te" in k or "text" in k for k in tensors):
         raise CheckpointError("LoRA matched no module of the base UNet", field="checkpoint")
-
-
-def inspect_checkpoint(path: Path) -> CheckpointInfo:
-    """Cheap check of an upload (header, keys, format) without loading tensors."""
-    keys = read_keys(path)
-    return CheckpointInfo(format=detect_format(keys), num_tensors=len(keys), sha256=file_sha256(path))
 
 
 def load_customized_t2i(components: dict, path: Path, unet_config_dir: Path) -> tuple[str, dict]:
