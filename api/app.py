@@ -10,8 +10,9 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.event_stream import EventStream
 from api.guard import RequestGuard
-from api.routes import customizations, generate, health, jobs, limits
+from api.routes import customizations, generate, health, job_events, jobs, limits
 from common.celery_config import make_celery
 from common.jobstore import JobStore
 from common.schemas import ErrorEnvelope
@@ -19,7 +20,7 @@ from common.settings import Settings, get_settings
 from common.storage import Storage
 
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
-ERROR_RESPONSES = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)}
+ERROR_RESPONSES = {code: {"model": ErrorEnvelope} for code in errors.ERROR_STATUSES}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = JobStore.from_settings(settings)
         app.state.storage = Storage(settings)
         app.state.celery = make_celery(settings)
+        app.state.events = EventStream(settings)
         if settings.s3_create_bucket:
             try:
                 app.state.storage.ensure_bucket()
@@ -39,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 pass
         yield
         app.state.store.redis.close()
+        await app.state.events.close()
 
     app = FastAPI(
         title="stillmoving",
@@ -50,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)
-    for module in (health, customizations, generate, jobs, limits):
+    for module in (health, customizations, generate, jobs, job_events, limits):
         app.include_router(module.router)
 
     @app.get("/ui", include_in_schema=False)
