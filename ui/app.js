@@ -31,7 +31,7 @@ function sendSet(body, inputs) {
 
 // The placeholders show the server's defaults, read from its OpenAPI schema (public, no key needed).
 fetch("/openapi.json").then((r) => r.json()).then((spec) => {
-  const config = spec.components.schemas.CustomizationConfig.properties;
+  const config = spec.paths["/customizations"].post.requestBody.content["multipart/form-data"].schema.properties.config.properties;
   $("num-images").placeholder = `default ${config.num_images.default}`;
   $("train-steps").placeholder = `default ${config.train_steps.default}`;
 }).catch(() => {});
