@@ -12,8 +12,9 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.event_stream import EventStream
 from api.guard import RequestGuard
-from api.routes import customizations, generate, health, jobs, limits
+from api.routes import customizations, generate, health, job_events, jobs, limits
 from common.celery_config import make_celery
 from common.jobstore import JobStore
 from common.schemas import ErrorEnvelope
@@ -22,8 +23,7 @@ from common.storage import Storage
 
 log = logging.getLogger("stillmoving.api")
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 404, 408, 409, 413, 415, 422, 429, 503)}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": ErrorEnvelope} for code in errors.ERROR_STATUSES}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = JobStore.from_settings(settings)
         app.state.storage = Storage(settings)
         app.state.celery = make_celery(settings)
+        app.state.events = EventStream(settings)
         if settings.s3_create_bucket:
             try:
                 app.state.storage.ensure_bucket()
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             "without it", settings.s3_bucket, type(exc).__name__, exc)
         yield
         app.state.store.redis.close()
+        await app.state.events.close()
 
     app = FastAPI(
         title="stillmoving",
@@ -55,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)
-    for module in (health, customizations, generate, jobs, limits):
+    for module in (health, customizations, generate, jobs, job_events, limits):
         app.include_router(module.router)
 
     @app.get("/ui", include_in_schema=False)

@@ -14,6 +14,7 @@ from celery import Celery
 from fastapi import Depends, Header, Request
 
 from api.auth import UNAUTHORIZED, owner_for
+from api.event_stream import EventStream
 from common.errors import NotFound, Unauthorized
 from common.jobstore import JobStore
 from common.schemas import CustomizationRecord, JobRecord
@@ -37,10 +38,15 @@ async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
+async def get_events(request: Request) -> EventStream:
+    return request.app.state.events
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+EventsDep = Annotated[EventStream, Depends(get_events)]
 
 
 async def authenticate(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> str:

@@ -17,6 +17,7 @@ from common.storage import STORAGE_ERRORS
 log = logging.getLogger("stillmoving.api")
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
               408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_argument"}
+ERROR_STATUSES = (400, 401, 404, 408, 409, 413, 415, 422, 429, 503)  # the statuses the API documents
 LOCATIONS = ("body", "query", "path", "header")  # where FastAPI found a value (not part of its field's name)
 
 

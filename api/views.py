@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.jobstore import JobStore
-from common.schemas import CustomizationRecord, CustomizationView, JobRecord, JobView
+from common.schemas import CustomizationRecord, CustomizationView, JobEvent, JobRecord, JobView
 from common.storage import Storage, customization_artifact_keys
 
 
@@ -13,8 +13,13 @@ def job_view(job: JobRecord, store: JobStore, storage: Storage) -> JobView:
         queue_position=store.queue_position(job.id) if job.status == "queued" else None,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, error=job.error,
         customization_id=job.customization_id, attempts=job.attempts, params=job.params,
+        eta_s=job.eta_s if job.status == "running" else None,
         result=_result(job, storage) if job.status == "succeeded" and job.result else None,
     )
+
+
+def log_view(store: JobStore, job_id: str) -> list[JobEvent]:
+    return [JobEvent.model_validate(event) for event in store.job_log(job_id)]
 
 
 def _result(job: JobRecord, storage: Storage) -> dict:
@@ -24,7 +29,8 @@ def _result(job: JobRecord, storage: Storage) -> dict:
         out["video_url"] = storage.presign(stored["video_key"])
         out["poster_url"] = storage.presign(stored["poster_key"])
         return out
-    return {"customization_id": stored.get("customization_id"), **_artifact_urls(stored, storage)}
+    return {"customization_id": stored.get("customization_id"), **_artifact_urls(stored, storage),
+            "metrics": stored.get("metrics")}
 
 
 def _artifact_urls(stored: dict, storage: Storage) -> dict:

@@ -7,12 +7,29 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "canceled")
+STATE = ("status", "stage", "progress", "queue_position", "eta_s")  # what status events update of a job
+
+
+def iter_sse(lines: Iterable[str]) -> Iterator[dict]:
+    """Server-Sent Events from a response's lines: ``{"id"?, "event"?, "data"? (JSON-decoded), "comment"?}``."""
+    current: dict = {}
+    for line in lines:
+        if not line:
+            if current:
+                yield current
+            current = {}
+        elif line.startswith(":"):
+            current["comment"] = line[1:].strip()
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            current[name] = json.loads(value) if name == "data" else value
 
 
 class ApiError(Exception):
@@ -100,8 +117,36 @@ class Client:
 
     def wait(self, job_id: str, on_update: Callable[[dict], None] | None = None, poll_s: float = 0.5,
              timeout_s: float | None = None) -> dict:
-        """Poll a job until it is terminal; returns its final record."""
+        """Follow a job until it is terminal, from its live status stream (polling if the stream fails);
+        returns its final record."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        job = self.job(job_id)
+        if job["status"] not in TERMINAL:
+            try:
+                self._follow(job, on_update or (lambda job: None), deadline)
+            except (httpx.HTTPError, ValueError, KeyError):  # the stream broke: polling from here
+                pass
+        return self._poll(job_id, on_update, poll_s, deadline)
+
+    def _follow(self, job: dict, on_update: Callable[[dict], None], deadline: float | None) -> None:
+        """Apply the job's status events (``GET /jobs/{id}/events``) to `job` until it ends or the stream does."""
+        with self._http.stream("GET", f"/jobs/{job['id']}/events") as response:
+            if not response.is_success:
+                return
+            for event in iter_sse(response.iter_lines()):
+                data = event.get("data")
+                if isinstance(data, dict) and data.get("type") != "log":
+                    job.update({k: data[k] for k in STATE if k in data})
+                    if data.get("status") and data["status"] != "queued":
+                        job["queue_position"] = None
+                    on_update(job)
+                    if job["status"] in TERMINAL:
+                        return
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+
+    def _poll(self, job_id: str, on_update: Callable[[dict], None] | None, poll_s: float,
+              deadline: float | None) -> dict:
         while True:
             job = self.job(job_id)
             if on_update is not None:
@@ -109,7 +154,7 @@ class Client:
             if job["status"] in TERMINAL:
                 return job
             if deadline is not None and time.monotonic() > deadline:
-                raise ApiError(0, "timeout", f"job {job_id} not finished after {timeout_s} s")
+                raise ApiError(0, "timeout", f"job {job_id} not finished in the time given")
             time.sleep(poll_s)
 
     def download(self, url: str, path: Path) -> Path:

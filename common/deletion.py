@@ -19,28 +19,26 @@ from __future__ import annotations
 import json
 import logging
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from common import storage as keys
 from common.errors import Conflict, NotFound, ServiceUnavailable
 from common.jobstore import RUNNING_KEY, JobStore
 from common.schemas import CustomizationRecord, JobRecord
-from common.storage import Storage
+from common.storage import STORAGE_ERRORS, Storage
 
 log = logging.getLogger("stillmoving.deletion")
 
-# KEYS: the job, the owner's job listing. ARGV: owner (JSON), job id.
+# KEYS: the job, the owner's job listing, its event log. ARGV: owner (JSON), job id.
 _DELETE_JOB = """
 local owner, status = unpack(redis.call('HMGET', KEYS[1], 'owner', 'status'))
 if owner ~= ARGV[1] then return 'missing' end
 if status == '"queued"' or status == '"running"' then return cjson.decode(status) end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[2])
 return 'deleted'
 """
 
 # KEYS: the customization, the owner's customization listing, the owner's queued jobs, the running jobs, its
-# training job, the owner's job listing, the checkpoint's references.
+# training job, the owner's job listing, the checkpoint's references, the training job's event log.
 # ARGV: owner (JSON), customization id, the same as JSON, its training job's id, the job key prefix.
 # Returns {outcome, the job that holds it}. A generation uses a customization of its own key, so the owner's
 # queued jobs and the running ones are every job that could.
@@ -58,7 +56,7 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('SREM', KEYS[7], ARGV[2])
 if redis.call('HGET', KEYS[5], 'customization_id') == ARGV[3] then
-  redis.call('DEL', KEYS[5])
+  redis.call('DEL', KEYS[5], KEYS[8])
   redis.call('ZREM', KEYS[6], ARGV[4])
 end
 return {'deleted', ''}
@@ -69,7 +67,8 @@ def delete_job(store: JobStore, storage: Storage, job: JobRecord) -> None:
     """Delete a finished job's record, then its video; `NotFound` when it is already gone, `Conflict` while it
     is queued or running (cancel it first)."""
     outcome = store.redis.register_script(_DELETE_JOB)(
-        keys=[store.job_key(job.id), store._owner_key(job.owner, "jobs")], args=[json.dumps(job.owner), job.id])
+        keys=[store.job_key(job.id), store._owner_key(job.owner, "jobs"), store.events_key(job.id)],
+        args=[json.dumps(job.owner), job.id])
     if outcome == "missing":
         raise NotFound(f"no job {job.id!r}", field="job_id")
     if outcome != "deleted":
@@ -84,7 +83,8 @@ def delete_customization(store: JobStore, storage: Storage, customization: Custo
     outcome, holder = store.redis.register_script(_DELETE_CUSTOMIZATION)(
         keys=[store.customization_key(cid), store._owner_key(owner, "customizations"),
               store._owner_key(owner, "queued"), RUNNING_KEY, store.job_key(customization.job_id),
-              store._owner_key(owner, "jobs"), store.checkpoint_refs_key(customization.checkpoint_sha256)],
+              store._owner_key(owner, "jobs"), store.checkpoint_refs_key(customization.checkpoint_sha256),
+              store.events_key(customization.job_id)],
         args=[json.dumps(owner), cid, json.dumps(cid), customization.job_id, store.job_key("")])
     if outcome == "missing":
         raise NotFound(f"no customization {cid!r}", field="customization_id")
@@ -99,5 +99,5 @@ def _delete_objects(storage: Storage, prefix: str) -> None:
     """Best effort: what storage keeps now (it is down), no record names any more, and the collector sweeps."""
     try:
         storage.delete_many(storage.list_keys(prefix))
-    except (BotoCoreError, ClientError, ServiceUnavailable) as exc:
+    except (*STORAGE_ERRORS, ServiceUnavailable) as exc:
         log.warning("could not delete %s now (%s); the collector will", prefix, type(exc).__name__)

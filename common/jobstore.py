@@ -3,6 +3,7 @@
 Layout (prefix ``sm:``)::
 
     sm:job:<id>                hash, one JSON-encoded value per `JobRecord` field
+    sm:job:<id>:events         stream of the job's events (`common.events`), the newest `max_events`; expires with it
     sm:cus:<id>                hash, one JSON-encoded value per `CustomizationRecord` field
     sm:owner:<o>:jobs          zset of job ids by creation time (newest-first listing)
     sm:owner:<o>:customizations zset of customization ids by creation time
@@ -36,6 +37,7 @@ from typing import Any, Iterable
 import redis
 from pydantic import BaseModel
 
+from common import events
 from common.errors import NotFound, ServiceUnavailable
 from common.schemas import TERMINAL, CustomizationRecord, ErrorInfo, JobRecord
 
@@ -54,6 +56,7 @@ if not ok then return 0 end
 if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[5] then return 0 end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+if ARGV[10] ~= '' then redis.call('XADD', KEYS[8], 'MAXLEN', ARGV[11], '*', 'event', ARGV[10]) end
 if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[7]) == 1 then
   for k, v in pairs(cjson.decode(ARGV[9])) do redis.call('HSET', KEYS[7], k, v) end
 end
@@ -74,7 +77,10 @@ elseif new ~= '' then
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
   redis.call('ZREM', KEYS[5], ARGV[3])
-  if tonumber(ARGV[8]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[8]) end
+  if tonumber(ARGV[8]) > 0 then
+    redis.call('EXPIRE', KEYS[1], ARGV[8])
+    redis.call('EXPIRE', KEYS[8], ARGV[8])
+  end
 end
 return 1
 """
@@ -85,6 +91,7 @@ if redis.call('HGET', KEYS[1], 'status') ~= '"running"' then return 0 end
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
 for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+if ARGV[5] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[6], '*', 'event', ARGV[5]) end
 return 1
 """
 
@@ -104,6 +111,7 @@ if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[6], ARGV[2], ARGV[5])
   redis.call('SADD', KEYS[9], ARGV[5])
 end
+redis.call('XADD', KEYS[11], 'MAXLEN', ARGV[10], '*', 'event', ARGV[9])
 return 1
 """
 
@@ -135,6 +143,12 @@ if tokens < 1 then return tostring((1 - tokens) / rate) end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - 1), 'at', tostring(clock))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
 return '0'
+"""
+# An event of a job that exists (a late write never makes a stream that would outlive its record).
+_ADD_EVENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '*', 'event', ARGV[1])
+return 1
 """
 RUNNING_KEY = PREFIX + "running"
 
@@ -189,8 +203,9 @@ def _decode(raw: dict[str, str]) -> dict[str, Any]:
 class JobStore:
     """Typed access to the records; every Redis connection error surfaces as `ServiceUnavailable`."""
 
-    def __init__(self, redis_url: str, retention_s: int = 0):
+    def __init__(self, redis_url: str, retention_s: int = 0, max_events: int = 1000):
         self.retention_s = retention_s  # a finished job's record expires after this (0 = kept)
+        self.max_events = max_events  # a job's event stream keeps its newest this many
         self.clock = time.time  # the rate limiter's clock; a test sets it to make refills exact
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=5,
                                           socket_timeout=10, health_check_interval=30)
@@ -199,11 +214,12 @@ class JobStore:
         self._create = self.redis.register_script(_CREATE)
         self._next_fair = self.redis.register_script(_NEXT_FAIR)
         self._take_token = self.redis.register_script(_TAKE_TOKEN)
+        self._add_event = self.redis.register_script(_ADD_EVENT)
 
     @classmethod
     def from_settings(cls, settings) -> "JobStore":
-        """The store a service process uses: the settings' Redis and record retention."""
-        return cls(settings.redis_url, settings.job_retention_s)
+        """The store a service process uses: the settings' Redis, record retention and event bound."""
+        return cls(settings.redis_url, settings.job_retention_s, settings.job_max_events)
 
     def ping(self) -> None:
         try:
@@ -215,6 +231,10 @@ class JobStore:
     @staticmethod
     def job_key(job_id: str) -> str:
         return f"{PREFIX}job:{job_id}"
+
+    @classmethod
+    def events_key(cls, job_id: str) -> str:
+        return cls.job_key(job_id) + ":events"
 
     @staticmethod
     def _owner_key(owner: str, what: str) -> str:
@@ -229,6 +249,11 @@ class JobStore:
         """The owner's queued jobs in `queue`; with no owner, the rotation of owners."""
         return f"{PREFIX}fair:{queue}:" + ("owners" if owner is None else f"owner:{owner}")
 
+    @classmethod
+    def queue_index_key(cls, queue: str, owner: str) -> str:
+        """The index whose rank is a queued job's position: its owner's queued jobs of its queue."""
+        return cls._fair_key(queue, owner)
+
     def take_token(self, owner: str, rate: float, burst: int) -> float:
         """Spend one of the owner's job-creation tokens: 0.0 when taken, else seconds until one is there."""
         return float(self._take_token(keys=[self._owner_key(owner, "rate")], args=[rate, burst, repr(self.clock())]))
@@ -240,15 +265,18 @@ class JobStore:
         customization a generation uses no longer exists."""
         cus_key = self.customization_key(customization.id) if customization else self.customization_key("-")
         uses = job.customization_id if customization is None else None  # a generation's customization
+        created_event = events.status_event({"status": job.status})
+        assert created_event is not None  # a status change always has its event
         created = self._create(
             keys=[self.job_key(job.id), self._owner_key(job.owner, "jobs"), self._queue_key(queue),
                   self._owner_key(job.owner, "queued"), cus_key, self._owner_key(job.owner, "customizations"),
                   self._fair_key(queue, job.owner), self._fair_key(queue),
                   self.checkpoint_refs_key(customization.checkpoint_sha256 if customization else "-"),
-                  self.customization_key(uses or "-")],
+                  self.customization_key(uses or "-"), self.events_key(job.id)],
             args=[limit, repr(time.time()), job.id, json.dumps({**_encode(job), "queue": json.dumps(queue)}),
                   customization.id if customization else "",
-                  json.dumps(_encode(customization)) if customization else "{}", job.owner, "1" if uses else ""])
+                  json.dumps(_encode(customization)) if customization else "{}", job.owner, "1" if uses else "",
+                  events.encode(created_event), self.max_events])
         if created == -1:
             raise NotFound(f"no customization {uses!r}", field="customization_id")
         return created == 1
@@ -290,10 +318,11 @@ class JobStore:
             self.redis.hset(self.job_key(job_id), mapping=_encode(fields))
 
     def transition(self, job_id: str, allowed_from: Iterable[str], attempt: int | None = None,
-                   customization: dict | None = None, **fields: Any) -> bool:
+                   customization: dict | None = None, note: str | None = None, **fields: Any) -> bool:
         """Atomically apply `fields` (incl. ``status``) if the job's status is in `allowed_from` (and, when
-        `attempt` is given, the job is still on that attempt). Keeps the queue and running indexes in step, and a
-        customize job's customization: its status follows the job's, with `customization`'s fields."""
+        `attempt` is given, the job is still on that attempt). Keeps the queue and running indexes in step, a
+        customize job's customization (its status follows the job's, with `customization`'s fields) and the job's
+        events (a status change or a cancel request is one, `note` says why)."""
         record = self.redis.hgetall(self.job_key(job_id))
         if not record:
             return False
@@ -302,10 +331,12 @@ class JobStore:
         mirror = _mirror(fields, customization or {}) if trains else {}
         result = self._transition(
             keys=[self.job_key(job_id), self._queue_key(queue), self._owner_key(owner, "queued"), RUNNING_KEY,
-                  self._fair_key(queue, owner), self._fair_key(queue), self.customization_key(trains or "-")],
+                  self._fair_key(queue, owner), self._fair_key(queue), self.customization_key(trains or "-"),
+                  self.events_key(job_id)],
             args=[json.dumps([json.dumps(s) for s in allowed_from]), json.dumps(_encode(fields)), job_id,
                   fields.get("status", ""), "" if attempt is None else json.dumps(attempt), repr(time.time()), owner,
-                  self.retention_s, json.dumps(_encode(mirror)) if mirror else ""])
+                  self.retention_s, json.dumps(_encode(mirror)) if mirror else "",
+                  events.encode(event) if (event := events.status_event(fields, note)) else "", self.max_events])
         return result == 1
 
     def finish(self, job_id: str, status: str, allowed_from: Iterable[str] = ("running",), attempt: int | None = None,
@@ -319,9 +350,10 @@ class JobStore:
             fields.update(progress=1.0, stage="done", result=result)
         return self.transition(job_id, allowed_from, attempt, customization, **fields)
 
-    def requeue(self, job_id: str, attempt: int) -> bool:
+    def requeue(self, job_id: str, attempt: int, note: str | None = None, **fields: Any) -> bool:
         """Put a running job (still on `attempt`) back in its queue, its customization back to queued."""
-        return self.transition(job_id, ["running"], attempt, status="queued", stage="requeued", worker=None)
+        return self.transition(job_id, ["running"], attempt, note=note, status="queued", stage="requeued",
+                               worker=None, **fields)
 
     def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a queued job at once (and its customization); ask a running one to stop between two steps.
@@ -330,14 +362,28 @@ class JobStore:
             self.request_cancel(job_id)
         return self.get_job(job_id)
 
-    def heartbeat(self, job_id: str, attempt: int, **fields: Any) -> bool:
-        """Mark attempt `attempt` of a running job alive (and set `fields`); False if the job is no longer
-        running on that attempt (canceled, finished, or re-queued after a missed heartbeat)."""
+    def heartbeat(self, job_id: str, attempt: int, event: dict | None = None, **fields: Any) -> bool:
+        """Mark attempt `attempt` of a running job alive (and set `fields`, add `event`); False if the job is no
+        longer running on that attempt (canceled, finished, or re-queued after a missed heartbeat)."""
         clock = time.time()
-        result = self._heartbeat(keys=[self.job_key(job_id), RUNNING_KEY],
+        result = self._heartbeat(keys=[self.job_key(job_id), RUNNING_KEY, self.events_key(job_id)],
                                  args=[json.dumps(attempt), json.dumps(_encode({"heartbeat_at": now(), **fields})),
-                                       repr(clock), job_id])
+                                       repr(clock), job_id, events.encode(event) if event else "", self.max_events])
         return result == 1
+
+    def add_event(self, job_id: str, event: dict) -> bool:
+        """Add `event` (`common.events`) to the job's stream; False (nothing written) once the job is gone."""
+        return self._add_event(keys=[self.job_key(job_id), self.events_key(job_id)],
+                               args=[events.encode(event), self.max_events]) == 1
+
+    def job_events(self, job_id: str, after: str | None = None, count: int | None = None) -> list[dict]:
+        """The job's events, oldest first, after the stream id `after` (all when None), `count` at most."""
+        start = "-" if after is None else f"({after}"
+        return [events.decode(i, f) for i, f in self.redis.xrange(self.events_key(job_id), start, "+", count=count)]
+
+    def job_log(self, job_id: str) -> list[dict]:
+        """The job's log: its events but progress ones (at most `max_events`)."""
+        return [e for e in self.job_events(job_id) if e["type"] in events.LOG_TYPES]
 
     def running(self) -> list[tuple[str, float]]:
         """(job id, last heartbeat epoch) of every running job, oldest heartbeat first."""

@@ -155,6 +155,8 @@ class JobRecord(BaseModel):
     cancel_requested: bool = False
     heartbeat_at: datetime | None = None
     worker: str | None = None  # "<host>:<pid>" of the attempt that holds a running job
+    eta_s: float | None = None  # seconds left, from this attempt's measured step rate (while running)
+    device_s: float = 0.0  # seconds earlier attempts held a worker (lost workers, until their last heartbeat)
 
 
 class CustomizationRecord(BaseModel):
@@ -181,6 +183,32 @@ class JobAccepted(BaseModel):
     customization_id: str | None = None
 
 
+class JobEvent(BaseModel):
+    """One event of a job (`common.events`): a line of its log, or a status update of its live stream."""
+
+    id: str = Field(description="the stream id: the SSE id a client resumes after (Last-Event-ID)")
+    time: datetime
+    type: Literal["status", "stage", "progress", "log"]
+    message: str | None = None
+    level: Literal["info", "warning"] | None = None
+    status: JobStatus | None = None
+    stage: str | None = None
+    progress: float | None = None
+    step: int | None = None
+    steps: int | None = None
+    eta_s: float | None = None
+    loss: float | None = None
+    attempt: int | None = None
+    worker: str | None = None
+    error: ErrorInfo | None = None
+
+
+class JobLog(BaseModel):
+    """``GET /jobs/{id}/logs``: stage changes, status changes (the worker, retries), loss lines, warnings."""
+
+    items: list[JobEvent]
+
+
 class JobView(BaseModel):
     """``GET /jobs/{id}``."""
 
@@ -196,8 +224,11 @@ class JobView(BaseModel):
     error: ErrorInfo | None
     customization_id: str | None = None
     attempts: int = Field(0, description="runs so far (more than 1 after a worker was lost)")
+    eta_s: float | None = Field(None, description="seconds left, from this job's measured step rate; only while "
+                                                  "running")
     params: dict[str, Any]
     result: dict[str, Any] | None
+    logs: list[JobEvent] | None = Field(None, description="the job's log, with ?logs=true")
 
 
 class JobList(BaseModel):

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     customization_cache_size: int = Field(4, ge=1)
     wait_poll_s: float = Field(5.0, gt=0, description="how often a generation re-checks a customization in training")
     progress_interval_s: float = Field(0.5, ge=0)
+    log_loss_every: int = Field(10, ge=1, description="training steps between two loss lines of a job's log")
+    job_max_events: int = Field(1000, ge=10, description="events a job's stream (its log, live status) keeps")
+    events_poll_s: float = Field(0.5, gt=0, description="how often a live status stream reads new events")
+    events_keepalive_s: float = Field(10.0, gt=0, description="seconds between an idle live status stream's comments")
 
     # Fault tolerance
     heartbeat_interval_s: float = Field(10.0, gt=0, description="how often a running job's worker writes heartbeat_at")

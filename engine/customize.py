@@ -73,6 +73,7 @@ def customize(
     should_cancel=None,
     state_dir: Path | None = None,
     on_checkpoint=None,
+    on_loss=None,
 ) -> dict:
     """Run a Still-Moving customization and write its artifact directory; return the manifest.
 
@@ -85,8 +86,9 @@ def customize(
         progress: ``progress(stage, step, total)``; should_cancel: polled between steps.
         state_dir: resume state of spatial training, saved every ``train.checkpoint_every`` steps.
         on_checkpoint: called with ``state_dir`` after each save (e.g. to upload it).
+        on_loss: ``on_loss(stage, step, total, loss)`` after each training step (Motion and Spatial Adapters).
     """
-    reporter = Reporter(progress, should_cancel)
+    reporter = Reporter(progress, should_cancel, on_loss)
     size = validate_train_spec(base, train)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

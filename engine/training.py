@@ -128,6 +128,7 @@ def train_adapter(
             save_state(state_dir, unet, name, optimizer, done, result.losses)
             if on_checkpoint is not None:
                 on_checkpoint(state_dir)
+        reporter.loss(stage, done, steps, result.losses[-1])
         reporter.step(stage, done, steps)
     unet.eval()
     adapters.trainable_only(unet, "__none__")

@@ -31,7 +31,7 @@ function sendSet(body, inputs) {
 
 // The placeholders show the server's defaults, read from its OpenAPI schema (public, no key needed).
 fetch("/openapi.json").then((r) => r.json()).then((spec) => {
-  const config = spec.components.schemas.CustomizationConfig.properties;
+  const config = spec.paths["/customizations"].post.requestBody.content["multipart/form-data"].schema.properties.config.properties;
   $("num-images").placeholder = `default ${config.num_images.default}`;
   $("train-steps").placeholder = `default ${config.train_steps.default}`;
 }).catch(() => {});
@@ -96,6 +96,38 @@ async function refresh() {
 function watch(jobId, label) {
   watched.set(jobId, { label });
   renderJob(jobId, { status: "queued", progress: 0, stage: null });
+  follow(jobId);
+}
+
+// The job's live status stream (GET /jobs/{id}/events; fetch, since EventSource cannot send the key), then one
+// poll for the final record; polling throughout when the stream fails.
+async function follow(jobId) {
+  const job = { status: "queued", progress: 0, stage: null };
+  try {
+    const response = await fetch(`/jobs/${jobId}/events`, { headers: { Authorization: `Bearer ${keyInput.value}` } });
+    if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const lines = buffer.slice(0, end).split("\n");
+        buffer = buffer.slice(end + 2);
+        const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
+        if (!data) continue; // a keep-alive comment
+        const event = JSON.parse(data);
+        if (event.type === "log") continue;
+        for (const key of ["status", "stage", "progress", "queue_position", "eta_s"]) {
+          if (key in event) job[key] = event[key];
+        }
+        if (event.status && event.status !== "queued") job.queue_position = null;
+        renderJob(jobId, job);
+      }
+    }
+  } catch (e) { /* polling from here */ }
   poll(jobId);
 }
 
@@ -113,7 +145,8 @@ function renderJob(jobId, job) {
   row.querySelector(".label").textContent = watched.get(jobId).label;
   row.querySelector("progress").value = job.progress || 0;
   const status = row.querySelector(".status");
-  status.textContent = `${job.status}${job.stage ? ` · ${job.stage}` : ""}${job.queue_position ? ` · #${job.queue_position} in queue` : ""}`;
+  const eta = job.status === "running" && job.eta_s != null ? ` · ~${Math.ceil(job.eta_s)} s left` : "";
+  status.textContent = `${job.status}${job.stage ? ` · ${job.stage}` : ""}${job.queue_position ? ` · #${job.queue_position} in queue` : ""}${eta}`;
   status.className = `status status-${job.status}`;
   row.querySelector(".cancel").hidden = ["succeeded", "failed", "canceled"].includes(job.status);
   if (job.status === "failed" && job.error) say(`Job failed: ${job.error.message}`);

@@ -1,14 +1,17 @@
-"""Engine callbacks bound to a job record: progress (throttled writes), cancel flag, heartbeat."""
+"""Engine callbacks bound to a job record: progress (throttled writes, with `eta_s` and the job's events),
+training loss lines, cancel flag, heartbeat, and the timings of the job's `metrics`."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from datetime import datetime
 
 import redis
 
-from common.jobstore import JobStore
+from common import events
+from common.jobstore import JobStore, now
 
 log = logging.getLogger("stillmoving.worker")
 
@@ -22,55 +25,127 @@ STAGE_SPANS = {
 
 
 class JobProgress:
-    """``progress(stage, step, total)`` and ``should_cancel()`` for the engine, writing to Redis.
+    """``progress(stage, step, total)``, ``loss(...)`` and ``should_cancel()`` for the engine, writing to Redis.
 
     Writes go through `JobStore.heartbeat` for this job's `attempt`: once the job is no longer ours
     (re-queued by the reaper, canceled, finished elsewhere) writes stop and `should_cancel` says True.
     While Redis is unreachable the job goes on: writes are skipped and a cancel cannot be seen.
+
+    `eta_s` is the current stage's remaining steps at the step rate measured in it, plus the progress left
+    after the stage at the rate this attempt has made progress so far.
     """
 
-    def __init__(self, store: JobStore, job_id: str, kind: str, interval_s: float, attempt: int):
+    def __init__(self, store: JobStore, job_id: str, kind: str, interval_s: float, attempt: int,
+                 loss_every: int = 10, started_at: datetime | None = None):
         self.store, self.job_id, self.interval_s, self.attempt = store, job_id, interval_s, attempt
+        self.loss_every = loss_every
         self.spans = STAGE_SPANS[kind]
         self.value = 0.0
         self.stage: str | None = None
         self.lost = False
         self.unreachable = False
+        self._down_since = 0.0
         self._last_write = 0.0
+        self.started_at = started_at or now()
+        self._start = time.monotonic()
+        self._stage_start = self._start
+        self._stage_mark: tuple[float, int] | None = None  # (clock, step) of the stage's first report
+        self._event_value = -1.0  # progress at the last progress event
+        self.stage_s: dict[str, float] = {}  # seconds spent in each stage so far
+
+    def _stage_times(self, clock: float) -> dict[str, float]:
+        """Seconds in each stage so far, the current one's until `clock` included."""
+        times = dict(self.stage_s)
+        if self.stage is not None:
+            times[self.stage] = times.get(self.stage, 0.0) + clock - self._stage_start
+        return times
+
+    def _enter(self, stage: str) -> dict:
+        """Close the current stage's time; the event that the job entered `stage`."""
+        clock = time.monotonic()
+        self.stage_s = self._stage_times(clock)
+        self.stage, self._stage_start, self._stage_mark = stage, clock, None
+        return {"type": "stage", "stage": stage, "message": f"stage {stage}"}
+
+    def eta(self, stage: str, step: int, total: int) -> float | None:
+        """Seconds left (None until a rate is measured)."""
+        clock = time.monotonic()
+        if self._stage_mark is None:
+            self._stage_mark = (clock, step)
+        mark_clock, mark_step = self._stage_mark
+        rate = (self.value / (clock - self._start)) if clock > self._start and self.value > 0 else 0.0
+        if step > mark_step and clock > mark_clock:
+            left = (total - step) * (clock - mark_clock) / (step - mark_step)
+            after = 1.0 - self.spans.get(stage, (self.value, self.value))[1]
+            return round(left + (after / rate if rate else 0.0), 1)
+        return round((1.0 - self.value) / rate, 1) if rate else None
 
     def _redis_down(self, what: str, exc: Exception) -> None:
         if not self.unreachable:
             log.warning("job %s: %s failed (%s); going on while Redis is unreachable", self.job_id, what,
                         type(exc).__name__)
+            self._down_since = time.monotonic()
         self.unreachable = True
 
-    def _write(self, **fields) -> None:
+    def _write(self, event: dict | None = None, **fields) -> None:
         if self.lost:
             return
         try:
-            ours = self.store.heartbeat(self.job_id, self.attempt, **fields)
+            ours = self.store.heartbeat(self.job_id, self.attempt, event, **fields)
         except redis.RedisError as exc:
             self._redis_down("heartbeat", exc)
             return
-        self.unreachable = False
+        if self.unreachable:
+            self.unreachable = False
+            self.log(f"Redis was unreachable for {time.monotonic() - self._down_since:.0f} s: progress and "
+                     f"heartbeats of that time were not recorded", "warning")
         if not ours:
             self.lost = True
             log.warning("job %s attempt %d: no longer ours, stopping", self.job_id, self.attempt)
+            self.log(f"attempt {self.attempt} no longer holds the job (its lease ended); it stops", "warning")
 
     def progress(self, stage: str, step: int, total: int) -> None:
         low, high = self.spans.get(stage, (self.value, self.value))
         self.value = max(self.value, min(1.0, low + (high - low) * step / max(total, 1)))
-        changed = stage != self.stage
-        self.stage = stage
+        event = self._enter(stage) if stage != self.stage else None
+        eta = self.eta(stage, step, total)
         clock = time.monotonic()
-        if changed or step >= total or clock - self._last_write >= self.interval_s:
+        if event or step >= total or clock - self._last_write >= self.interval_s:
             self._last_write = clock
-            self._write(stage=stage, progress=round(self.value, 4), step=step, steps=total)
+            state = {"stage": stage, "progress": round(self.value, 4), "step": step, "steps": total, "eta_s": eta}
+            if event is None and (step >= total or self.value - self._event_value >= events.PROGRESS_EVENT_STEP):
+                event = {"type": "progress"}
+            if event is not None:
+                event.update(state)
+                self._event_value = self.value
+            self._write(event, **state)
             log.info("job %s %s %d/%d (%.0f%%)", self.job_id, stage, step, total, 100 * self.value)
 
     def set_stage(self, stage: str) -> None:
-        self.stage = stage
-        self._write(stage=stage, step=None, steps=None)
+        event = self._enter(stage)
+        self._write({**event, "progress": round(self.value, 4)}, stage=stage, step=None, steps=None)
+
+    def loss(self, stage: str, step: int, total: int, value: float) -> None:
+        """A log line with the training loss every `loss_every` steps and at the last one."""
+        if step % self.loss_every == 0 or step >= total:
+            self.log(f"{stage} step {step}/{total}: loss {value:.4g}", stage=stage, step=step, steps=total,
+                     loss=round(value, 6))
+
+    def log(self, message: str, level: str = "info", **fields) -> None:
+        """A line in the job's log (skipped while Redis is unreachable)."""
+        try:
+            self.store.add_event(self.job_id, events.log_event(message, level, **fields))
+        except redis.RedisError as exc:
+            self._redis_down("log", exc)
+
+    def metrics(self, created_at: datetime, device_s: float = 0.0) -> dict:
+        """Timings of the job, this attempt's: queue time (to this start), run time, seconds per stage, and
+        device seconds (this attempt's run plus `device_s` of earlier ones)."""
+        clock = time.monotonic()
+        run_s = clock - self._start
+        return {"queue_s": round((self.started_at - created_at).total_seconds(), 3), "run_s": round(run_s, 3),
+                "stages": {k: round(v, 3) for k, v in self._stage_times(clock).items()},
+                "device_s": round(device_s + run_s, 3)}
 
     def should_cancel(self) -> bool:
         if self.lost:

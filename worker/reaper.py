@@ -78,14 +78,17 @@ class Reaper:
         return "canceled"
 
     def _requeue(self, job: JobRecord) -> str | None:
-        if not self.store.requeue(job.id, job.attempts):
+        held = (job.heartbeat_at - job.started_at).total_seconds() if job.heartbeat_at and job.started_at else 0.0
+        note = f"no heartbeat from attempt {job.attempts}'s worker {job.worker} for {self.settings.heartbeat_timeout_s:g} s"
+        if not self.store.requeue(job.id, job.attempts, note, device_s=round(job.device_s + max(held, 0.0), 3)):
             return None
         queue = self.store.job_queue(job.id) or self.settings.queue_for(job.kind)
         try:
             self.celery.send_task(TASK_FOR_KIND[job.kind], args=[job.id], queue=queue,
                                   task_id=f"{job.id}.retry{job.attempts}")
         except Exception:  # broker down: back to a dead running job (customization training); next pass retries
-            self.store.transition(job.id, ["queued"], attempt=job.attempts, status="running", stage="lost")
+            self.store.transition(job.id, ["queued"], attempt=job.attempts, note="its re-queue could not be sent",
+                                  status="running", stage="lost")
             raise
         log.warning("job %s: no heartbeat since attempt %d's worker went quiet; re-queued", job.id, job.attempts)
         return "requeued"

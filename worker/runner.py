@@ -153,14 +153,15 @@ class Runner:
     def start(self, job: JobRecord) -> JobProgress:
         """Take the job (queued → running, next attempt; a customization is then training); `NotQueued` when
         another worker has it or it ended."""
-        attempt = job.attempts + 1
-        if not self.store.transition(job.id, ["queued"], attempt=job.attempts, status="running", started_at=now(),
+        attempt, started_at = job.attempts + 1, now()
+        if not self.store.transition(job.id, ["queued"], attempt=job.attempts, status="running", started_at=started_at,
                                      stage="starting", attempts=attempt, heartbeat_at=now(),
                                      worker=f"{socket.gethostname()}:{os.getpid()}"):
             log.info("job %s: not queued any more, skipped", job.id)
             raise NotQueued(job.id)
         job.status, job.attempts = "running", attempt
-        return JobProgress(self.store, job.id, job.kind, self.settings.progress_interval_s, attempt)
+        return JobProgress(self.store, job.id, job.kind, self.settings.progress_interval_s, attempt,
+                           self.settings.log_loss_every, started_at)
 
     def heartbeat(self, progress: JobProgress) -> Heartbeat:
         return Heartbeat(progress, self.settings.heartbeat_interval_s)
@@ -252,9 +253,11 @@ class Runner:
         resume_step = train_state.fetch(self.storage, customization_id, state_dir)
         if resume_step:
             log.info("job %s attempt %d resumes training from step %d", job.id, job.attempts, resume_step)
+            reporter.log(f"attempt {job.attempts} resumes training from step {resume_step} (a stored state)")
         manifest = engine.customize(base, checkpoint, train, out_dir, motion_root, progress=reporter.progress,
                                     should_cancel=reporter.should_cancel, state_dir=state_dir,
-                                    on_checkpoint=lambda d: train_state.save(self.storage, customization_id, d))
+                                    on_checkpoint=lambda d: train_state.save(self.storage, customization_id, d),
+                                    on_loss=reporter.loss)
         reporter.set_stage("upload")
         if manifest.get("motion_adapter", {}).get("trained_now"):
             self.upload_dir(motion_root / motion_key, keys.motion_adapter_prefix(motion_key),
@@ -262,7 +265,8 @@ class Runner:
         self.upload_dir(out_dir, keys.customization_prefix(customization_id), last=engine.MANIFEST_FILE)
         train_state.drop(self.storage, customization_id)
         result = {"customization_id": customization_id,
-                  **keys.customization_artifact_keys(customization_id, manifest)}
+                  **keys.customization_artifact_keys(customization_id, manifest),
+                  "metrics": reporter.metrics(job.created_at, job.device_s)}
         self.finish(job, "succeeded", result=result, customization={"manifest": manifest})
 
     # ---- generate ---------------------------------------------------------------------------------
@@ -278,7 +282,11 @@ class Runner:
                 why = f": {record.error.message}" if record.error else ""
                 raise CustomizationFailed(f"customization {job.customization_id!r} {record.status}{why}")
             if record.status != "ready":
-                self.store.update_job(job.id, stage="waiting_for_customization")
+                if job.stage != "waiting_for_customization":
+                    self.store.update_job(job.id, stage="waiting_for_customization")
+                    self.store.add_event(job.id, {"type": "stage", "stage": "waiting_for_customization",
+                                                  "message": f"waiting for customization {job.customization_id} "
+                                                             f"({record.status})"})
                 raise WaitForCustomization(job.customization_id)
         reporter = self.start(job)
         with self.heartbeat(reporter):
@@ -303,7 +311,8 @@ class Runner:
         self.storage.put_file(Path(out["poster"]), poster_key, "image/png")
         result = {"video_key": video_key, "poster_key": poster_key,
                   **{k: out[k] for k in ("seed", "num_frames", "height", "width", "fps", "format", "scheduler",
-                                         "motion_adapter_scale", "timings") if k in out}, "method": out.get("method", params["method"])}
+                                         "motion_adapter_scale", "timings") if k in out}, "method": out.get("method", params["method"]),
+                  "metrics": reporter.metrics(job.created_at, job.device_s)}
         self.finish(job, "succeeded", result=result)
 
 

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import OwnedJob, OwnerDep, StorageDep, StoreDep
 from api.routes.customizations import Limit, parse_cursor
-from api.views import job_view
+from api.views import job_view, log_view
 from common.deletion import delete_job
 from common.errors import Conflict, NotFound
 from common.jobstore import encode_cursor
@@ -24,8 +24,11 @@ def list_jobs(owner: OwnerDep, store: StoreDep, storage: StorageDep, limit: Limi
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, summary="A job: status, stage, progress, result")
-def get_job(job: OwnedJob, store: StoreDep, storage: StorageDep):
-    return job_view(job, store, storage)
+def get_job(job: OwnedJob, store: StoreDep, storage: StorageDep, logs: bool = False):
+    view = job_view(job, store, storage)
+    if logs:  # the same as GET /jobs/{id}/logs
+        view.logs = log_view(store, job.id)
+    return view
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobView, summary="Cancel a queued or running job",

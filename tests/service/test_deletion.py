@@ -92,12 +92,14 @@ def test_delete_job_refused_while_queued_or_running_then_removes_its_record_and_
     assert_error(api.delete(f"/jobs/{job_id}", headers=B), 404, "not_found", "job_id")  # another key's
 
     before = set(storage.list_keys(""))
+    assert store.redis.exists(store.events_key(job_id))
     response = api.delete(f"/jobs/{job_id}", headers=A)
     assert response.status_code == 204 and response.content == b""
     assert before - set(storage.list_keys("")) == set(video) and set(kept) <= set(storage.list_keys(""))
     assert_error(api.get(f"/jobs/{job_id}", headers=A), 404, "not_found")
     assert [j["id"] for j in api.get("/jobs", headers=A).json()["items"]] == [other]
     assert store.redis.zscore(store._owner_key(store.get_job(other).owner, "jobs"), job_id) is None
+    assert not store.redis.exists(store.events_key(job_id))  # its log went with it
     assert_error(api.delete(f"/jobs/{job_id}", headers=A), 404, "not_found")  # already gone
 
     canceled = generate(api, A)
@@ -135,6 +137,7 @@ def test_delete_customization_refused_while_it_trains_or_a_generation_uses_it_th
     assert_error(api.get(path, headers=A), 404, "not_found")
     assert api.get("/customizations", headers=A).json()["items"] == []
     assert_error(api.get(f"/jobs/{train_job}", headers=A), 404, "not_found")  # its training job's record
+    assert not store.redis.exists(store.events_key(train_job))  # and log
     assert api.get(f"/jobs/{generation}", headers=A).json()["result"]["video_url"]  # the video's own record stays
     assert cid not in store.redis.smembers(store.checkpoint_refs_key(sha))
     assert_error(api.post("/generate", headers=A, json={**GEN, "customization_id": cid}), 404, "not_found",

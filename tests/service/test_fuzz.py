@@ -37,7 +37,8 @@ AUTH = {"authorization": f"Bearer {FUZZ_KEY}"}
 CASES = {"GET /healthz": 1, "GET /readyz": 1, "POST /customizations": 200, "GET /customizations": 100,
          "GET /customizations/{customization_id}": 60, "POST /generate": 300, "GET /jobs": 100,
          "GET /jobs/{job_id}": 60, "POST /jobs/{job_id}/cancel": 60, "DELETE /jobs/{job_id}": 60,
-         "DELETE /customizations/{customization_id}": 60, "GET /limits": 1}
+         "DELETE /customizations/{customization_id}": 60, "GET /limits": 1,
+         "GET /jobs/{job_id}/logs": 30, "GET /jobs/{job_id}/events": 30}
 UPLOAD_CASES = 500
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])

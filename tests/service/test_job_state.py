@@ -167,6 +167,12 @@ def test_the_reapers_requeue_and_give_up_move_the_customization_too(settings, ow
     customization = store.get_customization(job.customization_id)
     assert states(store, job) == ("failed", "failed") and customization.error.code == "worker_lost"
     assert customization.finished_at == store.get_job(job.id).finished_at
+    statuses = [(e["status"], e.get("stage")) for e in store.job_log(job.id) if e["type"] == "status"]
+    assert statuses == [("queued", None), ("running", None), ("queued", "requeued"), ("running", "lost"),
+                        ("queued", "requeued"), ("running", None), ("failed", None)]
+    log = [e["message"] for e in store.job_log(job.id) if e["type"] == "status"]  # the retries, and why
+    assert "no heartbeat from attempt 1" in log[2] and "re-queue could not be sent" in log[3], log
+    assert log[6].startswith("failed: worker_lost: ") and "on each of 2 attempts" in log[6], log
 
 
 def test_a_customization_whose_task_could_not_be_sent_fails_with_its_job(settings, store, queue):

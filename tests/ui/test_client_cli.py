@@ -81,3 +81,39 @@ def test_customize_sends_only_what_the_user_set():
     full = build_parser().parse_args(["customize", "ck.safetensors", "--prompt", "a", "--num-images", "3",
                                       "--train-steps", "7", "--seed", "0"])
     assert customize_config(full) == {"prompts": ["a"], "num_images": 3, "train_steps": 7, "seed": 0}
+
+
+def follow_a_video(api_url, stream_up: bool) -> tuple[list, list, dict, str]:
+    """A small generation waited for by `Client.wait`: (request paths, updates, final record, job id); the
+    stream refused (a transport error) unless `stream_up`."""
+    import httpx
+
+    from client.http import Client
+
+    client, paths, updates = Client(url=api_url, api_key=KEY_A), [], []
+
+    def record(request):
+        paths.append(request.url.path)
+        if not stream_up and request.url.path.endswith("/events"):
+            raise httpx.ConnectError("refused", request=request)
+
+    client._http.event_hooks["request"].append(record)
+    job_id = client.generate({"prompt": "followed", "num_frames": 4, "height": 32, "width": 32, "steps": 4,
+                              "format": "gif"})["job_id"]
+    final = client.wait(job_id, on_update=lambda job: updates.append((job["status"], job.get("stage"))),
+                        poll_s=0.05, timeout_s=120)
+    return paths, updates, final, job_id
+
+
+def test_the_client_follows_the_live_status_stream_and_polls_when_it_fails(api_url):
+    """`Client.wait` (the CLI's progress bars) reads GET /jobs/{id}/events: one GET of the job before and one
+    after; with the stream refused it polls instead, to the same end."""
+    paths, updates, final, job_id = follow_a_video(api_url, stream_up=True)
+    assert final["status"] == "succeeded" and final["result"]["video_url"], final
+    assert paths == ["/generate", f"/jobs/{job_id}", f"/jobs/{job_id}/events", f"/jobs/{job_id}"], paths
+    assert ("running", "denoise") in updates and updates[-1] == ("succeeded", "done"), updates
+
+    paths, updates, final, job_id = follow_a_video(api_url, stream_up=False)
+    assert final["status"] == "succeeded", final
+    assert paths.count(f"/jobs/{job_id}/events") == 1 and paths.count(f"/jobs/{job_id}") > 2, paths
+    assert updates[-1] == ("succeeded", "done"), updates

@@ -34,6 +34,9 @@ def page(api_url):
 def test_upload_train_generate_and_play_in_the_browser(page, checkpoints, tmp_path):
     from common.schemas import CustomizationConfig
 
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+
     default = CustomizationConfig.model_fields["train_steps"].default  # shown, not sent: the server fills it
     page.wait_for_function(f"document.querySelector('#train-steps').placeholder === 'default {default}'")
     page.set_input_files("#checkpoint", str(checkpoints["unet"]))
@@ -44,6 +47,9 @@ def test_upload_train_generate_and_play_in_the_browser(page, checkpoints, tmp_pa
     page.click("#customize-button")
     page.wait_for_selector(".job .status-succeeded, .job .status-failed, .job .status-canceled", timeout=120_000)
     assert "succeeded" in page.inner_text(".job .status"), page.inner_text("#jobs")
+    followed = [url for url in requested if url.endswith("/events")]  # the live status stream, not polling:
+    assert len(followed) == 1, requested
+    assert requested.count(followed[0].removesuffix("/events")) <= 1, requested  # one GET, for the final record
     page.wait_for_selector("li.customization:has-text('from the browser') img", timeout=30_000)
     option = page.locator("#customization-select option", has_text="from the browser")
     page.select_option("#customization-select", option.get_attribute("value"))
