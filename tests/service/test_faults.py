@@ -19,9 +19,10 @@ from api.app import create_app
 from common.celery_config import make_celery
 from common.jobstore import JobStore, now
 from common.schemas import JobRecord
-from tests.conftest import KEY_A, free_port, wait_until
+from scripts.processes import free_port, in_group, kill_group, start_moto, start_redis, stop_group, wait_until
+from tests.conftest import KEY_A
 from tests.service.helpers import TERMINAL, TINY_CONFIG, upload, wait_job
-from tests.service.processes import Moto, StorageProxy, in_group, kill_group, start_redis, start_worker, stop_group
+from tests.service.processes import Moto, StorageProxy, start_worker
 
 A = {"Authorization": f"Bearer {KEY_A}"}
 # No Motion Adapter: its one-off training would dominate these tests' time; the spatial training is what resumes.
@@ -36,7 +37,7 @@ QUICK_VIDEO = {"prompt": "x", "num_frames": 2, "height": 32, "width": 32, "steps
 def own_redis(tmp_path):
     port, data = free_port(), tmp_path / "redis"
     data.mkdir()
-    proc = start_redis(port, data)
+    proc = start_redis(port, data, appendonly=True)
     yield f"redis://127.0.0.1:{port}/0"
     stop_group(proc)
 
@@ -312,8 +313,6 @@ def test_redis_restart_503_then_recovers_and_queued_jobs_survive(settings, tmp_p
 
 
 def test_storage_down_upload_is_503_and_nothing_is_queued(settings, checkpoints, tmp_path):
-    from tests.service.processes import start_moto
-
     port = free_port()
     moto = start_moto(port, tmp_path / "moto.log")
     conf = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{port}", "train_queue": "outage-train"})

@@ -10,9 +10,9 @@ import subprocess
 import httpx
 import pytest
 
-from tests.conftest import PYTHON, ROOT
+from scripts.processes import PYTHON, ROOT, stop_group
 from tests.service.helpers import upload, wait_job
-from tests.service.processes import start_worker, stop_group
+from tests.service.processes import start_worker
 
 pytestmark = pytest.mark.slow
 
