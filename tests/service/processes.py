@@ -1,6 +1,6 @@
 """The service tests' processes, started by the shared helpers (`scripts.processes`) from a test's settings:
-Celery workers (the real one, or the engine stand-in of `tests.service.engine_standin`) and the API under
-uvicorn; a moto S3 server a test kills, freezes and restarts; a storage proxy that fails chosen requests.
+Celery workers (the real one, or one with the engine stand-in of `tests.service.engine_standin`) and the API
+under uvicorn; a moto S3 server a test kills, freezes and restarts; a storage proxy that fails chosen requests.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import threading
 from pathlib import Path
 
 from scripts import processes
-from scripts.processes import CELERY, kill_group, start_moto, stop_group
+from scripts.processes import CELERY, await_ready, kill_group, start_moto, stop_group
+from tests.service import engine_standin
 
 
 def worker_env(settings, **extra: str) -> dict[str, str]:
@@ -25,6 +26,22 @@ def start_worker(settings, log_path: Path, name: str, entry=CELERY, **extra_env:
     """A real Celery worker (prefork, one pool process) for both queues of `settings`."""
     return processes.start_worker(worker_env(settings, **extra_env), log_path, name,
                                   f"{settings.train_queue},{settings.generate_queue}", entry)
+
+
+def start_standin(settings, tmp_path: Path, name: str):
+    """A real worker with the engine stand-in, its engine loaded, logging to ``tmp_path/<name>.log``; its
+    gates (`open_gate`) are in ``tmp_path/gates``."""
+    (tmp_path / "gates").mkdir(exist_ok=True)
+    proc = start_worker(settings, tmp_path / f"{name}.log", name, engine_standin.ENTRY,
+                        **{engine_standin.GATES_ENV: str(tmp_path / "gates")})
+    await_ready(proc, lambda: engine_standin.LOADED in proc.log_path.read_text(), 120,
+                f"worker {name} to load the engine", proc.log_path)
+    return proc
+
+
+def open_gate(tmp_path: Path, name: str = "go") -> None:
+    """Let the stand-in's jobs held on gate `name` go on (``@gate=NAME``)."""
+    (tmp_path / "gates" / name).touch()
 
 
 def start_api(settings, log_path: Path):
