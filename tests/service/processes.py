@@ -22,10 +22,16 @@ def worker_env(settings, **extra: str) -> dict[str, str]:
     return {"OMP_NUM_THREADS": "1", **processes.service_env({**settings.to_env(), **extra})}
 
 
+def launch_worker(settings, log_path: Path, name: str, entry=CELERY, **extra_env: str):
+    """A real Celery worker (prefork, one pool process) for both queues of `settings`, not yet ready
+    (`scripts.processes.await_worker`)."""
+    return processes.launch_worker(worker_env(settings, **extra_env), log_path, name,
+                                   f"{settings.train_queue},{settings.generate_queue}", entry)
+
+
 def start_worker(settings, log_path: Path, name: str, entry=CELERY, **extra_env: str):
-    """A real Celery worker (prefork, one pool process) for both queues of `settings`."""
-    return processes.start_worker(worker_env(settings, **extra_env), log_path, name,
-                                  f"{settings.train_queue},{settings.generate_queue}", entry)
+    """`launch_worker`, ready."""
+    return processes.await_worker(launch_worker(settings, log_path, name, entry, **extra_env), log_path)
 
 
 def start_standin(settings, tmp_path: Path, name: str):
