@@ -27,8 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.harness import report
-from tests.conftest import free_port
-from tests.service.processes import start_moto, start_redis, stop_group
+from scripts.processes import free_port, start_moto, start_redis, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"

@@ -2,7 +2,7 @@
 
 The real stack, each in its own process on free loopback ports: redis-server, moto's S3 server, the API
 under uvicorn (``python -m api``) and, for the pickup phase, a Celery worker (prefork, one pool process),
-started by the helpers the service tests use (`tests/service/processes.py`).
+started by the helpers the service tests and the local stack use (`scripts/processes.py`).
 
 Latency: `--clients` (50) concurrent clients, each its own `httpx.AsyncClient` on a kept-alive connection,
 for ``POST /generate``, ``GET /jobs/{id}`` (a queued job: what a polling client reads) and the reference
@@ -40,8 +40,8 @@ import httpx
 
 from bench.harness import quiet, report
 from common.settings import Settings
-from tests.conftest import free_port
-from tests.service.processes import start_api, start_moto, start_redis, start_worker, stop_group
+from scripts.processes import free_port, start_moto, start_redis, stop_group
+from tests.service.processes import start_api, start_worker
 
 TARGET_P99_MS = 25.0
 TARGET_PICKUP_P50_MS = 50.0

@@ -1,99 +1,59 @@
-"""Processes the fault tests (and bench.api_latency) own and kill for real: a redis-server, a moto S3 server,
-Celery workers, the API under uvicorn.
-
-Each is started in its own session, so SIGKILL of the process group takes the Celery parent and its
-pool children down together, as when a worker's machine or container dies. SIGSTOP freezes a server
-(it accepts connections and never answers, as a hung storage does); SIGCONT lets it go on.
+"""The service tests' processes, started by the shared helpers (`scripts.processes`) from a test's settings:
+Celery workers (the real one, or one with the engine stand-in of `tests.service.engine_standin`) and the API
+under uvicorn; a moto S3 server a test kills, freezes and restarts; a storage proxy that fails chosen requests.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
-import urllib.request
 from pathlib import Path
 
-from tests.conftest import PYTHON, ROOT, stop, wait_until, worker_env
+from scripts import processes
+from scripts.processes import CELERY, await_ready, kill_group, start_moto, stop_group
+from tests.service import engine_standin
 
 
-def start_redis(port: int, data_dir: Path, appendonly: bool = True) -> subprocess.Popen:
-    import redis
+def worker_env(settings, **extra: str) -> dict[str, str]:
+    """Environment of a worker process started by a test: its settings, and one torch thread unless told
+    otherwise (the tiny preset gains nothing from more, and on a shared machine OpenMP threads spinning
+    against other processes' work made a 0.1 s sampling step take 6 s)."""
+    return {"OMP_NUM_THREADS": "1", **processes.service_env({**settings.to_env(), **extra})}
 
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
-                             "--dir", str(data_dir)], stdout=subprocess.DEVNULL, start_new_session=True)
-    wait_until(redis.Redis(port=port).ping, 30, f"redis-server on {port}")
+
+def launch_worker(settings, log_path: Path, name: str, entry=CELERY, **extra_env: str):
+    """A real Celery worker (prefork, one pool process) for both queues of `settings`, not yet ready
+    (`scripts.processes.await_worker`)."""
+    return processes.launch_worker(worker_env(settings, **extra_env), log_path, name,
+                                   f"{settings.train_queue},{settings.generate_queue}", entry)
+
+
+def start_worker(settings, log_path: Path, name: str, entry=CELERY, **extra_env: str):
+    """`launch_worker`, ready."""
+    return processes.await_worker(launch_worker(settings, log_path, name, entry, **extra_env), log_path)
+
+
+def start_standin(settings, tmp_path: Path, name: str):
+    """A real worker with the engine stand-in, its engine loaded, logging to ``tmp_path/<name>.log``; its
+    gates (`open_gate`) are in ``tmp_path/gates``."""
+    (tmp_path / "gates").mkdir(exist_ok=True)
+    proc = start_worker(settings, tmp_path / f"{name}.log", name, engine_standin.ENTRY,
+                        **{engine_standin.GATES_ENV: str(tmp_path / "gates")})
+    await_ready(proc, lambda: engine_standin.LOADED in proc.log_path.read_text(), 120,
+                f"worker {name} to load the engine", proc.log_path)
     return proc
 
 
-def start_moto(port: int, log_path: Path) -> subprocess.Popen:
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([str(Path(PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/moto-api/"
-    wait_until(lambda: urllib.request.urlopen(url, timeout=2).status == 200, 60, "moto server")
-    return proc
+def open_gate(tmp_path: Path, name: str = "go") -> None:
+    """Let the stand-in's jobs held on gate `name` go on (``@gate=NAME``)."""
+    (tmp_path / "gates" / name).touch()
 
 
-def start_worker(settings, log_path: Path, name: str) -> subprocess.Popen:
-    """A real Celery worker (prefork, one pool process) for both queues of `settings`."""
-    env = worker_env(settings)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q",
-             f"{settings.train_queue},{settings.generate_queue}", "-c", "1", "-P", "prefork", "-n", f"{name}@%h",
-             "--without-gossip", "--without-mingle", "-l", "info"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(lambda: proc.poll() is None and b"ready." in log_path.read_bytes(), 120, f"celery worker {name}")
-    except TimeoutError:
-        stop_group(proc)
-        raise RuntimeError(log_path.read_text()[-5000:]) from None
-    proc.log_path = log_path
-    return proc
-
-
-def start_api(settings, log_path: Path) -> subprocess.Popen:
+def start_api(settings, log_path: Path):
     """The API served by uvicorn (``python -m api``) on ``settings.api_host:api_port``, ready on /readyz."""
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([PYTHON, "-m", "api"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://{settings.api_host}:{settings.api_port}/readyz"
-    try:
-        wait_until(lambda: proc.poll() is None and urllib.request.urlopen(url, timeout=2).status == 200, 60,
-                   "the API")
-    except TimeoutError:
-        stop_group(proc)
-        raise RuntimeError(log_path.read_text()[-5000:]) from None
-    return proc
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process and everything in its session (no cleanup handlers run)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(30)
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    stop(proc)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # pool children left behind, if any
-    except ProcessLookupError:
-        pass
-
-
-def in_group(proc: subprocess.Popen, pid: int) -> bool:
-    """Whether `pid` (e.g. a job record's worker pid, a pool child) belongs to `proc`'s process group."""
-    try:
-        return os.getpgid(pid) == proc.pid
-    except ProcessLookupError:
-        return False
+    return processes.start_api(processes.service_env(settings.to_env()),
+                               f"http://{settings.api_host}:{settings.api_port}", log_path)
 
 
 class Moto:
@@ -118,9 +78,7 @@ class Moto:
         os.killpg(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.thaw()
-        stop_group(self.proc)
+        stop_group(self.proc)  # a frozen one is thawed first
 
 
 class StorageProxy:

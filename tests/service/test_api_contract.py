@@ -66,7 +66,7 @@ def test_health_ready_docs(api):
 
 
 def test_redis_down_gives_503_with_retry_after(api_settings):
-    from tests.conftest import free_port
+    from scripts.processes import free_port
 
     down = api_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     with TestClient(create_app(down)) as client:

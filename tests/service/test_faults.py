@@ -1,6 +1,11 @@
 """Faults injected for real: a Celery worker SIGKILLed mid-training or mid-sampling, jobs past their time
-limits, a worker lost for good, Redis restarted under a live worker, storage killed, restarted or frozen
-(SIGSTOP) under a running job. Each test owns its servers and workers (the session's stay untouched).
+limits, an engine that raises, a worker lost for good, Redis restarted under a live worker, storage killed,
+restarted or frozen (SIGSTOP) under a running job. Each test owns its servers and workers (the session's stay
+untouched).
+
+The workers are real ones with the engine stand-in (`tests.service.engine_standin`): a job whose prompt says
+``@hold=denoise @gate=go`` is held at that stage until the test opens the gate, so each fault lands exactly
+where the test means it to, however loaded the machine; then the real engine finishes the job.
 
 Lease, reaper and storage-retry logic against real servers is checked without a worker (fast); the rest is slow.
 """
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -19,16 +24,17 @@ from api.app import create_app
 from common.celery_config import make_celery
 from common.jobstore import JobStore, now
 from common.schemas import JobRecord
-from tests.conftest import KEY_A, free_port, wait_until
+from scripts.processes import free_port, in_group, kill_group, start_moto, start_redis, stop_group, wait_until
+from tests.conftest import KEY_A
 from tests.service.helpers import TERMINAL, TINY_CONFIG, upload, wait_job
-from tests.service.processes import Moto, StorageProxy, in_group, kill_group, start_redis, start_worker, stop_group
+from tests.service.processes import Moto, StorageProxy, open_gate, start_standin, start_worker
 
 A = {"Authorization": f"Bearer {KEY_A}"}
 # No Motion Adapter: its one-off training would dominate these tests' time; the spatial training is what resumes.
 RESUMABLE = {**TINY_CONFIG, "train_steps": 60, "use_motion_adapter": False}
-# A generation whose sampling lasts seconds on the tiny preset (time to inject a fault), and a quick one.
-SLOW_VIDEO = {"prompt": "a slow one", "num_frames": 8, "height": 32, "width": 32, "steps": 60, "seed": 5,
-              "format": "gif"}
+# A generation held in its denoise stage until the test opens gate "go" (time to inject a fault), and a quick one.
+HELD_VIDEO = {"prompt": "a held one @hold=denoise @gate=go", "num_frames": 8, "height": 32, "width": 32,
+              "steps": 8, "seed": 5, "format": "gif"}
 QUICK_VIDEO = {"prompt": "x", "num_frames": 2, "height": 32, "width": 32, "steps": 1}
 
 
@@ -36,7 +42,7 @@ QUICK_VIDEO = {"prompt": "x", "num_frames": 2, "height": 32, "width": 32, "steps
 def own_redis(tmp_path):
     port, data = free_port(), tmp_path / "redis"
     data.mkdir()
-    proc = start_redis(port, data)
+    proc = start_redis(port, data, appendonly=True)
     yield f"redis://127.0.0.1:{port}/0"
     stop_group(proc)
 
@@ -65,6 +71,11 @@ def wait_stage(api, job_id: str, stage: str, timeout: float = 120) -> dict:
 def worker_pid(redis_url: str, job_id: str) -> int:
     """The pid of the pool process that holds (or last held) a job, from its record."""
     return int(JobStore(redis_url).get_job(job_id).worker.rsplit(":", 1)[1])
+
+
+def seconds(job: dict, since: str = "started_at", until: str = "finished_at") -> float:
+    """Seconds between two of a job's timestamps (as the API gives them)."""
+    return (datetime.fromisoformat(job[until]) - datetime.fromisoformat(job[since])).total_seconds()
 
 
 def fault_settings(settings, redis_url: str, tmp_path, **update):
@@ -160,35 +171,43 @@ def adapter_tensors(storage, customization_id: str) -> dict:
 @pytest.mark.slow
 def test_worker_killed_during_training_resumes_from_checkpoint_on_another_worker(settings, checkpoints, own_redis,
                                                                                   tmp_path):
+    """Two workers; the one training is SIGKILLed right after it saved its resume state at step 5 (held
+    there). The other's reaper re-queues the job, it resumes at step 5 and ends with the same adapter
+    weights, bit for bit, as the same customization run without a fault."""
     conf = fault_settings(settings, own_redis, tmp_path)
-    with TestClient(create_app(conf)) as api:
-        storage = api.app.state.storage
-        body = upload(api, A, checkpoints["lora"], RESUMABLE).json()
-        job_id, cus_id = body["job_id"], body["customization_id"]
-        state = f"customizations/{cus_id}/train-state/"
-        first = start_worker(conf.model_copy(update={"workdir": tmp_path / "w1"}), tmp_path / "w1.log", "first")
-        try:
-            wait_until(lambda: storage.exists(state + "latest.json"), 300, "a training checkpoint in storage",
-                       interval=0.05)
-            kill_group(first)  # SIGKILL: Celery parent and pool child, no cleanup
-        finally:
-            stop_group(first)
-        job = api.get(f"/jobs/{job_id}", headers=A).json()
-        assert job["status"] == "running" and job["attempts"] == 1, job  # nobody left to say otherwise
+    config = {**RESUMABLE, "prompts": ["a photo of sks dog @hold=train:5 @gate=go"], "train_steps": 10}
+    with ThreadPoolExecutor(2) as pool:  # start both at once: worker start-up is the slow part
+        workers = list(pool.map(lambda name: start_standin(conf.model_copy(update={"workdir": tmp_path / name}),
+                                                           tmp_path, name), ("w1", "w2")))
+    try:
+        with TestClient(create_app(conf)) as api:
+            storage = api.app.state.storage
+            body = upload(api, A, checkpoints["lora"], config).json()
+            job_id, cus_id = body["job_id"], body["customization_id"]
+            state = f"customizations/{cus_id}/train-state/"
+            wait_stage(api, job_id, "train")
+            wait_until(lambda: "holding at train 5/10" in "".join(w.log_path.read_text() for w in workers), 120,
+                       "the training held after its step-5 resume state")
+            assert storage.exists(state + "latest.json")
+            holder = worker_pid(own_redis, job_id)
+            victim, survivor = workers if in_group(workers[0], holder) else workers[::-1]
+            kill_group(victim)  # SIGKILL: Celery parent and pool child, no cleanup
+            job = api.get(f"/jobs/{job_id}", headers=A).json()
+            assert job["status"] == "running" and job["attempts"] == 1, job  # until the survivor's reaper looks
+            open_gate(tmp_path)
 
-        second = start_worker(conf.model_copy(update={"workdir": tmp_path / "w2"}), tmp_path / "w2.log", "second")
-        try:
             job = wait_job(api, A, job_id, timeout=300)
             assert job["status"] == "succeeded" and job["attempts"] == 2, job
+            assert in_group(survivor, worker_pid(own_redis, job_id))
             manifest = api.get(f"/customizations/{cus_id}", headers=A).json()["manifest"]
             resumed = manifest["resumed_from_step"]
-            assert 0 < resumed < RESUMABLE["train_steps"] and resumed % conf.train_checkpoint_every == 0, resumed
-            assert len(manifest["loss_curve"]) == RESUMABLE["train_steps"]
+            assert resumed == 5 and resumed % conf.train_checkpoint_every == 0, resumed
+            assert len(manifest["loss_curve"]) == config["train_steps"]
             assert storage.list_keys(state) == []  # the resume state is dropped once the artifact is stored
-            assert f"resumes training from step {resumed}" in second.log_path.read_text()
+            assert f"resumes training from step {resumed}" in survivor.log_path.read_text()
 
             # the same customization without a fault gives the same adapter weights, bit for bit
-            again = upload(api, A, checkpoints["lora"], RESUMABLE).json()
+            again = upload(api, A, checkpoints["lora"], config).json()
             clean = wait_job(api, A, again["job_id"], timeout=300)
             assert clean["status"] == "succeeded" and clean["attempts"] == 1, clean
             reference = api.get(f"/customizations/{again['customization_id']}", headers=A).json()["manifest"]
@@ -199,8 +218,9 @@ def test_worker_killed_during_training_resumes_from_checkpoint_on_another_worker
             assert resumed_weights.keys() == reference_weights.keys() and resumed_weights
             for name, tensor in reference_weights.items():
                 assert (tensor == resumed_weights[name]).all(), name
-        finally:
-            stop_group(second)
+    finally:
+        for worker in workers:
+            stop_group(worker)
 
 
 # ---- SIGKILL during sampling ----------------------------------------------------------------------
@@ -210,12 +230,11 @@ def test_worker_killed_during_sampling_is_rerun_by_a_live_worker(settings, own_r
     heartbeat stop, re-queues the job, and runs it again from the start to `succeeded`."""
     conf = fault_settings(settings, own_redis, tmp_path, heartbeat_timeout_s=3.0)
     with ThreadPoolExecutor(2) as pool:  # start both at once: worker start-up is the slow part
-        starts = [pool.submit(start_worker, conf.model_copy(update={"workdir": tmp_path / name}),
-                              tmp_path / f"{name}.log", name) for name in ("w1", "w2")]
-        workers = [start.result() for start in starts]
+        workers = list(pool.map(lambda name: start_standin(conf.model_copy(update={"workdir": tmp_path / name}),
+                                                           tmp_path, name), ("w1", "w2")))
     try:
         with TestClient(create_app(conf)) as api:
-            job_id = api.post("/generate", headers=A, json=SLOW_VIDEO).json()["job_id"]
+            job_id = api.post("/generate", headers=A, json=HELD_VIDEO).json()["job_id"]
             wait_stage(api, job_id, "denoise")
             holder = worker_pid(own_redis, job_id)
             victim, survivor = workers if in_group(workers[0], holder) else workers[::-1]
@@ -223,13 +242,14 @@ def test_worker_killed_during_sampling_is_rerun_by_a_live_worker(settings, own_r
             kill_group(victim)
             killed_at = time.monotonic()
             assert api.get(f"/jobs/{job_id}", headers=A).json()["status"] == "running"  # until the reaper looks
+            open_gate(tmp_path)  # the rerun samples the video for real
 
             job = wait_job(api, A, job_id, timeout=120)
             assert job["status"] == "succeeded" and job["attempts"] == 2, job
             assert time.monotonic() - killed_at > conf.heartbeat_timeout_s  # re-queued for the silence, not before
             assert in_group(survivor, worker_pid(own_redis, job_id))
             assert f"job {job_id}: no heartbeat" in survivor.log_path.read_text()
-            assert job["result"]["seed"] == SLOW_VIDEO["seed"] and job["result"]["num_frames"] == 8
+            assert job["result"]["seed"] == HELD_VIDEO["seed"] and job["result"]["num_frames"] == 8
             video = httpx.get(job["result"]["video_url"], timeout=30)
             assert video.status_code == 200 and video.content[:6] == b"GIF89a"
     finally:
@@ -237,33 +257,45 @@ def test_worker_killed_during_sampling_is_rerun_by_a_live_worker(settings, own_r
             stop_group(worker)
 
 
-# ---- time limits ----------------------------------------------------------------------------------
+# ---- time limits and engine errors ----------------------------------------------------------------
 @pytest.mark.slow
 def test_jobs_over_their_soft_or_hard_time_limit_fail_with_timeout(settings, checkpoints, own_redis, tmp_path):
     """Training: soft limit (SoftTimeLimitExceeded inside the task). Generation: hard limit, enforced by the
     reaper from the record's started_at (billiard arms Celery's own hard kill only after the soft limit, here
-    500 s): the job fails with `timeout`, is not retried, loses its lease, and its worker stops and is free."""
-    conf = fault_settings(settings, own_redis, tmp_path, train_soft_time_limit_s=6, train_time_limit_s=600,
-                          generate_soft_time_limit_s=500, generate_time_limit_s=6,  # and no cost limits:
-                          max_video_pixels=10**9, max_video_work=10**12, max_train_work=10**13,
-                          max_train_pixels=10**9)
-    worker = start_worker(conf, tmp_path / "limits.log", "limits")
+    500 s): the job fails with `timeout`, is not retried, loses its lease, and its worker stops and is free.
+    An engine that raises fails its job with `internal`, and the worker goes on.
+
+    Each limited job is held by the engine stand-in (no gate: for ever) in a pool process that loaded the
+    engine before (a first task's import of it could outlast the soft limit), so each limit lands inside
+    the job's engine call however loaded the machine."""
+    conf = fault_settings(settings, own_redis, tmp_path, train_soft_time_limit_s=4, train_time_limit_s=600,
+                          generate_soft_time_limit_s=500, generate_time_limit_s=3, heartbeat_timeout_s=5.0)
+    worker = start_standin(conf, tmp_path, "limits")
     try:
         with TestClient(create_app(conf)) as api:
-            train = upload(api, A, checkpoints["lora"], {**RESUMABLE, "train_steps": 20000}).json()
-            job = wait_job(api, A, train["job_id"], timeout=240)
+            train = upload(api, A, checkpoints["lora"], {**RESUMABLE, "prompts": ["a long one @hold=load"]}).json()
+            job = wait_job(api, A, train["job_id"], timeout=120)
             assert job["status"] == "failed" and job["error"]["code"] == "timeout", job
+            # Celery's clock starts with the task, after the job was created and before the runner started it
+            assert job["attempts"] == 1 and seconds(job, since="created_at") >= conf.train_soft_time_limit_s, job
             assert api.get(f"/customizations/{train['customization_id']}", headers=A).json()["status"] == "failed"
 
-            video = api.post("/generate", headers=A, json={"prompt": "a long one", "num_frames": 32, "height": 128,
-                                                           "width": 128, "steps": 150}).json()
-            job = wait_job(api, A, video["job_id"], timeout=240)
+            video = api.post("/generate", headers=A, json={**QUICK_VIDEO, "prompt": "a long one @hold=denoise"})
+            job = wait_job(api, A, video.json()["job_id"], timeout=120)
             assert job["status"] == "failed" and job["error"]["code"] == "timeout", job
-            assert job["attempts"] == 1
+            assert f"time limit of {conf.generate_time_limit_s} s" in job["error"]["message"], job
+            assert job["attempts"] == 1 and seconds(job) >= conf.generate_time_limit_s, job
+            lost = f"job {job['id']} attempt 1: no longer ours, stopping"
+            wait_until(lambda: lost in worker.log_path.read_text(), 30, "the held job's worker to stop it")
 
-            quick = api.post("/generate", headers=A, json={"prompt": "x", "num_frames": 2, "height": 32, "width": 32,
-                                                           "steps": 1}).json()
-            assert wait_job(api, A, quick["job_id"], timeout=240)["status"] == "succeeded"  # the worker is free
+            broken = api.post("/generate", headers=A, json={**QUICK_VIDEO, "prompt": "a bug @raise=denoise"})
+            job = wait_job(api, A, broken.json()["job_id"], timeout=120)
+            assert job["status"] == "failed" and job["error"]["code"] == "internal", job
+            assert job["error"]["message"] == "internal error (RuntimeError)" and job["attempts"] == 1, job
+
+            quick = api.post("/generate", headers=A, json=QUICK_VIDEO).json()
+            assert wait_job(api, A, quick["job_id"], timeout=120)["status"] == "succeeded"  # the worker is free
+            assert worker.poll() is None
     finally:
         stop_group(worker)
 
@@ -279,11 +311,11 @@ def test_redis_restart_503_then_recovers_and_queued_jobs_survive(settings, tmp_p
     data.mkdir()
     proc = start_redis(port, data, appendonly=True)
     conf = fault_settings(settings, f"redis://127.0.0.1:{port}/0", tmp_path)
-    worker = start_worker(conf, tmp_path / "worker.log", "outage")
+    worker = start_standin(conf, tmp_path, "outage")
     gen = {**QUICK_VIDEO, "format": "gif"}
     try:
         with TestClient(create_app(conf)) as api:
-            busy = api.post("/generate", headers=A, json={**SLOW_VIDEO, "steps": 150}).json()["job_id"]
+            busy = api.post("/generate", headers=A, json=HELD_VIDEO).json()["job_id"]
             wait_stage(api, busy, "denoise")
             job_id = api.post("/generate", headers=A, json=gen).json()["job_id"]
             assert api.get(f"/jobs/{job_id}", headers=A).json()["queue_position"] == 1
@@ -300,6 +332,7 @@ def test_redis_restart_503_then_recovers_and_queued_jobs_survive(settings, tmp_p
             again = api.post("/generate", headers=A, json=gen)
             assert again.status_code == 202, again.text
             assert api.get(f"/jobs/{again.json()['job_id']}", headers=A).json()["queue_position"] == 2
+            open_gate(tmp_path)  # the busy job goes on
 
             for each in (busy, job_id, again.json()["job_id"]):
                 done = wait_job(api, A, each, timeout=120)
@@ -312,8 +345,6 @@ def test_redis_restart_503_then_recovers_and_queued_jobs_survive(settings, tmp_p
 
 
 def test_storage_down_upload_is_503_and_nothing_is_queued(settings, checkpoints, tmp_path):
-    from tests.service.processes import start_moto
-
     port = free_port()
     moto = start_moto(port, tmp_path / "moto.log")
     conf = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{port}", "train_queue": "outage-train"})
@@ -375,12 +406,13 @@ def test_storage_restarted_within_the_retry_window_the_job_still_succeeds(settin
     once a storage server is back on the same port; the job succeeds on its first attempt."""
     conf = fault_settings(settings, own_redis, tmp_path, s3_endpoint_url=own_moto.url, storage_retries=8,
                           storage_backoff_s=0.5, storage_backoff_max_s=4.0, storage_timeout_s=2.0)
-    worker = start_worker(conf, tmp_path / "worker.log", "storage")
+    worker = start_standin(conf, tmp_path, "storage")
     try:
         with TestClient(create_app(conf)) as api:
-            job_id = api.post("/generate", headers=A, json=SLOW_VIDEO).json()["job_id"]
+            job_id = api.post("/generate", headers=A, json=HELD_VIDEO).json()["job_id"]
             wait_stage(api, job_id, "denoise")
             own_moto.kill()
+            open_gate(tmp_path)  # the video is sampled, then its upload fails
             retrying = f"storage: upload of videos/{job_id}/"
             wait_until(lambda: retrying in worker.log_path.read_text(), 120, "the worker to retry its upload")
             assert api.get(f"/jobs/{job_id}", headers=A).json()["status"] == "running"
@@ -406,14 +438,16 @@ def test_storage_down_fails_the_job_clearly_and_the_worker_goes_on(settings, che
     conf = fault_settings(settings, own_redis, tmp_path, s3_endpoint_url=own_moto.url, storage_retries=2,
                           storage_backoff_s=0.2, storage_timeout_s=1.0, train_checkpoint_every=1000)
     window = 3 * (2 * 1.0) + 0.2 + 0.4  # attempts x (100-continue wait + response wait, 1 s each) + the waits
-    worker = start_worker(conf, tmp_path / "worker.log", "storage")
+    worker = start_standin(conf, tmp_path, "storage")
     try:
         with TestClient(create_app(conf)) as api:
             storage, store = api.app.state.storage, JobStore(conf.redis_url)
-            body = upload(api, A, checkpoints["lora"], {**RESUMABLE, "train_steps": 30}).json()
+            held = {**RESUMABLE, "prompts": ["a photo of sks dog @hold=train @gate=go"], "train_steps": 8}
+            body = upload(api, A, checkpoints["lora"], held).json()
             job_id, cus_id = body["job_id"], body["customization_id"]
             wait_stage(api, job_id, "train")
             own_moto.freeze()
+            open_gate(tmp_path)  # training ends, then its upload hangs
             wait_stage(api, job_id, "upload")
             upload_started = time.monotonic()
             job = wait_job(api, A, job_id, timeout=120)

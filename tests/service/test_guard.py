@@ -11,8 +11,9 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import KEY_A, KEY_B, free_port
-from tests.service.processes import start_api, stop_group
+from scripts.processes import free_port, stop_group
+from tests.conftest import KEY_A, KEY_B
+from tests.service.processes import start_api
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,8 @@ has to do (a few tiny-preset videos) however many requests arrive.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import threading
 import time
-import urllib.request
 from datetime import datetime, timezone
 
 import httpx
@@ -21,8 +18,9 @@ import pytest
 
 from api.auth import owner_of
 from common.jobstore import JobStore
-from tests.conftest import PYTHON, ROOT, free_port, stop, wait_until
+from scripts.processes import free_port, stop_group
 from tests.service.helpers import TERMINAL, assert_error
+from tests.service.processes import start_api
 
 pytestmark = pytest.mark.slow
 
@@ -37,19 +35,13 @@ FINISH_TIMEOUT_S = 75
 @pytest.fixture(scope="module")
 def load_api(settings, worker, tmp_path_factory):
     """A uvicorn API process on loopback, same servers and queues as the session worker, its own key."""
-    port = free_port()
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT), "STILLMOVING_API_HOST": "127.0.0.1",
-           "STILLMOVING_API_PORT": str(port), "STILLMOVING_API_KEYS": LOAD_KEY,
-           "STILLMOVING_MAX_QUEUED_JOBS_PER_KEY": str(LIMIT)}
-    log_path = tmp_path_factory.mktemp("load-api") / "api.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([PYTHON, "-m", "api"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    conf = settings.model_copy(update={"api_host": "127.0.0.1", "api_port": free_port(), "api_keys": [LOAD_KEY],
+                                       "max_queued_jobs_per_key": LIMIT})
+    proc = start_api(conf, tmp_path_factory.mktemp("load-api") / "api.log")
     try:
-        wait_until(lambda: urllib.request.urlopen(url + "/healthz", timeout=2).status == 200, 60, "API server")
-        yield url
+        yield f"http://{conf.api_host}:{conf.api_port}"
     finally:
-        stop(proc)
+        stop_group(proc)
 
 
 class PeakQueued(threading.Thread):

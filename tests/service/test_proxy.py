@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import KEY_A, KEY_B, ROOT, free_port, wait_until
-from tests.service.processes import start_api, stop_group
+from scripts.processes import ROOT, await_ready, free_port, spawn, stop_group
+from tests.conftest import KEY_A, KEY_B
+from tests.service.processes import start_api
 
 pytestmark = pytest.mark.slow
 TEMPLATE = ROOT / "deploy" / "nginx" / "stillmoving.conf.template"
@@ -47,15 +48,13 @@ def proxy(settings, tmp_path_factory):
     (work / "nginx.conf").write_text(MAIN.format(d=work))
     check = subprocess.run([nginx, "-t", "-p", str(work), "-c", str(work / "nginx.conf")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen([nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = spawn([nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"], None)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: httpx.get(url + "/healthz", timeout=2).status_code == 200, 30, "nginx")
+        await_ready(proc, lambda: httpx.get(url + "/healthz", timeout=2).status_code == 200, 30, "nginx")
         yield url, port
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_group(proc)
         stop_group(api_proc)
 
 

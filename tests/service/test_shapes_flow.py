@@ -10,9 +10,9 @@ import subprocess
 import httpx
 import pytest
 
-from tests.conftest import PYTHON, ROOT
+from scripts.processes import PYTHON, ROOT, await_worker, stop_group
 from tests.service.helpers import upload, wait_job
-from tests.service.processes import start_worker, stop_group
+from tests.service.processes import launch_worker
 
 pytestmark = pytest.mark.slow
 
@@ -41,15 +41,22 @@ def shapes_client(shapes_settings):
 
 @pytest.fixture(scope="module")
 def shapes_worker(shapes_settings, tmp_path_factory):
-    proc = start_worker(shapes_settings, tmp_path_factory.mktemp("shapes-celery") / "worker.log", "shapes")
+    """Launched, not yet ready: `readings` makes its checkpoint meanwhile, then waits for it."""
+    log_path = tmp_path_factory.mktemp("shapes-celery") / "worker.log"
+    proc = launch_worker(shapes_settings, log_path, "shapes")
+    proc.log_path = log_path
     yield proc
     stop_group(proc)
 
 
-def judge(path) -> dict:
-    out = subprocess.run([PYTHON, "-m", "engine.shapes.judge", str(path)], cwd=ROOT, capture_output=True, text=True,
+def judge(paths) -> list[dict]:
+    """What `python -m engine.shapes.judge VIDEO` prints for each video, read in one process (one torch import)."""
+    code = ("import json, sys\nfrom pathlib import Path\nfrom engine.shapes.judge import read_video_file\n"
+            "for path in sys.argv[1:]:\n"
+            "    print(json.dumps({k: v for k, v in read_video_file(Path(path)).items() if k != 'per_frame'}))")
+    out = subprocess.run([PYTHON, "-c", code, *map(str, paths)], cwd=ROOT, capture_output=True, text=True,
                          check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return [json.loads(line) for line in out.stdout.strip().splitlines()[-len(paths):]]
 
 
 @pytest.fixture(scope="module")
@@ -62,19 +69,19 @@ def readings(shapes_client, shapes_worker, auth_a, tmp_path_factory) -> list[dic
     response = upload(shapes_client, auth_a, checkpoint, CONFIG)
     assert response.status_code == 202, response.text
     customization = response.json()["customization_id"]
+    await_worker(shapes_worker, shapes_worker.log_path)
     job = wait_job(shapes_client, auth_a, response.json()["job_id"], timeout=600)
     assert job["status"] == "succeeded", job
-    out = []
+    videos = []
     for seed in SEEDS:
         response = shapes_client.post("/generate", headers=auth_a,
                                       json={"customization_id": customization, "prompt": PROMPT, "seed": seed})
         assert response.status_code == 202, response.text
         done = wait_job(shapes_client, auth_a, response.json()["job_id"], timeout=300)
         assert done["status"] == "succeeded", done
-        video = tmp_path / f"video-{seed}.mp4"
-        video.write_bytes(httpx.get(done["result"]["video_url"], timeout=30).raise_for_status().content)
-        out.append(judge(video))
-    return out
+        videos.append(tmp_path / f"video-{seed}.mp4")
+        videos[-1].write_bytes(httpx.get(done["result"]["video_url"], timeout=30).raise_for_status().content)
+    return judge(videos)
 
 
 def test_the_shapes_flow_makes_videos_the_judge_reads(readings):

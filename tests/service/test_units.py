@@ -104,13 +104,14 @@ def test_settings_from_environment(monkeypatch):
 
 
 def test_gpu_path_settings_reach_the_engine_model_spec():
-    code = ("from common.settings import Settings; from worker.runner import model_spec; "
-            "spec = model_spec(Settings(_env_file=None)); print(spec.compile_unet, spec.gradient_checkpointing)")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    outputs = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True,
-                              env={**env, "STILLMOVING_COMPILE_UNET": on, "STILLMOVING_GRADIENT_CHECKPOINTING": on}
-                              ).stdout.split() for on in ("true", "false")]
-    assert outputs == [["True", "True"], ["False", "False"]]
+    # one subprocess (this one never imports the engine), each case's settings read from its environment
+    code = ("import os; from common.settings import Settings; from worker.runner import model_spec\n"
+            "for on in ('true', 'false'):\n"
+            "    os.environ.update(STILLMOVING_COMPILE_UNET=on, STILLMOVING_GRADIENT_CHECKPOINTING=on)\n"
+            "    spec = model_spec(Settings(_env_file=None)); print(spec.compile_unet, spec.gradient_checkpointing)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert [line.split() for line in out.splitlines()] == [["True", "True"], ["False", "False"]]
 
 
 def test_lru_cache():

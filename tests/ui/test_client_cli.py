@@ -7,7 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.conftest import KEY_A, KEY_B, PYTHON, ROOT
+from scripts.processes import PYTHON, ROOT
+from tests.conftest import KEY_A, KEY_B
 
 CONSOLE_SCRIPT = Path(PYTHON).parent / "stillmoving"  # installed by `make venv` (pip install -e .)
 
