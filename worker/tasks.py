@@ -1,10 +1,19 @@
 """The two tasks. Job id in; everything else comes from the job record. The engine (torch) is imported
-lazily inside the pool process, never in the worker's parent."""
+inside the pool process as it starts, never in the worker's parent."""
 
 from __future__ import annotations
 
+from celery.signals import worker_process_init
+
 from common.celery_config import CUSTOMIZE_TASK, GENERATE_TASK
 from worker.celery_app import app, settings
+
+
+@worker_process_init.connect
+def _load_engine(**_) -> None:
+    """Import the engine before the first task: its import (seconds on a loaded machine) then never counts
+    against a task's soft time limit, which fired there, before the runner held the job, and left it queued."""
+    import worker.runner  # noqa: F401
 
 
 @app.task(name=CUSTOMIZE_TASK, bind=True, soft_time_limit=settings.train_soft_time_limit_s,

@@ -517,3 +517,22 @@ def test_storage_failing_mid_upload_leaves_no_manifest_and_no_result(settings, c
         stop_group(worker)
         proxy.close()
 
+
+
+@pytest.mark.slow
+def test_a_pool_process_loads_the_engine_before_its_first_task(settings, own_redis, tmp_path):
+    """A soft time limit that fired while a fresh pool process imported torch (seconds on a loaded machine)
+    ended the task before the runner held its job, which stayed queued: the pool now imports it at start."""
+    from pathlib import Path
+
+    conf = fault_settings(settings, own_redis, tmp_path)
+    worker = start_worker(conf, tmp_path / "worker.log", "preload")
+    try:
+        def pool_has_torch() -> bool:
+            children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+            return bool(children) and all("libtorch" in Path(f"/proc/{c}/maps").read_text() for c in children)
+
+        wait_until(pool_has_torch, 120, "the pool process to load the engine with no task run")
+        assert "libtorch" not in Path(f"/proc/{worker.pid}/maps").read_text()  # the parent stays torch-free
+    finally:
+        stop_group(worker)
