@@ -89,6 +89,12 @@ def cmd_generate(client: Client, args) -> int:
     return 0
 
 
+def _size_args(parser: argparse.ArgumentParser) -> None:
+    """What both jobs take: the video's size and the seed (absent: the server's defaults, a random seed for videos)."""
+    for name in ("--seed", "--num-frames", "--height", "--width"):
+        parser.add_argument(name, type=int)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stillmoving", description=__doc__)
     parser.add_argument("--server", default=None, help="API URL (env STILLMOVING_URL, default http://127.0.0.1:8000)")
@@ -104,10 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--train-steps", type=int, help="default: the server's")
     c.add_argument("--rank", type=int)
     c.add_argument("--learning-rate", type=float)
-    c.add_argument("--seed", type=int)
-    c.add_argument("--num-frames", type=int)
-    c.add_argument("--height", type=int)
-    c.add_argument("--width", type=int)
+    _size_args(c)
     c.add_argument("--no-wait", action="store_true", help="print the job and return at once")
 
     g = sub.add_parser("generate", help="sample a video and download it")
@@ -116,12 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default="")
     g.add_argument("-o", "--output", type=Path, required=True, help="out.mp4 or out.gif")
     g.add_argument("--method", choices=["still-moving", "naive", "base"])
-    g.add_argument("--num-frames", type=int)
-    g.add_argument("--height", type=int)
-    g.add_argument("--width", type=int)
+    _size_args(g)
     g.add_argument("--steps", type=int)
     g.add_argument("--guidance-scale", type=float)
-    g.add_argument("--seed", type=int)
     g.add_argument("--fps", type=int)
     g.add_argument("--scale", type=float, help="spatial adapter scale")
 

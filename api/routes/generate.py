@@ -12,7 +12,7 @@ from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep,
 from api.enqueue import enqueue, new_id, rate_limit
 from api.idempotency import Idempotency
 from common import presets
-from common.errors import Conflict, UnsupportedMediaType
+from common.errors import CustomizationFailed, UnsupportedMediaType
 from common.jobstore import now
 from common.schemas import GenerateRequest, JobAccepted, JobRecord
 
@@ -38,8 +38,8 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
         if body.customization_id:
             customization = owned_customization(body.customization_id, owner, store)
             if customization.status in ("failed", "canceled"):
-                raise Conflict(f"customization {body.customization_id!r} is {customization.status}; "
-                               "it cannot be used", code="customization_failed", field="customization_id")
+                raise CustomizationFailed(f"customization {body.customization_id!r} is {customization.status}; "
+                                          "it cannot be used", field="customization_id")
         params = body.model_dump()
         if params["seed"] is None:
             params["seed"] = secrets.randbelow(2**32)

@@ -11,8 +11,8 @@ import pytest
 from common.errors import ServiceUnavailable
 from common.jobstore import JobStore, now
 from common.schemas import CustomizationRecord, JobRecord
+from scripts.processes import start_redis, stop_group
 from tests.conftest import free_port
-from tests.service.processes import start_redis, stop_group
 
 
 def records() -> tuple[JobRecord, CustomizationRecord]:
