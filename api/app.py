@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.guard import RequestGuard
-from api.routes import customizations, generate, health, jobs, limits
+from api.routes import customizations, files, generate, health, jobs, limits
 from common.celery_config import make_celery
 from common.jobstore import JobStore
 from common.schemas import ErrorEnvelope
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)
-    for module in (health, customizations, generate, jobs, limits):
+    for module in (health, customizations, files, generate, jobs, limits):
         app.include_router(module.router)
 
     @app.get("/ui", include_in_schema=False)
