@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from api import errors
 from api.event_stream import EventStream
 from api.guard import RequestGuard
-from api.routes import customizations, generate, health, job_events, jobs, limits
+from api.routes import customizations, files, generate, health, job_events, jobs, limits
 from common.celery_config import make_celery
 from common.jobstore import JobStore
 from common.schemas import ErrorEnvelope
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)
-    for module in (health, customizations, generate, jobs, job_events, limits):
+    for module in (health, customizations, files, generate, jobs, job_events, limits):
         app.include_router(module.router)
 
     @app.get("/ui", include_in_schema=False)

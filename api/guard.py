@@ -60,11 +60,14 @@ class RequestGuard:
         if owner is None:
             return await _refuse(send, 401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
         multipart = headers.get("content-type", "").lower().startswith("multipart/")
-        limit = self.settings.max_upload_bytes + MULTIPART_OVERHEAD if multipart else self.settings.max_json_bytes
+        files = scope["path"] == "/files"  # an input video, else a checkpoint
+        upload_limit = self.settings.max_file_bytes if files else self.settings.max_upload_bytes
+        limit = upload_limit + MULTIPART_OVERHEAD if multipart else self.settings.max_json_bytes
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
+            field = ("file" if files else "checkpoint") if multipart else None
             return await _refuse(send, 413, "payload_too_large", f"request body of {declared} bytes is over the "
-                                 f"limit of {limit} bytes", field="checkpoint" if multipart else None)
+                                 f"limit of {limit} bytes", field=field)
         receive = self._timed(receive)
         if multipart:  # `api.upload` counts the streamed bytes of an upload as they arrive
             if self.uploads[owner] >= self.settings.uploads_per_key:

@@ -26,8 +26,9 @@ def _result(job: JobRecord, storage: Storage) -> dict:
     stored = dict(job.result or {})
     if job.kind == "generate":
         out = {k: v for k, v in stored.items() if not k.endswith("_key")}
-        out["video_url"] = storage.presign(stored["video_key"])
-        out["poster_url"] = storage.presign(stored["poster_key"])
+        for key in ("video_key", "poster_key", "control_key"):  # control: the conditioning frames used
+            if stored.get(key):
+                out[key.removesuffix("_key") + "_url"] = storage.presign(stored[key])
         return out
     return {"customization_id": stored.get("customization_id"), **_artifact_urls(stored, storage),
             "metrics": stored.get("metrics")}

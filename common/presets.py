@@ -12,6 +12,16 @@ from dataclasses import dataclass
 from common.errors import InvalidArgument
 
 TRAIN_STEP_PASSES = 3  # a training step (forward + backward) costs about three sampling forwards
+# A ControlNet is a copy of the UNet's encoder and middle block: about half a UNet forward more per step.
+CONTROLNET_COST = (3, 2)  # work x 3 / 2
+# The ControlNet each preset serves per name when the settings name none: SD 1.5 ControlNet v1.1 for sd15;
+# "builtin" = `ControlNetModel.from_unet` of the base UNet, built in the worker (tiny: seeded non-zero zero-convs so
+# tests see the control act; shapes: untrained, a loadable placeholder whose zero-convs make it a no-op).
+CONTROLNETS: dict[str, dict[str, str]] = {
+    "sd15": {"canny": "lllyasviel/control_v11p_sd15_canny"},
+    "shapes": {"canny": "builtin"},
+    "tiny": {"canny": "builtin"},
+}
 
 
 def video_work(frames: int, height: int, width: int, steps: int) -> int:
@@ -94,16 +104,23 @@ def _check_pixels(preset: Preset, size: dict[str, int], limit: int, what: str, p
 
 
 def check_video(preset: Preset, num_frames: int | None, height: int | None, width: int | None,
-                steps: int | None) -> None:
-    """Refuse a video the preset cannot run (frame positions) or that is over its memory or time limit."""
+                steps: int | None, controlnet: bool = False, init_strength: float | None = None) -> None:
+    """Refuse a video the preset cannot run (frame positions), that is over its memory or time limit (a
+    ControlNet costs `CONTROLNET_COST` times the work), or, video-to-video, whose strength runs no step."""
     defaults = preset.fill(num_frames=None, height=None, width=None, steps=None)
     asked = preset.fill(num_frames=num_frames, height=height, width=width, steps=steps)
     _check_frames(preset, asked["num_frames"])
     _check_pixels(preset, {k: asked[k] for k in ("num_frames", "height", "width")}, preset.max_video_pixels, "limit")
+    if init_strength is not None and int(asked["steps"] * init_strength) < 1:
+        raise InvalidArgument(f"init.strength={init_strength} x steps={asked['steps']} runs no denoising step "
+                              "(video-to-video denoises int(steps x strength) steps)", field="init.strength")
     work = video_work(asked["num_frames"], asked["height"], asked["width"], asked["steps"])
+    with_control = ""
+    if controlnet:
+        work, with_control = work * CONTROLNET_COST[0] // CONTROLNET_COST[1], " (x 1.5 with a ControlNet)"
     if work > preset.max_video_work:
-        raise InvalidArgument(f"num_frames x height x width x steps = {work} is over this deployment's limit "
-                              f"of {preset.max_video_work}", field=_largest(asked, defaults))
+        raise InvalidArgument(f"num_frames x height x width x steps{with_control} = {work} is over this deployment's "
+                              f"limit of {preset.max_video_work}", field=_largest(asked, defaults))
 
 
 def check_customization(preset: Preset, config: dict, prefix: str = "config.") -> None:

@@ -12,6 +12,9 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 CustomizationStatus = Literal["queued", "training", "ready", "failed", "canceled"]
 TERMINAL = ("succeeded", "failed", "canceled")
 Method = Literal["still-moving", "naive", "base"]
+ControlType = Literal["canny", "depth", "openpose", "lineart", "precomputed"]
+ANNOTATOR_TYPES = ("canny",)  # computed in the worker; depth, openpose and lineart have no annotator yet
+CANNY_THRESHOLDS = (100, 200)  # OpenCV Canny's (low, high) hysteresis thresholds by default
 
 MAX_PROMPTS = 16
 MAX_PROMPT_CHARS = 500
@@ -68,6 +71,58 @@ class CustomizationConfig(BaseModel):
         return _multiple_of_8(info.field_name, value)
 
 
+class MediaRef(BaseModel):
+    """A video or image the worker reads: an uploaded file (``POST /files``) or a finished generation's video."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str | None = Field(None, min_length=1, max_length=64, description="a file id from POST /files")
+    job_id: str | None = Field(None, min_length=1, max_length=64, description="a succeeded generation of this key")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.file is None) == (self.job_id is None):
+            raise ValueError("give exactly one of file and job_id")
+        return self
+
+
+class ControlRequest(MediaRef):
+    """A ControlNet driven by a reference video, resampled to the request's num_frames and size."""
+
+    type: ControlType = Field(description="canny: edges computed in the worker (OpenCV Canny); precomputed: the "
+                              "file holds the conditioning frames; depth/openpose/lineart need annotators")
+    controlnet: str | None = Field(None, min_length=1, max_length=32, description="which configured ControlNet "
+                                   "(GET /limits: controlnets); default: the type's, canny for precomputed")
+    scale: float = Field(1.0, ge=0, le=2, description="controlnet_conditioning_scale; 0 = no effect")
+    start: float = Field(0.0, ge=0, le=1, description="fraction of the steps where the control starts")
+    end: float = Field(1.0, ge=0, le=1, description="... and where it ends")
+    low_threshold: int | None = Field(None, ge=0, le=1000, description="canny only (default 100)")
+    high_threshold: int | None = Field(None, ge=0, le=1000, description="canny only (default 200)")
+
+    @model_validator(mode="after")
+    def _control(self):
+        if self.start >= self.end:
+            raise ValueError(f"start={self.start} must be less than end={self.end}")
+        thresholds = (self.low_threshold, self.high_threshold)
+        if self.type != "canny" and thresholds != (None, None):
+            raise ValueError(f"low_threshold/high_threshold are canny's; type is {self.type!r}")
+        if self.type == "canny":
+            self.low_threshold = CANNY_THRESHOLDS[0] if self.low_threshold is None else self.low_threshold
+            self.high_threshold = CANNY_THRESHOLDS[1] if self.high_threshold is None else self.high_threshold
+            if self.low_threshold > self.high_threshold:
+                raise ValueError(f"low_threshold={self.low_threshold} is above high_threshold={self.high_threshold}")
+        return self
+
+    def controlnet_name(self) -> str:
+        return self.controlnet or ("canny" if self.type == "precomputed" else self.type)
+
+
+class InitRequest(MediaRef):
+    """Video-to-video: the generation starts from this video, noised to `strength`."""
+
+    strength: float = Field(0.8, gt=0, le=1, description="how much of the init video is replaced (1 = all)")
+
+
 class GenerateRequest(BaseModel):
     """``POST /generate``: one video from the base model or a customization."""
 
@@ -92,6 +147,8 @@ class GenerateRequest(BaseModel):
                                                          "linear betas)")
     motion_adapter_scale: float = Field(0.0, ge=-2, le=2, description="the customization's Motion Adapter at sampling: "
                                         "0 = removed (Still-Moving), 1 = static videos, negative = more motion")
+    control: ControlRequest | None = Field(None, description="a ControlNet driven by a reference video")
+    init: InitRequest | None = Field(None, description="video-to-video from this video")
 
     @field_validator("height", "width")
     @classmethod
@@ -157,6 +214,36 @@ class JobRecord(BaseModel):
     worker: str | None = None  # "<host>:<pid>" of the attempt that holds a running job
     eta_s: float | None = None  # seconds left, from this attempt's measured step rate (while running)
     device_s: float = 0.0  # seconds earlier attempts held a worker (lost workers, until their last heartbeat)
+    inputs: dict[str, Any] | None = None  # a generation's control/init sources: {"key", "frames"} each
+
+
+class FileInfo(BaseModel):
+    """What an uploaded video or image holds, as probed (``POST /files``)."""
+
+    kind: Literal["video", "image"]
+    frames: int
+    width: int
+    height: int
+    fps: float | None
+    size: int
+    sha256: str
+    content_type: str
+    filename: str | None = None
+    created_at: datetime
+
+
+class FileRecord(FileInfo):
+    """An uploaded file as stored in Redis; its object is `key`."""
+
+    id: str
+    owner: str
+    key: str
+
+
+class FileView(FileInfo):
+    """``POST /files`` and ``GET /files/{id}``."""
+
+    file_id: str
 
 
 class CustomizationRecord(BaseModel):
@@ -278,3 +365,4 @@ class LimitsView(BaseModel):
     max_train_pixels: int
     max_train_work: int
     train_sizes: list[dict[str, int]] | None = Field(description="the sizes a customization trains at; null = any")
+    controlnets: list[str] = Field(default_factory=list, description="the ControlNets a control may name")

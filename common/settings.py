@@ -5,6 +5,7 @@ Built once per process (`get_settings`) and passed down; nothing else reads the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from common.presets import PRESETS, Preset
+from common.presets import CONTROLNETS, PRESETS, Preset
 
 DEV_API_KEY = "sm-dev-key"
 
@@ -55,6 +56,11 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(1024**2, ge=1024, description="largest JSON request body (413 past it, checked "
                                                              "before the body is read)")
     upload_part_bytes: int = Field(8 * 1024**2, ge=5 * 1024**2)
+    max_file_bytes: int = Field(256 * 1024**2, ge=1, description="size limit of a POST /files upload (enforced "
+                                "while streaming)")
+    max_file_frames: int = Field(2000, ge=1, description="most frames a POST /files video may have (the probe "
+                                 "stops decoding past it)")
+    max_file_pixels: int = Field(3840 * 2160, ge=1, description="most width x height of a POST /files frame")
     max_queued_jobs_per_key: int = Field(50, ge=1)
     job_rate_per_s: float = Field(2.0, gt=0, description="sustained job creations per second per key (a token "
                                                          "bucket; 429 with Retry-After past it)")
@@ -89,6 +95,10 @@ class Settings(BaseSettings):
                                                                "training videos (default: the preset's)")
     max_train_work: int | None = Field(None, ge=1, description="pixel-frame steps of one customization, stills and "
                                                              "training (default: the preset's)")
+    controlnet_models: dict[str, str] | None = Field(None, description="ControlNet per name (a control's "
+                                                     "`controlnet`, default its type): hub id or local directory, "
+                                                     "or builtin (from_unet of the base); default: the preset's "
+                                                     "(common/presets.py CONTROLNETS)")
     compile_unet: bool = Field(False, description="torch.compile the sampling UNets (GPU; each loaded model's first "
                                                   "video pays the compile time)")
 
@@ -102,6 +112,7 @@ class Settings(BaseSettings):
     generate_time_limit_s: int = 1800 + 120
     base_cache_size: int = Field(1, ge=1)
     customization_cache_size: int = Field(4, ge=1)
+    controlnet_cache_size: int = Field(2, ge=1, description="worker LRU of loaded ControlNets")
     wait_poll_s: float = Field(5.0, gt=0, description="how often a generation re-checks a customization in training")
     progress_interval_s: float = Field(0.5, ge=0)
     log_loss_every: int = Field(10, ge=1, description="training steps between two loss lines of a job's log")
@@ -142,6 +153,10 @@ class Settings(BaseSettings):
                                                   "max_train_work")}
         return replace(PRESETS[self.model_preset], **{k: v for k, v in limits.items() if v is not None})
 
+    def controlnets(self) -> dict[str, str]:
+        """The ControlNets served, by name: the settings', else the preset's."""
+        return dict(CONTROLNETS[self.model_preset] if self.controlnet_models is None else self.controlnet_models)
+
     def queue_for(self, kind: str) -> str:
         """Celery queue of a job kind ("customize" or "generate")."""
         return self.train_queue if kind == "customize" else self.generate_queue
@@ -160,6 +175,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, list):
                 value = ",".join(value)
+            elif isinstance(value, dict):
+                value = json.dumps(value)
             env[f"STILLMOVING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
 

@@ -4,7 +4,8 @@ Key layout::
 
     checkpoints/<sha256>.safetensors      uploaded customized T2I checkpoints, stored once per content
     customizations/<id>/...               a customization's artifact (manifest.json written last)
-    videos/<job_id>/...                   a generation's video and poster
+    videos/<job_id>/...                   a generation's video and poster (and control frames)
+    files/<file_id>/source                a POST /files upload (a reference video or image)
     motion-adapters/<key>/...             Motion Adapters shared by every customization on one base
     uploads/<uuid>                        staging of uploads in flight (moved or deleted when done)
 """
@@ -41,6 +42,7 @@ CHECKPOINTS_PREFIX = "checkpoints/"
 CHECKPOINT_SUFFIX = ".safetensors"
 CUSTOMIZATIONS_PREFIX = "customizations/"
 VIDEOS_PREFIX = "videos/"
+FILES_PREFIX = "files/"
 UPLOADS_PREFIX = "uploads/"
 # by file suffix: what the worker's artifacts are served as
 CONTENT_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".png": "image/png", ".json": "application/json"}
@@ -69,6 +71,14 @@ def customization_artifact_keys(customization_id: str, manifest: dict) -> dict:
 
 def video_prefix(job_id: str) -> str:
     return f"{VIDEOS_PREFIX}{job_id}/"
+
+
+def file_prefix(file_id: str) -> str:
+    return f"{FILES_PREFIX}{file_id}/"
+
+
+def file_key(file_id: str) -> str:
+    return file_prefix(file_id) + "source"
 
 
 def motion_adapter_prefix(key: str) -> str:
@@ -256,6 +266,7 @@ class StreamingUpload:
         self.staging_key = f"{UPLOADS_PREFIX}{uuid.uuid4().hex}"
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self.filename: str | None = None  # the form's filename, as the client sent it
         self.head = bytearray()  # the first bytes (safetensors header), bounded by head_limit
         self.head_limit = 8 + storage.settings.max_header_bytes
         self._buffer = bytearray()

@@ -1,14 +1,22 @@
-"""Video sampling with AnimateDiff: base, naive injection, or Still-Moving (spatial adapters on)."""
+"""Video sampling with AnimateDiff: base, naive injection, or Still-Moving (spatial adapters on); text-to-video,
+under a ControlNet, video-to-video, or both (the four AnimateDiff pipelines of diffusers over one UNet)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from diffusers import AnimateDiffPipeline
+from diffusers import (
+    AnimateDiffControlNetPipeline,
+    AnimateDiffPipeline,
+    AnimateDiffVideoToVideoControlNetPipeline,
+    AnimateDiffVideoToVideoPipeline,
+)
+from PIL import Image
 
-from engine import adapters, export
+from engine import adapters, conditioning, export
 from engine.artifact import Customization
 from engine.errors import SpecError
 from engine.models import BaseModels, check_num_frames
@@ -31,6 +39,15 @@ def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
     if sample.motion_adapter_scale and sample.method == "base":
         raise SpecError("motion_adapter_scale needs a customization (its Motion Adapter); the base method has none",
                         field="motion_adapter_scale")
+    control, init = sample.control, sample.init
+    if control is not None and control.type not in ("canny", "precomputed"):
+        raise SpecError(f"control.type={control.type!r}; expected canny or precomputed", field="control.type")
+    if control is not None and not 0 <= control.start < control.end <= 1:
+        raise SpecError(f"control start={control.start}, end={control.end}: need 0 <= start < end <= 1",
+                        field="control.start")
+    if init is not None and int(values["steps"] * init.strength) < 1:
+        raise SpecError(f"init.strength={init.strength} x steps={values['steps']} runs no denoising step",
+                        field="init.strength")
     return values
 
 
@@ -59,48 +76,100 @@ def _pick_model(base: BaseModels, custom: Customization | None, sample: SampleSp
     return custom.components, unet if custom.compiled_unet is None else custom.compiled_unet, sample.method
 
 
+PIPELINES = {  # (with a ControlNet, with an init video) -> the diffusers pipeline
+    (False, False): AnimateDiffPipeline,
+    (True, False): AnimateDiffControlNetPipeline,
+    (False, True): AnimateDiffVideoToVideoPipeline,
+    (True, True): AnimateDiffVideoToVideoControlNetPipeline,
+}
+
+
+def reference_frames(sample: SampleSpec, values: dict) -> dict:
+    """The control's conditioning frames and the init video, resampled to the video's frames and size:
+    ``{"control": (F, H, W, 3) uint8, "init": ...}`` for those the spec has (canny: the edges of the reference)."""
+    out, size = {}, (values["num_frames"], values["height"], values["width"])
+    if sample.control is not None:
+        control = sample.control
+        frames = conditioning.read_reference(control.video, *size, total=control.source_frames)
+        out["control"] = conditioning.canny(frames, control.low_threshold, control.high_threshold) \
+            if control.type == "canny" else frames
+    if sample.init is not None:
+        out["init"] = conditioning.read_reference(sample.init.video, *size, total=sample.init.source_frames)
+    return out
+
+
+def _images(frames: np.ndarray) -> list[Image.Image]:
+    return [Image.fromarray(frame) for frame in frames]
+
+
 def render_frames(base: BaseModels, custom: Customization | None, sample: SampleSpec, reporter: Reporter,
-                  values: dict | None = None):
-    """Denoise and decode one video -> ((F, H, W, 3) float frames in [0, 1], method used)."""
+                  values: dict | None = None, controlnet=None, references: dict | None = None):
+    """Denoise and decode one video -> ((F, H, W, 3) float frames in [0, 1], method used).
+
+    One path for all four pipelines (`PIPELINES`): the same UNet (with the method's adapters), scheduler and
+    seeded generator; a control adds `controlnet` and its conditioning frames, an init its video and strength.
+    `references`: `reference_frames` of the spec, when the caller already read them."""
     values = values or resolve_sample(base, sample)
+    if sample.control is not None and controlnet is None:
+        raise SpecError("control needs a ControlNet (engine.load_controlnet)", field="control")
+    references = reference_frames(sample, values) if references is None else references
     components, unet, method = _pick_model(base, custom, sample)
     from engine.models import make_scheduler
 
-    pipe = AnimateDiffPipeline(vae=components["vae"], text_encoder=components["text_encoder"],
-                               tokenizer=components["tokenizer"], unet=unet, motion_adapter=None,
-                               scheduler=make_scheduler(base, sample.scheduler))
+    modules = dict(vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
+                   unet=unet, motion_adapter=None, scheduler=make_scheduler(base, sample.scheduler))
+    kwargs = dict(negative_prompt=sample.negative_prompt or None, height=values["height"], width=values["width"],
+                  num_inference_steps=values["steps"], guidance_scale=sample.guidance_scale,
+                  generator=torch.Generator("cpu").manual_seed(sample.seed), output_type="np")
+    if sample.control is not None:
+        modules["controlnet"] = controlnet
+        kwargs.update(conditioning_frames=_images(references["control"]),
+                      controlnet_conditioning_scale=sample.control.scale,
+                      control_guidance_start=sample.control.start, control_guidance_end=sample.control.end)
+    if sample.init is not None:
+        kwargs.update(video=_images(references["init"]), strength=sample.init.strength)
+    else:
+        kwargs["num_frames"] = values["num_frames"]
+    pipe = PIPELINES[sample.control is not None, sample.init is not None](**modules)
     pipe.set_progress_bar_config(disable=True)
-    steps = values["steps"]
 
-    def on_step(_pipe, step, _timestep, kwargs):
-        reporter.step("denoise", step + 1, steps)
-        return kwargs
+    def on_step(_pipe, step, _timestep, callback_kwargs):
+        reporter.step("denoise", step + 1, _pipe.num_timesteps)  # fewer than `steps` video-to-video
+        return callback_kwargs
 
     with torch.inference_mode():
-        out = pipe(sample.prompt, negative_prompt=sample.negative_prompt or None, num_frames=values["num_frames"],
-                   height=values["height"], width=values["width"], num_inference_steps=steps,
-                   guidance_scale=sample.guidance_scale, generator=torch.Generator("cpu").manual_seed(sample.seed),
-                   output_type="np", callback_on_step_end=on_step)
+        out = pipe(prompt=sample.prompt, callback_on_step_end=on_step, **kwargs)
     return out.frames[0], method
 
 
 def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec, out_dir: Path,
-             progress=None, should_cancel=None, stem: str = "video") -> dict:
-    """Sample one video and write it (mp4 or gif) with a PNG poster into `out_dir`.
+             progress=None, should_cancel=None, stem: str = "video", controlnet=None) -> dict:
+    """Sample one video and write it (mp4 or gif) with a PNG poster into `out_dir`; with a control, the
+    conditioning frames used too (``control.<format>``, the same size and frames as the video).
+
+    Args:
+        controlnet: the loaded ControlNet a `sample.control` needs (`engine.load_controlnet`).
 
     Returns:
-        dict with ``video`` and ``poster`` paths, ``seed``, ``method``, size, ``fps``, ``format``, ``timings``.
+        dict with ``video`` and ``poster`` paths (and ``control`` with a control), ``seed``, ``method``, size,
+        ``fps``, ``format``, ``timings``.
     """
     reporter = Reporter(progress, should_cancel)
     values = resolve_sample(base, sample)
     reporter.check()
     t0 = time.perf_counter()
-    frames, method = render_frames(base, custom, sample, reporter, values)
+    references = reference_frames(sample, values)
+    frames, method = render_frames(base, custom, sample, reporter, values, controlnet, references)
     t1 = time.perf_counter()
     reporter.step("export", 0, 1)
     video, poster = export.write_video(export.to_uint8(frames), Path(out_dir), stem, sample.format, sample.fps)
+    extra = {}
+    if "control" in references:
+        extra["control"] = export.write_video(references["control"], Path(out_dir), "control", sample.format,
+                                              sample.fps)[0]
     reporter.step("export", 1, 1)
-    return {"video": video, "poster": poster, "seed": sample.seed, "method": method, "scheduler": sample.scheduler,
+    return {"video": video, "poster": poster, **extra, "seed": sample.seed, "method": method,
+            "scheduler": sample.scheduler,
             "motion_adapter_scale": sample.motion_adapter_scale, "fps": sample.fps,
             "format": sample.format, "num_frames": values["num_frames"], "height": values["height"],
             "width": values["width"], "steps": values["steps"],

@@ -146,8 +146,41 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class ControlSpec:
+    """A ControlNet driven by a reference video (`conditioning.py`: resampled to the video's frames and size).
+
+    Args:
+        video: path of the reference (any container ffmpeg reads: MP4, WebM, GIF, PNG, JPEG).
+        type: "canny" (edges of the reference, OpenCV Canny with the two thresholds) or "precomputed" (the
+            reference already holds the conditioning frames).
+        source_frames: frames of the reference when known (then only the frames used are kept while decoding).
+        scale: ``controlnet_conditioning_scale``; 0 = no effect.
+        start, end: fractions of the denoising steps the control acts within.
+    """
+
+    video: str
+    type: Literal["canny", "precomputed"] = "canny"
+    source_frames: int | None = None
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    low_threshold: int = 100
+    high_threshold: int = 200
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """Video-to-video: start from `video` (resampled like a control's), noised to `strength` (1 = replaced)."""
+
+    video: str
+    source_frames: int | None = None
+    strength: float = 0.8
+
+
+@dataclass(frozen=True)
 class SampleSpec:
-    """One video to sample. Size/frames/steps of None mean "the preset's default" (as in the API)."""
+    """One video to sample. Size/frames/steps of None mean "the preset's default" (as in the API). With
+    `control` the sampler needs a ControlNet (`engine.load_controlnet`); with `init` it is video-to-video."""
 
     prompt: str
     negative_prompt: str = ""
@@ -163,3 +196,5 @@ class SampleSpec:
     motion_adapter_scale: float = 0.0  # 0 = removed (Still-Moving's test time), 1 = static, < 0 = more motion
     method: Method = "still-moving"
     scheduler: SchedulerName = "ddim"
+    control: ControlSpec | None = None
+    init: InitSpec | None = None

@@ -2,7 +2,8 @@
 at the atomic queue check after it was published, or one whose last customization was deleted), staging
 objects an upload left behind (its API died between completing and moving it; the parts of unfinished uploads
 go by the bucket's lifecycle rule), and the videos and customization artifacts whose record is gone: a
-generation's record expired (`job_retention_s`) or a deletion's storage step failed (`common/deletion.py`).
+generation's record expired (`job_retention_s`) or a deletion's storage step failed (`common/deletion.py`), and
+uploaded files (``files/``) whose record is gone.
 
 Runs in the reaper's thread. Everything it deletes is older than a grace period (`gc_grace_s`), so an upload
 being published or queued right now is never taken: a new upload of stored content renews the object's time.
@@ -14,6 +15,7 @@ import logging
 import time
 
 from common import storage as keys
+from common.files import file_key
 from common.jobstore import JobStore
 from common.storage import Storage
 
@@ -42,6 +44,7 @@ def collect(store: JobStore, storage: Storage, grace_s: float, clock: float | No
             deleted.append(key)
     deleted += _unrecorded(store, storage, keys.VIDEOS_PREFIX, store.job_key, clock - grace_s)
     deleted += _unrecorded(store, storage, keys.CUSTOMIZATIONS_PREFIX, store.customization_key, clock - grace_s)
+    deleted += _unrecorded(store, storage, keys.FILES_PREFIX, file_key, clock - grace_s)
     if deleted:
         log.info("collected %d objects: %s", len(deleted), ", ".join(deleted[:5]))
     return deleted
@@ -49,8 +52,8 @@ def collect(store: JobStore, storage: Storage, grace_s: float, clock: float | No
 
 def _unrecorded(store: JobStore, storage: Storage, prefix: str, record_key, before: float) -> list[str]:
     """Delete the objects under ``<prefix><id>/`` written before `before` whose record (`record_key(id)`) is gone.
-    A record is written before any of its objects and a customization's never expires, so none still named is
-    taken."""
+    A record is written before any of its objects (a file's just after: the grace period covers the gap) and a
+    customization's or file's never expires, so none still named is taken."""
     old: dict[str, list[str]] = {}
     for key, modified in storage.list_objects(prefix):
         if modified <= before:

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 import engine
 from common import storage as keys
-from common.errors import CustomizationFailed, ServiceError
+from common.errors import CustomizationFailed, NotFound, ServiceError
 from common.jobstore import CANCELED, JobStore, now
 from common.schemas import TERMINAL, CustomizationConfig, ErrorInfo, GenerateRequest, JobRecord
 from common.settings import Settings, get_settings
@@ -82,9 +82,29 @@ def train_spec(config: dict, settings: Settings) -> engine.TrainSpec:
                             checkpoint_every=settings.train_checkpoint_every, motion=motion)
 
 
-def sample_spec(params: dict) -> engine.SampleSpec:
-    """The engine's spec of a generation job, its params validated by the API's own schema."""
-    return engine.SampleSpec(**_spec_fields(GenerateRequest.model_validate(params), engine.SampleSpec))
+def sample_spec(params: dict, sources: dict[str, tuple[Path, int | None]] | None = None) -> engine.SampleSpec:
+    """The engine's spec of a generation job, its params validated by the API's own schema; `sources`: the
+    local path and frame count of its control's and init's reference videos."""
+    request = GenerateRequest.model_validate(params)
+    values = _spec_fields(request, engine.SampleSpec) | {"control": None, "init": None}
+    sources = sources or {}
+    if request.control is not None:
+        path, frames = sources["control"]
+        control = request.control
+        thresholds = {"low_threshold": control.low_threshold, "high_threshold": control.high_threshold} \
+            if control.type == "canny" else {}
+        values["control"] = engine.ControlSpec(video=str(path), type=control.type, source_frames=frames,
+                                               scale=control.scale, start=control.start, end=control.end, **thresholds)
+    if request.init is not None:
+        path, frames = sources["init"]
+        values["init"] = engine.InitSpec(video=str(path), source_frames=frames, strength=request.init.strength)
+    return engine.SampleSpec(**values)
+
+
+class InputMissing(NotFound):
+    """A generation's control or init video is gone from storage (its file or job was deleted)."""
+
+    code = "input_missing"
 
 
 class Runner:
@@ -97,6 +117,7 @@ class Runner:
         self.workdir = Path(settings.workdir).resolve()
         self.bases: LRUCache = LRUCache(settings.base_cache_size)
         self.customizations: LRUCache = LRUCache(settings.customization_cache_size)
+        self.controlnets: LRUCache = LRUCache(settings.controlnet_cache_size)
 
     # ---- inputs -----------------------------------------------------------------------------------
     def base(self) -> engine.BaseModels:
@@ -124,6 +145,21 @@ class Runner:
                     self.storage.get_file(prefix + name, staging / name)
                 staging.rename(target)
         return root
+
+    def controlnet(self, name: str, base: engine.BaseModels):
+        """The ControlNet the settings serve as `name`, loaded once per base (an LRU like the base models')."""
+        source = self.settings.controlnets()[name]
+        return self.controlnets.get_or_load((name, source, id(base)), lambda: engine.load_controlnet(base, source))
+
+    def inputs(self, job: JobRecord, directory: Path) -> dict[str, tuple[Path, int | None]]:
+        """Download the generation's control and init videos: {name: (local path, frame count)}."""
+        local = {}
+        for name, source in (job.inputs or {}).items():
+            if not self.storage.exists(source["key"]):
+                raise InputMissing(f"the {name} video ({source['key']}) is gone from storage: its file or job was "
+                                   "deleted after this generation was queued")
+            local[name] = (self.storage.get_file(source["key"], directory / name), source.get("frames"))
+        return local
 
     def customization(self, customization_id: str, base: engine.BaseModels):
         record = self.store.get_customization(customization_id)
@@ -299,17 +335,22 @@ class Runner:
         custom = None
         if job.customization_id and params["method"] != "base":
             custom = self.customization(job.customization_id, base)
-        reporter.progress("load", 1, 1)
         shutil.rmtree(scratch, ignore_errors=True)
-        out = engine.generate(base, custom, sample_spec(params), scratch / "video", progress=reporter.progress,
-                              should_cancel=reporter.should_cancel)
+        request = GenerateRequest.model_validate(params)
+        controlnet = self.controlnet(request.control.controlnet_name(), base) if request.control else None
+        sample = sample_spec(params, self.inputs(job, scratch / "inputs"))
+        reporter.progress("load", 1, 1)
+        out = engine.generate(base, custom, sample, scratch / "video", progress=reporter.progress,
+                              should_cancel=reporter.should_cancel, controlnet=controlnet)
         reporter.set_stage("upload")
         prefix = keys.video_prefix(job.id)
-        video_key = prefix + Path(out["video"]).name
-        poster_key = prefix + "poster" + Path(out["poster"]).suffix
-        self.storage.put_file(Path(out["video"]), video_key, CONTENT_TYPES.get(Path(out["video"]).suffix))
-        self.storage.put_file(Path(out["poster"]), poster_key, "image/png")
-        result = {"video_key": video_key, "poster_key": poster_key,
+        stored = {"video_key": prefix + Path(out["video"]).name, "poster_key": prefix + "poster.png"}
+        if out.get("control"):  # the conditioning frames used, with the result
+            stored["control_key"] = prefix + Path(out["control"]).name
+        for name, key in stored.items():
+            path = Path(out[name.removesuffix("_key")])
+            self.storage.put_file(path, key, CONTENT_TYPES.get(path.suffix))
+        result = {**stored,
                   **{k: out[k] for k in ("seed", "num_frames", "height", "width", "fps", "format", "scheduler",
                                          "motion_adapter_scale", "timings") if k in out}, "method": out.get("method", params["method"]),
                   "metrics": reporter.metrics(job.created_at, job.device_s)}

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep, owned_customization
 from api.enqueue import enqueue, new_id, rate_limit
 from api.idempotency import Idempotency
+from api.inputs import check_control, resolve
 from common import presets
 from common.errors import CustomizationFailed, UnsupportedMediaType
 from common.jobstore import now
@@ -29,7 +30,9 @@ async def require_json(request: Request) -> None:
 def create_generation(body: GenerateRequest, owner: OwnerDep, settings: SettingsDep, store: StoreDep,
                       celery: CeleryDep, _json: Annotated[None, Depends(require_json)] = None,
                       idempotency_key: IdempotencyKey = None):
-    presets.check_video(settings.preset(), body.num_frames, body.height, body.width, body.steps)
+    check_control(body, settings)
+    presets.check_video(settings.preset(), body.num_frames, body.height, body.width, body.steps,
+                        controlnet=body.control is not None, init_strength=body.init.strength if body.init else None)
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     with Idempotency(store, settings, owner, SCOPE, idempotency_key) as claim:
         if claim.held is not None:
@@ -40,11 +43,12 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
             if customization.status in ("failed", "canceled"):
                 raise CustomizationFailed(f"customization {body.customization_id!r} is {customization.status}; "
                                           "it cannot be used", field="customization_id")
+        inputs = resolve(body, owner, store)
         params = body.model_dump()
         if params["seed"] is None:
             params["seed"] = secrets.randbelow(2**32)
         # the per-key queue limit: `enqueue` checks it atomically (no early check, nothing is streamed here)
         job = JobRecord(id=new_id("job"), kind="generate", owner=owner, created_at=now(), params=params,
-                        customization_id=body.customization_id)
+                        customization_id=body.customization_id, inputs=inputs)
         enqueue(store, celery, settings, job)
         return claim.accept(JobAccepted(job_id=job.id, status="queued"), fingerprint)

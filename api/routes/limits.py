@@ -19,4 +19,5 @@ def limits(_owner: OwnerDep, settings: SettingsDep) -> LimitsView:
     sizes = facts.pop("train_sizes")
     return LimitsView(preset=settings.model_preset, **facts,
                       train_sizes=None if sizes is None else [dict(zip(("height", "width", "num_frames"), s))
-                                                              for s in sizes])
+                                                              for s in sizes],
+                      controlnets=sorted(settings.controlnets()))

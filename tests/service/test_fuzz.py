@@ -38,7 +38,8 @@ CASES = {"GET /healthz": 1, "GET /readyz": 1, "POST /customizations": 200, "GET 
          "GET /customizations/{customization_id}": 60, "POST /generate": 300, "GET /jobs": 100,
          "GET /jobs/{job_id}": 60, "POST /jobs/{job_id}/cancel": 60, "DELETE /jobs/{job_id}": 60,
          "DELETE /customizations/{customization_id}": 60, "GET /limits": 1,
-         "GET /jobs/{job_id}/logs": 30, "GET /jobs/{job_id}/events": 30}
+         "GET /jobs/{job_id}/logs": 30, "GET /jobs/{job_id}/events": 30, "POST /files": 100,
+         "GET /files/{file_id}": 30, "DELETE /files/{file_id}": 30}
 UPLOAD_CASES = 500
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
@@ -54,7 +55,7 @@ def fuzz_settings(settings):
         "redis_url": f"{base}/1", "train_queue": "fuzz-train", "generate_queue": "fuzz-generate",
         "s3_bucket": "stillmoving-fuzz", "api_keys": [FUZZ_KEY], "max_queued_jobs_per_key": 100_000,
         "job_burst": 100_000,
-        "max_upload_bytes": 1024 * 1024})
+        "max_upload_bytes": 1024 * 1024, "max_file_bytes": 1024 * 1024})
     yield fuzz
     redis.Redis.from_url(fuzz.redis_url).flushdb()
     storage = Storage(fuzz)

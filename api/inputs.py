@@ -1,0 +1,52 @@
+"""A generation's control and init: which stored video each reads, and whether this deployment can run them."""
+
+from __future__ import annotations
+
+from common.errors import Conflict, InvalidArgument, NotFound
+from common.files import get_file
+from common.jobstore import JobStore
+from common.schemas import ANNOTATOR_TYPES, GenerateRequest, MediaRef
+from common.settings import Settings
+
+
+def source(ref: MediaRef, owner: str, store: JobStore, field: str) -> dict:
+    """``{"key", "frames"}`` of the caller's file or succeeded generation that `ref` names (404 otherwise)."""
+    if ref.file is not None:
+        record = get_file(store, ref.file, owner, field=f"{field}.file")
+        return {"key": record.key, "frames": record.frames}
+    assert ref.job_id is not None  # the schema asks for exactly one of file and job_id
+    job = store.get_job(ref.job_id, owner=owner)
+    if job is None:
+        raise NotFound(f"no job {ref.job_id!r}", field=f"{field}.job_id")
+    if job.kind != "generate":
+        raise InvalidArgument(f"{field}.job_id: job {job.id!r} is a {job.kind} job; only a generation has a video",
+                              field=f"{field}.job_id")
+    if job.status != "succeeded" or not job.result:
+        raise Conflict(f"{field}.job_id: job {job.id!r} is {job.status}; its video is there once it succeeds",
+                       code="input_not_ready", field=f"{field}.job_id")
+    return {"key": job.result["video_key"], "frames": job.result["num_frames"]}
+
+
+def check_control(body: GenerateRequest, settings: Settings) -> None:
+    """422 unless the control's type has its annotator here (or is precomputed) and its ControlNet is served."""
+    control = body.control
+    if control is None:
+        return
+    if control.type not in (*ANNOTATOR_TYPES, "precomputed"):
+        raise InvalidArgument(f"control.type={control.type!r}: no {control.type} annotator is configured on this "
+                              "deployment (only canny is computed here); send the conditioning frames yourself "
+                              "with type=precomputed and a controlnet that reads them", field="control.type",
+                              code="control_type_unavailable")
+    served = settings.controlnets()
+    name = control.controlnet_name()
+    if name not in served:
+        field = "control.controlnet" if control.controlnet else "control.type"
+        raise InvalidArgument(f"{field}: no ControlNet {name!r} is served here (served: "
+                              f"{', '.join(sorted(served)) or 'none'})", field=field, code="control_type_unavailable")
+
+
+def resolve(body: GenerateRequest, owner: str, store: JobStore) -> dict | None:
+    """The stored sources of the body's control and init, as the job record's ``inputs`` (None without)."""
+    inputs = {name: source(ref, owner, store, name) for name, ref in (("control", body.control), ("init", body.init))
+              if ref is not None}
+    return inputs or None

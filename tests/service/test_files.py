@@ -1,0 +1,207 @@
+"""``/files`` and a generation's control and init through the API: probing each format, every refusal, tenant
+isolation, the request's validation. Jobs here go to queues no worker serves (they stay queued); the flow through
+a real worker is in `test_control_flow.py`."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from tests.service.helpers import assert_error, upload
+
+GEN = {"prompt": "a dog", "num_frames": 4, "height": 32, "width": 32, "steps": 2, "format": "gif"}
+MAX_FRAMES, MAX_PIXELS, MAX_BYTES = 10, 64 * 64, 200_000
+
+
+def moving_square(n: int = 5, height: int = 48, width: int = 64) -> np.ndarray:
+    frames = np.zeros((n, height, width, 3), np.uint8)
+    for i in range(n):
+        frames[i, 12:36, 4 + 4 * i:28 + 4 * i] = 255
+    return frames
+
+
+def encode(frames: np.ndarray, extension: str) -> bytes:
+    """`frames` as a file of that extension: H.264 MP4, VP9 WebM (imageio-ffmpeg), GIF, PNG, JPEG (first frame)."""
+    buffer = io.BytesIO()
+    if extension in (".mp4", ".webm"):
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=extension) as handle:
+            codec = "libx264" if extension == ".mp4" else "libvpx-vp9"
+            writer = imageio.get_writer(handle.name, format="FFMPEG", fps=8, codec=codec, macro_block_size=8,
+                                        ffmpeg_log_level="error")
+            for frame in frames:
+                writer.append_data(frame)
+            writer.close()
+            return open(handle.name, "rb").read()
+    if extension == ".gif":
+        imageio.mimsave(buffer, list(frames), format="GIF", duration=125, loop=0)
+    else:
+        imageio.imwrite(buffer, frames[0], format=extension.lstrip("."))
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files_settings(settings):
+    return settings.model_copy(update={"train_queue": "files-train", "generate_queue": "files-generate",
+                                       "max_file_frames": MAX_FRAMES, "max_file_pixels": MAX_PIXELS,
+                                       "max_file_bytes": MAX_BYTES})
+
+
+@pytest.fixture(scope="module")
+def api(files_settings):
+    with TestClient(create_app(files_settings)) as client:
+        yield client
+
+
+def post_file(api, auth, data: bytes, name: str = "ref.mp4", field: str = "file"):
+    return api.post("/files", headers=auth, files={field: (name, data, "application/octet-stream")})
+
+
+def stored(api) -> list[str]:
+    return api.app.state.storage.list_keys("files/")
+
+
+@pytest.fixture(scope="module")
+def reference(api, auth_a) -> dict:
+    response = post_file(api, auth_a, encode(moving_square(), ".gif"), "ref.gif")
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize(("extension", "kind", "frames", "content_type"), [
+    (".mp4", "video", 5, "video/mp4"), (".webm", "video", 5, "video/webm"), (".gif", "video", 5, "image/gif"),
+    (".png", "image", 1, "image/png"), (".jpg", "image", 1, "image/jpeg")])
+def test_upload_is_probed_stored_with_its_sha256_and_readable(api, auth_a, extension, kind, frames, content_type):
+    data = encode(moving_square(), extension)
+    response = post_file(api, auth_a, data, "ref" + extension)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert response.headers["Location"] == f"/files/{body['file_id']}"
+    assert (body["kind"], body["frames"], body["width"], body["height"]) == (kind, frames, 64, 48)
+    assert body["content_type"] == content_type and body["filename"] == "ref" + extension
+    assert body["size"] == len(data) and body["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (body["fps"] is None) == (kind == "image") and (kind == "image" or body["fps"] > 0)
+    assert api.get(f"/files/{body['file_id']}", headers=auth_a).json() == body
+    assert api.app.state.storage.get_bytes(f"files/{body['file_id']}/source") == data
+
+
+@pytest.mark.parametrize(("case", "field_message"), [
+    ("not a video", "does not decode"), ("truncated", "does not decode"), ("too many frames", f"{MAX_FRAMES} frames"),
+    ("too many pixels", f"{MAX_PIXELS} pixels"), ("empty", "empty")])
+def test_undecodable_or_over_the_limits_is_422_naming_file_and_nothing_is_stored(api, auth_a, case, field_message):
+    video = encode(moving_square(), ".mp4")
+    data = {"not a video": b"#EXTM3U\nhttp://127.0.0.1:9/x.ts\n" * 4, "truncated": video[: len(video) // 2],
+            "too many frames": encode(moving_square(MAX_FRAMES + 2), ".gif"),
+            "too many pixels": encode(moving_square(2, 72, 72), ".png"), "empty": b""}[case]
+    before = stored(api)
+    error = assert_error(post_file(api, auth_a, data), 422, "invalid_argument", "file")
+    assert field_message in error["message"], error
+    assert stored(api) == before
+    assert api.app.state.storage.list_keys("uploads/") == []  # the staging object is gone too
+
+
+def test_over_the_size_limit_is_413_declared_or_streamed(api, auth_a):
+    before = stored(api)
+    streamed = post_file(api, auth_a, b"\0" * (MAX_BYTES + 1000))  # under the guard's form overhead: counted while read
+    assert_error(streamed, 413, "payload_too_large", "file")
+    assert str(MAX_BYTES) in streamed.json()["error"]["message"]
+    assert_error(post_file(api, auth_a, b"\0" * (MAX_BYTES + 2 * 1024 * 1024)), 413, "payload_too_large", "file")
+    assert stored(api) == before
+
+
+def test_form_problems_are_4xx(api, auth_a):
+    assert_error(post_file(api, auth_a, encode(moving_square(), ".gif"), field="video"), 422, "invalid_argument", "video")
+    assert_error(api.post("/files", headers=auth_a, json={"file": "x"}), 415, "unsupported_media_type")
+
+
+def test_another_keys_file_is_404_and_delete_removes_record_and_object(api, auth_a, auth_b):
+    created = post_file(api, auth_a, encode(moving_square(), ".gif")).json()
+    url = f"/files/{created['file_id']}"
+    assert_error(api.get(url, headers=auth_b), 404, "not_found", "file_id")
+    assert_error(api.delete(url, headers=auth_b), 404, "not_found", "file_id")
+    assert_error(api.post("/generate", headers=auth_b, json={**GEN, "control": {"file": created["file_id"],
+                                                                           "type": "canny"}}),
+                 404, "not_found", "control.file")
+    assert api.get(url, headers=auth_a).status_code == 200
+    assert api.delete(url, headers=auth_a).status_code == 204
+    assert_error(api.get(url, headers=auth_a), 404, "not_found", "file_id")
+    assert_error(api.delete(url, headers=auth_a), 404, "not_found", "file_id")
+    assert f"files/{created['file_id']}/source" not in stored(api)
+
+
+def test_generate_with_control_and_init_records_their_sources(api, auth_a, reference):
+    control = {"file": reference["file_id"], "type": "canny", "scale": 0.7, "start": 0.1, "end": 0.9}
+    response = api.post("/generate", headers=auth_a, json={**GEN, "control": control,
+                                                      "init": {"file": reference["file_id"], "strength": 0.5}})
+    assert response.status_code == 202, response.text
+    job = api.get(f"/jobs/{response.json()['job_id']}", headers=auth_a).json()
+    assert job["params"]["control"] == {**control, "job_id": None, "controlnet": None, "low_threshold": 100,
+                                        "high_threshold": 200}
+    assert job["params"]["init"] == {"file": reference["file_id"], "job_id": None, "strength": 0.5}
+    record = api.app.state.store.get_job(job["id"])
+    source = {"key": f"files/{reference['file_id']}/source", "frames": 5}
+    assert record.inputs == {"control": source, "init": source}
+    assert "inputs" not in job  # storage keys stay in the record
+
+
+@pytest.mark.parametrize(("control", "status", "code", "field"), [
+    ({"type": "canny"}, 422, "invalid_argument", "control"),  # neither file nor job_id
+    ({"type": "canny", "file": "F", "job_id": "job_x"}, 422, "invalid_argument", "control"),
+    ({"type": "depth", "file": "F"}, 422, "control_type_unavailable", "control.type"),
+    ({"type": "openpose", "file": "F"}, 422, "control_type_unavailable", "control.type"),
+    ({"type": "precomputed", "file": "F", "controlnet": "depth"}, 422, "control_type_unavailable",
+     "control.controlnet"),
+    ({"type": "canny", "file": "F", "start": 0.6, "end": 0.4}, 422, "invalid_argument", "control"),
+    ({"type": "canny", "file": "F", "scale": 3}, 422, "invalid_argument", "control.scale"),
+    ({"type": "canny", "file": "F", "low_threshold": 200, "high_threshold": 100}, 422, "invalid_argument", "control"),
+    ({"type": "precomputed", "file": "F", "low_threshold": 10}, 422, "invalid_argument", "control"),
+    ({"type": "sketch", "file": "F"}, 422, "invalid_argument", "control.type"),
+    ({"type": "canny", "file": "file_missing"}, 404, "not_found", "control.file"),
+    ({"type": "canny", "job_id": "job_missing"}, 404, "not_found", "control.job_id"),
+])
+def test_bad_controls_are_refused_naming_the_field(api, auth_a, reference, control, status, code, field):
+    if control.get("file") == "F":
+        control = {**control, "file": reference["file_id"]}
+    before = api.get("/jobs?limit=100", headers=auth_a).json()["items"]
+    assert_error(api.post("/generate", headers=auth_a, json={**GEN, "control": control}), status, code, field)
+    assert api.get("/jobs?limit=100", headers=auth_a).json()["items"] == before
+
+
+def test_bad_inits_and_job_sources(api, auth_a, auth_b, reference, checkpoints):
+    assert_error(api.post("/generate", headers=auth_a, json={**GEN, "init": {"file": reference["file_id"], "strength": 0}}),
+                 422, "invalid_argument", "init.strength")
+    few_steps = {**GEN, "steps": 2, "init": {"file": reference["file_id"], "strength": 0.3}}  # int(0.6) = 0 steps
+    assert_error(api.post("/generate", headers=auth_a, json=few_steps), 422, "invalid_argument", "init.strength")
+    queued = api.post("/generate", headers=auth_a, json=GEN).json()["job_id"]  # no worker: it stays queued
+    assert_error(api.post("/generate", headers=auth_a, json={**GEN, "init": {"job_id": queued}}), 409, "input_not_ready",
+                 "init.job_id")
+    training = upload(api, auth_a, checkpoints["lora"])
+    assert training.status_code == 202, training.text
+    error = assert_error(api.post("/generate", headers=auth_a, json={**GEN, "init": {"job_id": training.json()["job_id"]}}),
+                         422, "invalid_argument", "init.job_id")
+    assert "customize job" in error["message"]
+    assert_error(api.post("/generate", headers=auth_b,
+                          json={**GEN, "init": {"job_id": queued}}), 404, "not_found", "init.job_id")
+
+
+def test_a_control_costs_half_a_unet_more(api, auth_a, reference, files_settings):
+    preset = files_settings.preset()
+    largest = {**GEN, "num_frames": 32, "height": 64, "width": 64, "steps": 50}  # exactly the tiny work limit
+    assert 32 * 64 * 64 * 50 == preset.max_video_work
+    assert api.post("/generate", headers=auth_a, json=largest).status_code == 202
+    error = assert_error(api.post("/generate", headers=auth_a, json={**largest, "control": {
+        "file": reference["file_id"], "type": "canny"}}), 422, "invalid_argument")
+    assert "ControlNet" in error["message"] and str(preset.max_video_work) in error["message"]
+    two_thirds = {**largest, "steps": 33, "control": {"file": reference["file_id"], "type": "canny"}}
+    assert api.post("/generate", headers=auth_a, json=two_thirds).status_code == 202
+
+
+def test_limits_publish_the_controlnets(api, auth_a):
+    assert api.get("/limits", headers=auth_a).json()["controlnets"] == ["canny"]
