@@ -332,3 +332,17 @@ def test_a_worker_sigkill_loses_no_event_and_delivers_none_to_another_tenant(api
     assert {r["body"]["id"] for r in hook_a.received} >= {job_a} and job_a not in {r["body"]["id"] for r in hook_b.received}
     assert job_b not in {r["body"]["id"] for r in hook_a.received}
     assert not hook_a.rejected and not hook_b.rejected  # each signed with its own tenant's secret
+
+
+def test_signatures_match_the_standard_webhooks_example_and_the_helper_refuses_tampering():
+    """The spec's published example (secret, id, timestamp, body → signature), then the client helper."""
+    secret, body = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", '{"test": 2432232314}'
+    headers = signed_headers(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", body, timestamp=1614265330)
+    assert headers["webhook-signature"] == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    fresh = signed_headers(secret, "msg_1", body)
+    assert verify(secret, body.encode(), fresh) == {"test": 2432232314}
+    for bad_body, bad_headers in [(body.replace("2", "3"), fresh), (body, headers),  # tampered; too old
+                                  (body, {**fresh, "webhook-signature": "v1,AAAA"}),
+                                  (body, {**fresh, "webhook-signature": "garbage"})]:
+        with pytest.raises(WebhookVerificationError):
+            verify(secret, bad_body, bad_headers)
