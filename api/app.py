@@ -14,12 +14,13 @@ from fastapi.staticfiles import StaticFiles
 from api import errors
 from api.event_stream import EventStream
 from api.guard import RequestGuard
-from api.routes import customizations, files, generate, health, job_events, jobs, limits
+from api.routes import customizations, files, generate, health, job_events, jobs, limits, webhooks
 from common.celery_config import make_celery
 from common.jobstore import JobStore
 from common.schemas import ErrorEnvelope
 from common.settings import Settings, get_settings
 from common.storage import Storage
+from common.webhooks import WebhookStore
 
 log = logging.getLogger("stillmoving.api")
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.storage = Storage(settings)
         app.state.celery = make_celery(settings)
         app.state.events = EventStream(settings)
+        app.state.webhooks = WebhookStore.from_settings(app.state.store, settings)
         if settings.s3_create_bucket:
             try:
                 app.state.storage.ensure_bucket()
@@ -57,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)
-    for module in (health, customizations, files, generate, jobs, job_events, limits):
+    for module in (health, customizations, files, generate, jobs, job_events, limits, webhooks):
         app.include_router(module.router)
 
     @app.get("/ui", include_in_schema=False)

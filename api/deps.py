@@ -20,6 +20,7 @@ from common.jobstore import JobStore
 from common.schemas import CustomizationRecord, JobRecord
 from common.settings import Settings
 from common.storage import Storage
+from common.webhooks import WebhookStore
 
 
 async def get_settings(request: Request) -> Settings:
@@ -42,11 +43,16 @@ async def get_events(request: Request) -> EventStream:
     return request.app.state.events
 
 
+async def get_webhooks(request: Request) -> WebhookStore:
+    return request.app.state.webhooks
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 EventsDep = Annotated[EventStream, Depends(get_events)]
+WebhooksDep = Annotated[WebhookStore, Depends(get_webhooks)]
 
 
 async def authenticate(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> str:

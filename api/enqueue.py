@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 from common.celery_config import TASK_FOR_KIND
 from common.errors import ServiceUnavailable, TooManyRequests
 from common.jobstore import JobStore
-from common.schemas import CustomizationRecord, ErrorInfo, JobAccepted, JobRecord
+from common.schemas import CustomizationRecord, ErrorInfo, JobAccepted, JobRecord, WebhookFields
 from common.settings import Settings
+from common.webhooks import WebhookStore, resolve
 
 log = logging.getLogger("stillmoving.api")
 
@@ -43,10 +44,21 @@ def check_queue_limit(store: JobStore, settings: Settings, owner: str) -> None:
         raise _too_many(settings, queued)
 
 
+def check_webhook(fields: WebhookFields, settings: Settings, field: str = "webhook") -> None:
+    """422 `webhook_refused` naming `field` when the webhook URL leads where webhooks may not go (the
+    deliverer checks again at each attempt: DNS may change)."""
+    if fields.webhook is not None:
+        resolve(fields.webhook, settings.webhook_allow_private, field)
+
+
 def enqueue(store: JobStore, celery: Celery, settings: Settings, job: JobRecord,
-            customization: CustomizationRecord | None = None) -> None:
-    """Store the job (queued) first, then send the task: the worker always finds the record."""
+            customization: CustomizationRecord | None = None, webhook: WebhookFields | None = None,
+            hooks: WebhookStore | None = None) -> None:
+    """Store the job (queued) first, then send the task: the worker always finds the record. A webhook is
+    registered before the job exists, so that no event of it can be missed (one never created is dropped)."""
     queue = settings.queue_for(job.kind)
+    if webhook is not None and webhook.webhook is not None and hooks is not None:
+        hooks.register(job.id, job.owner, webhook.webhook, list(webhook.webhook_events_filter))
     if not store.create_job(job, queue, customization, limit=settings.max_queued_jobs_per_key):
         raise _too_many(settings, store.queued_count(job.owner))
     try:

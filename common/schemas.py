@@ -21,13 +21,53 @@ MAX_PROMPT_CHARS = 500
 SEED_MAX = 2**32 - 1
 
 
+WebhookEventType = Literal["start", "progress", "completed"]
+MAX_WEBHOOK_URL_CHARS = 2000
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEventType, ...] = ("completed",)
+
+
+class WebhookFields(BaseModel):
+    """``webhook`` and ``webhook_events_filter``, on both POSTs (`common.webhooks` checks where the URL leads)."""
+
+    webhook: str | None = Field(None, min_length=1, max_length=MAX_WEBHOOK_URL_CHARS,
+                                description="http(s) URL that receives the job's events, signed per Standard "
+                                            "Webhooks with the key's secret (GET /webhooks/secret)")
+    webhook_events_filter: list[WebhookEventType] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS), min_length=1, max_length=3,
+        description="which events are delivered: start (each run's start), progress (at most one per 500 ms), "
+                    "completed (the end: succeeded, failed or canceled)")
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, url: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if url is None:
+            return url
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises on a malformed port)
+        except ValueError as exc:
+            raise ValueError(f"webhook={url!r} is not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"webhook={url!r}: only http and https URLs with a host are delivered")
+        if parts.username or parts.password:
+            raise ValueError("webhook must not carry credentials")
+        return url
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def _events(cls, events: list[str]) -> list[str]:
+        return sorted(set(events), key=["start", "progress", "completed"].index)
+
+
 def _multiple_of_8(name: str, value: int | None) -> int | None:
     if value is not None and value % 8:
         raise ValueError(f"{name}={value} must be a multiple of 8")
     return value
 
 
-class CustomizationConfig(BaseModel):
+class CustomizationConfig(WebhookFields):
     """The ``config`` part of ``POST /customizations``: what to train (Still-Moving settings)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -123,7 +163,7 @@ class InitRequest(MediaRef):
     strength: float = Field(0.8, gt=0, le=1, description="how much of the init video is replaced (1 = all)")
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(WebhookFields):
     """``POST /generate``: one video from the base model or a customization."""
 
     model_config = ConfigDict(extra="forbid")
@@ -316,6 +356,33 @@ class JobView(BaseModel):
     params: dict[str, Any]
     result: dict[str, Any] | None
     logs: list[JobEvent] | None = Field(None, description="the job's log, with ?logs=true")
+
+
+class WebhookAttempt(BaseModel):
+    """One delivery attempt of a job's webhook."""
+
+    webhook_id: str = Field(description="the webhook-id header: the same for every attempt of one event")
+    event: WebhookEventType
+    status: JobStatus = Field(description="the job's status in the body delivered")
+    time: datetime
+    url: str
+    attempt: int = Field(description="1 for an event's first try, then its retries")
+    status_code: int | None = Field(None, description="the receiver's HTTP status; null when none came")
+    error: str | None = Field(None, description="why it failed: the status, a timeout, a refused address ...")
+    delivered: bool
+    duration_ms: float
+
+
+class WebhookAttemptList(BaseModel):
+    """``GET /jobs/{id}/webhooks``: the delivery attempts of its webhook, oldest first."""
+
+    items: list[WebhookAttempt]
+
+
+class WebhookSecret(BaseModel):
+    """``GET /webhooks/secret``: the key's signing secret (Standard Webhooks ``whsec_`` + base64)."""
+
+    secret: str
 
 
 class JobList(BaseModel):

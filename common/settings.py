@@ -120,6 +120,25 @@ class Settings(BaseSettings):
     events_poll_s: float = Field(0.5, gt=0, description="how often a live status stream reads new events")
     events_keepalive_s: float = Field(10.0, gt=0, description="seconds between an idle live status stream's comments")
 
+    # Webhooks (worker.webhooks: a delivery thread in each worker's main process)
+    webhook_allow_private: bool = Field(False, description="let webhooks reach loopback, private and link-local "
+                                        "addresses (tests, a private network); metadata addresses never")
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60, description="one delivery attempt, connect to response "
+                                     "(connect: at most 3 s)")
+    webhook_max_response_bytes: int = Field(64 * 1024, ge=0, description="most of a receiver's response read")
+    webhook_backoff_s: float = Field(1.0, gt=0, description="wait before an event's first retry; doubles each retry")
+    webhook_backoff_max_s: float = Field(300.0, gt=0, description="longest wait between two retries of an event")
+    webhook_retry_window_s: float = Field(3600.0, gt=0, description="an event still failing this long after its "
+                                          "first attempt is given up (recorded) and the next one is sent")
+    webhook_progress_interval_s: float = Field(0.5, ge=0.5, description="least time between two progress "
+                                               "deliveries of a job (by the events' times)")
+    webhook_poll_s: float = Field(0.5, gt=0, description="how often the deliverer looks for new events")
+    webhook_lease_s: float = Field(30.0, gt=0, description="a job's deliveries are one deliverer's for this long "
+                                   "after its last news (a killed worker's jobs pass to another after it)")
+    webhook_concurrency: int = Field(8, ge=1, description="jobs one worker's deliverer serves at once (a hanging "
+                                     "receiver holds one of them)")
+    webhook_attempts_kept: int = Field(200, ge=1, description="delivery attempts GET /jobs/{id}/webhooks keeps")
+
     # Fault tolerance
     heartbeat_interval_s: float = Field(10.0, gt=0, description="how often a running job's worker writes heartbeat_at")
     heartbeat_timeout_s: float = Field(120.0, gt=0, description="a running job with no heartbeat for this long is "

@@ -2,8 +2,9 @@
 
 from common.celery_config import make_celery
 from common.settings import get_settings
-from worker import reaper
+from worker import reaper, webhooks
 
 settings = get_settings()
 app = make_celery(settings, include=["worker.tasks"])
 reaper.install(app, settings)
+webhooks.install(app, settings)

@@ -9,8 +9,17 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CeleryDep, IdempotencyKey, OwnedCustomization, OwnerDep, SettingsDep, StorageDep, StoreDep
-from api.enqueue import check_queue_limit, enqueue, new_id, rate_limit
+from api.deps import (
+    CeleryDep,
+    IdempotencyKey,
+    OwnedCustomization,
+    OwnerDep,
+    SettingsDep,
+    StorageDep,
+    StoreDep,
+    WebhooksDep,
+)
+from api.enqueue import check_queue_limit, check_webhook, enqueue, new_id, rate_limit
 from api.errors import reshape_validation_errors
 from api.idempotency import Idempotency
 from api.upload import HashingSink, receive_form
@@ -98,6 +107,7 @@ async def receive_upload(request: Request, upload: StreamingUpload, settings: Se
         raise InvalidArgument(f"base_model={config.base_model!r} is not served here; this deployment serves "
                               f"{settings.model_preset!r}", field="config.base_model")
     presets.check_customization(settings.preset(), config.model_dump())
+    await run_in_threadpool(check_webhook, config, settings, "config.webhook")
     summary = await run_in_threadpool(check_header, bytes(upload.head), upload.size, settings, config.base_model)
     return config, summary
 
@@ -118,7 +128,7 @@ def customization_job(owner: str, config: CustomizationConfig, sha256: str,
 @router.post("/customizations", status_code=202, response_model=JobAccepted, openapi_extra=FORM_SCHEMA,
              summary="Upload a checkpoint and start a Still-Moving customization")
 async def create_customization(request: Request, owner: OwnerDep, settings: SettingsDep, store: StoreDep,
-                               storage: StorageDep, celery: CeleryDep, idempotency_key: IdempotencyKey = None):
+                               storage: StorageDep, celery: CeleryDep, hooks: WebhooksDep, idempotency_key: IdempotencyKey = None):
     async with Idempotency(store, settings, owner, SCOPE, idempotency_key) as claim:
         if claim.held is not None:
             return await replay_upload(request, claim, settings)
@@ -130,7 +140,7 @@ async def create_customization(request: Request, owner: OwnerDep, settings: Sett
             sha256 = upload.hexdigest()
             await run_in_threadpool(upload.commit, checkpoint_key(sha256))
             job, customization = customization_job(owner, config, sha256, summary.format)
-            await run_in_threadpool(enqueue, store, celery, settings, job, customization)
+            await run_in_threadpool(enqueue, store, celery, settings, job, customization, config, hooks)
         except BaseException:
             await run_in_threadpool(upload.abort)
             raise

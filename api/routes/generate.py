@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep, owned_customization
-from api.enqueue import enqueue, new_id, rate_limit
+from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep, WebhooksDep, owned_customization
+from api.enqueue import check_webhook, enqueue, new_id, rate_limit
 from api.idempotency import Idempotency
 from api.inputs import check_control, resolve
 from common import presets
@@ -28,9 +28,10 @@ async def require_json(request: Request) -> None:
 
 @router.post("/generate", status_code=202, response_model=JobAccepted, summary="Queue a video generation")
 def create_generation(body: GenerateRequest, owner: OwnerDep, settings: SettingsDep, store: StoreDep,
-                      celery: CeleryDep, _json: Annotated[None, Depends(require_json)] = None,
+                      celery: CeleryDep, hooks: WebhooksDep, _json: Annotated[None, Depends(require_json)] = None,
                       idempotency_key: IdempotencyKey = None):
     check_control(body, settings)
+    check_webhook(body, settings)
     presets.check_video(settings.preset(), body.num_frames, body.height, body.width, body.steps,
                         controlnet=body.control is not None, init_strength=body.init.strength if body.init else None)
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
@@ -50,5 +51,5 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
         # the per-key queue limit: `enqueue` checks it atomically (no early check, nothing is streamed here)
         job = JobRecord(id=new_id("job"), kind="generate", owner=owner, created_at=now(), params=params,
                         customization_id=body.customization_id, inputs=inputs)
-        enqueue(store, celery, settings, job)
+        enqueue(store, celery, settings, job, webhook=body, hooks=hooks)
         return claim.accept(JobAccepted(job_id=job.id, status="queued"), fingerprint)

@@ -49,14 +49,15 @@ def test_the_worker_builds_engine_specs_from_the_api_schemas_own_defaults():
     train = train_spec({"prompts": ["a sks dog"]}, Settings(_env_file=None))
     config = CustomizationConfig(prompts=["a sks dog"])
     spec_names = {f.name for f in dataclasses.fields(engine.TrainSpec)}
-    api_only = {"base_model", "name"}  # chosen by the API, not the engine
+    webhooks = {"webhook", "webhook_events_filter"}  # delivered by the worker's webhook thread, not the engine
+    api_only = {"base_model", "name"} | webhooks  # chosen by the API, not the engine
     assert set(CustomizationConfig.model_fields) - spec_names == api_only  # none dropped on the way
     for name in set(CustomizationConfig.model_fields) - api_only:
         assert getattr(train, name) == (tuple(config.prompts) if name == "prompts" else getattr(config, name)), name
     assert train.num_frames is None and train.height is None  # the engine fills the preset's, as the API did
     sample = sample_spec({"prompt": "a red circle", "seed": 5})
     assert set(GenerateRequest.model_fields) - {f.name for f in dataclasses.fields(engine.SampleSpec)} == {
-        "customization_id"}
+        "customization_id"} | webhooks
     assert (sample.steps, sample.method, sample.scheduler, sample.fps) == (None, "base", "ddim", 8)
     with pytest.raises(ValueError):
         sample_spec({"prompt": "x", "seed": 1, "steps": 0})  # the worker validates as the API does
