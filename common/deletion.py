@@ -24,15 +24,16 @@ from common.errors import Conflict, NotFound, ServiceUnavailable
 from common.jobstore import RUNNING_KEY, JobStore
 from common.schemas import CustomizationRecord, JobRecord
 from common.storage import STORAGE_ERRORS, Storage
+from common.webhooks import WebhookStore
 
 log = logging.getLogger("stillmoving.deletion")
 
-# KEYS: the job, the owner's job listing, its event log. ARGV: owner (JSON), job id.
+# KEYS: the job, the owner's job listing, its event log, its webhook state and attempts. ARGV: owner (JSON), job id.
 _DELETE_JOB = """
 local owner, status = unpack(redis.call('HMGET', KEYS[1], 'owner', 'status'))
 if owner ~= ARGV[1] then return 'missing' end
 if status == '"queued"' or status == '"running"' then return cjson.decode(status) end
-redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
 redis.call('ZREM', KEYS[2], ARGV[2])
 return 'deleted'
 """
@@ -67,7 +68,8 @@ def delete_job(store: JobStore, storage: Storage, job: JobRecord) -> None:
     """Delete a finished job's record, then its video; `NotFound` when it is already gone, `Conflict` while it
     is queued or running (cancel it first)."""
     outcome = store.redis.register_script(_DELETE_JOB)(
-        keys=[store.job_key(job.id), store._owner_key(job.owner, "jobs"), store.events_key(job.id)],
+        keys=[store.job_key(job.id), store._owner_key(job.owner, "jobs"), store.events_key(job.id),
+              WebhookStore.state_key(job.id), WebhookStore.attempts_key(job.id)],
         args=[json.dumps(job.owner), job.id])
     if outcome == "missing":
         raise NotFound(f"no job {job.id!r}", field="job_id")

@@ -21,6 +21,7 @@ from common.errors import Conflict, NotFound
 from common.jobstore import JobStore, now
 from common.schemas import CustomizationRecord, JobRecord
 from common.storage import Storage
+from common.webhooks import WebhookStore
 from tests.service.helpers import TINY_CONFIG, assert_error, upload, wait_job
 from worker.collector import collect
 
@@ -93,6 +94,7 @@ def test_delete_job_refused_while_queued_or_running_then_removes_its_record_and_
 
     before = set(storage.list_keys(""))
     assert store.redis.exists(store.events_key(job_id))
+    store.redis.rpush(WebhookStore.attempts_key(job_id), "{}")  # as the deliverer records an attempt
     response = api.delete(f"/jobs/{job_id}", headers=A)
     assert response.status_code == 204 and response.content == b""
     assert before - set(storage.list_keys("")) == set(video) and set(kept) <= set(storage.list_keys(""))
@@ -100,6 +102,7 @@ def test_delete_job_refused_while_queued_or_running_then_removes_its_record_and_
     assert [j["id"] for j in api.get("/jobs", headers=A).json()["items"]] == [other]
     assert store.redis.zscore(store._owner_key(store.get_job(other).owner, "jobs"), job_id) is None
     assert not store.redis.exists(store.events_key(job_id))  # its log went with it
+    assert not store.redis.exists(WebhookStore.attempts_key(job_id))  # and its webhook attempts
     assert_error(api.delete(f"/jobs/{job_id}", headers=A), 404, "not_found")  # already gone
 
     canceled = generate(api, A)
