@@ -10,7 +10,6 @@ presumed dead but is not learns at its next heartbeat that the job is no longer 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from celery import Celery
@@ -21,15 +20,18 @@ from common.jobstore import CANCELED, JobStore
 from common.schemas import ErrorInfo, JobRecord
 from common.settings import Settings
 from common.storage import Storage
+from worker.background import Background
 from worker.collector import collect
 
 log = logging.getLogger("stillmoving.reaper")
 
 
-class Reaper:
+class Reaper(Background):
+    name = "reaper"
+
     def __init__(self, store: JobStore, celery: Celery, settings: Settings, storage: Storage | None = None):
+        super().__init__(settings.reaper_interval_s)
         self.store, self.celery, self.settings, self.storage = store, celery, settings, storage
-        self._stop = threading.Event()
         self._last_collect = 0.0
 
     def reap_once(self) -> dict[str, str]:
@@ -93,25 +95,11 @@ class Reaper:
         log.warning("job %s: no heartbeat since attempt %d's worker went quiet; re-queued", job.id, job.attempts)
         return "requeued"
 
-    def run_forever(self) -> None:
-        while True:
-            try:
-                self.reap_once()
-                if self.storage is not None and time.time() - self._last_collect > self.settings.gc_interval_s:
-                    self._last_collect = time.time()
-                    collect(self.store, self.storage, self.settings.gc_grace_s)
-            except Exception as exc:  # Redis, the broker or storage briefly down: next pass
-                log.warning("reaper pass failed: %s", type(exc).__name__)
-            if self._stop.wait(self.settings.reaper_interval_s):
-                return
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run_forever, name="stillmoving-reaper", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self._stop.set()
+    def run_pass(self) -> None:
+        self.reap_once()
+        if self.storage is not None and time.time() - self._last_collect > self.settings.gc_interval_s:
+            self._last_collect = time.time()
+            collect(self.store, self.storage, self.settings.gc_grace_s)
 
 
 def install(app: Celery, settings: Settings) -> None:

@@ -35,6 +35,7 @@ from common.settings import Settings
 from common.storage import Storage
 from common.views import job_view
 from common.webhooks import WebhookRefused, WebhookStore, resolve, signed_headers
+from worker.background import Background
 
 log = logging.getLogger("stillmoving.webhooks")
 REGISTRATION_GRACE_S = 60.0  # a registered job whose record is missing this long after was never created
@@ -79,11 +80,13 @@ def post(url: str, body: bytes, headers: dict[str, str], settings: Settings) -> 
     return response.status_code
 
 
-class Deliverer:
+class Deliverer(Background):
+    name = "webhooks"
+
     def __init__(self, store: JobStore, storage: Storage, settings: Settings):
+        super().__init__(settings.webhook_poll_s)
         self.store, self.storage, self.settings = store, storage, settings
         self.hooks = WebhookStore.from_settings(store, settings)
-        self._stop = threading.Event()
         self._busy: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(settings.webhook_concurrency, thread_name_prefix="stillmoving-webhook")
@@ -205,22 +208,11 @@ class Deliverer:
         self.hooks.schedule(job_id, backoff)
         return "retry"
 
-    def run_forever(self) -> None:
-        while True:
-            try:
-                self.poll_once()
-            except Exception as exc:  # Redis briefly down: next pass
-                log.warning("webhook pass failed: %s", type(exc).__name__)
-            if self._stop.wait(self.settings.webhook_poll_s):
-                return
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run_forever, name="stillmoving-webhooks", daemon=True)
-        thread.start()
-        return thread
+    def run_pass(self) -> None:
+        self.poll_once()
 
     def stop(self) -> None:
-        self._stop.set()
+        super().stop()
         self._pool.shutdown(wait=False)
 
 
