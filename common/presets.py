@@ -8,6 +8,7 @@ memory grows with the first, time with the second. A limit is written as the lar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from common.errors import InvalidArgument
 
@@ -15,11 +16,13 @@ TRAIN_STEP_PASSES = 3  # a training step (forward + backward) costs about three 
 # A ControlNet is a copy of the UNet's encoder and middle block: about half a UNet forward more per step.
 CONTROLNET_COST = (3, 2)  # work x 3 / 2
 # The ControlNet each preset serves per name when the settings name none: SD 1.5 ControlNet v1.1 for sd15;
+# shapes: its own, trained on the world's (canny edges -> still) pairs and committed (engine/shapes/train_controlnet.py);
 # "builtin" = `ControlNetModel.from_unet` of the base UNet, built in the worker (tiny: seeded non-zero zero-convs so
-# tests see the control act; shapes: untrained, a loadable placeholder whose zero-convs make it a no-op).
+# tests see the control act; elsewhere untrained, its zero-convs make it a no-op).
+SHAPES_CONTROLNET_CANNY = Path(__file__).resolve().parents[1] / "models" / "shapes" / "controlnet-canny"
 CONTROLNETS: dict[str, dict[str, str]] = {
     "sd15": {"canny": "lllyasviel/control_v11p_sd15_canny"},
-    "shapes": {"canny": "builtin"},
+    "shapes": {"canny": str(SHAPES_CONTROLNET_CANNY)},
     "tiny": {"canny": "builtin"},
 }
 

@@ -2,8 +2,9 @@
 
 ``builtin`` is `ControlNetModel.from_unet` of the base's UNet, its conditioning embedding sized to the base VAE's
 downsampling. For `tiny` its zero convolutions (ControlNet's zero-init output layers) are re-initialised seeded
-and non-zero, so that tests see a control act on the real pipeline; for `shapes` (and any other preset) it is
-**untrained**: the zero convolutions make it add nothing, a loadable placeholder until one is trained.
+and non-zero, so that tests see a control act on the real pipeline; for any other preset it is **untrained**:
+the zero convolutions make it add nothing. The `shapes` preset serves a trained one instead
+(`models/shapes/controlnet-canny/`, `engine/shapes/train_controlnet.py`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,17 @@ def zero_convolutions(controlnet: ControlNetModel) -> list[torch.nn.Conv2d]:
             controlnet.controlnet_cond_embedding.conv_out]
 
 
+def from_unet(unet, vae) -> ControlNetModel:
+    """`ControlNetModel.from_unet` of `unet` (its encoder copied, zero convolutions zero), the conditioning
+    embedding downsampling image-size maps as much as `vae` does (one stride-2 step per VAE level past the first)."""
+    levels = len(vae.config.block_out_channels)
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=EMBEDDING_CHANNELS[:levels])
+
+
 def build_from_unet(base: BaseModels) -> ControlNetModel:
     """An untrained ControlNet shaped for the base UNet (`tiny`: with seeded non-zero zero convolutions)."""
-    levels = len(base.components["vae"].config.block_out_channels)
     torch.manual_seed(TINY_SEED + 4)
-    controlnet = ControlNetModel.from_unet(base.components["unet"],
-                                           conditioning_embedding_out_channels=EMBEDDING_CHANNELS[:levels])
+    controlnet = from_unet(base.components["unet"], base.components["vae"])
     if base.spec.preset == "tiny":
         generator = torch.Generator().manual_seed(TINY_SEED + 5)
         with torch.no_grad():

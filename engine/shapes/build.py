@@ -5,6 +5,7 @@ of the real repositories (an SD 1.5 diffusers pipeline directory and an AnimateD
     models/shapes/motion-adapter/  config.json, diffusion_pytorch_model.safetensors
     models/shapes/judge/           the judge classifier (safetensors + config.json)
     models/shapes/customized/      DreamBooth-style customized T2Is (full UNet and LoRA)
+    models/shapes/controlnet-canny/ the canny ControlNet of the T2I (config.json, diffusion_pytorch_model.safetensors)
     models/shapes/build.json       per stage: settings, seconds, metrics
 
 Each stage reads what the earlier ones saved, so one can be re-run alone (`--stages unet`).
@@ -19,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("judge", "vae", "text", "unet", "motion", "customized")
+STAGES = ("judge", "vae", "text", "unet", "motion", "customized", "controlnet")
 ABLATIONS = ("text_ablation",)  # measurements that save no model: run by name
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "models" / "shapes"
 
 
-def _record(out: Path, stage: str, metrics: dict) -> None:
+def record(out: Path, stage: str, metrics: dict) -> None:
     path = out / "build.json"
     report = json.loads(path.read_text()) if path.exists() else {}
     report[stage] = metrics
@@ -73,6 +74,10 @@ def run_stage(stage: str, out: Path, quick: bool, train_text_encoder: bool = Fal
         from engine.shapes.dreambooth import make_customized
 
         metrics = make_customized(save.load_base(out), out / "customized", quick=quick)
+    elif stage == "controlnet":
+        from engine.shapes.train_controlnet import run
+
+        metrics = run(out, quick=quick)
     else:
         raise ValueError(f"stage={stage!r}; expected one of {STAGES}")
     return metrics
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         start = time.time()
         metrics = run_stage(stage, args.out, args.quick, args.train_text_encoder)
         metrics["wall_seconds"] = round(time.time() - start, 1)
-        _record(args.out, stage, metrics)
+        record(args.out, stage, metrics)
         print(f"[build] {stage}: {time.time() - start:.0f} s", flush=True)
 
 

@@ -125,6 +125,18 @@ def measure(frame: np.ndarray) -> Objects:
                    labels == top)
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two (H, W) bool masks; two empty masks agree (1.0)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def frame_ious(frames: np.ndarray, masks: np.ndarray) -> list[float]:
+    """Per frame, the IoU of the largest object's mask in each (H, W, 3) uint8 frame (`measure`) against the
+    given (H, W) bool mask: how well a generated object covers a reference's (no object: 0 unless both empty)."""
+    return [mask_iou(measure(frame).mask, mask) for frame, mask in zip(frames, masks)]
+
+
 def track_direction(centroids: list[tuple[float, float] | None]) -> dict:
     """Direction a centroid track moves in: net displacement (last minus first readable frame) and spread."""
     points = np.array([c for c in centroids if c is not None], dtype=np.float64)

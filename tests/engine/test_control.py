@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import engine
+from common.presets import CONTROLNETS
 from engine import conditioning, controlnets, export
 from engine.specs import ControlSpec, InitSpec, SampleSpec
 
@@ -133,17 +134,20 @@ def test_control_with_init_and_the_customized_unet(base, controlnet, trained, ch
 
 
 def test_builtin_controlnet_is_seeded_for_tiny_and_a_no_op_untrained_elsewhere(base, controlnet, reference):
+    """`builtin` off `tiny` is an untrained placeholder (zero convolutions: no effect); no preset serves it there
+    any more: `shapes` serves its trained ControlNet (test_shapes_control.py shows it acts), `sd15` the hub's."""
     again = engine.load_controlnet(base, "builtin")
     for (name, a), (_, b) in zip(controlnet.state_dict().items(), again.state_dict().items()):
         assert (a == b).all(), name
     assert all(conv.weight.abs().sum() > 0 for conv in controlnets.zero_convolutions(controlnet))
-    untrained = engine.load_controlnet(dataclasses.replace(base, spec=dataclasses.replace(base.spec, preset="shapes")),
+    untrained = engine.load_controlnet(dataclasses.replace(base, spec=dataclasses.replace(base.spec, preset="sd15")),
                                        "builtin")
     assert all(conv.weight.abs().sum() == 0 for conv in controlnets.zero_convolutions(untrained))
     control = ControlSpec(video=str(reference), type="canny")
     plain = render(base, SampleSpec(prompt="a toy", method="base", **FAST))
     np.testing.assert_allclose(render(base, SampleSpec(prompt="a toy", method="base", control=control, **FAST),
                                       controlnet=untrained), plain, atol=1e-6)
+    assert [name for name, nets in CONTROLNETS.items() if "builtin" in nets.values()] == ["tiny"]
 
 
 def test_bad_control_and_init_are_spec_errors(base, controlnet, reference, tmp_path):

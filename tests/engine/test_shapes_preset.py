@@ -115,7 +115,10 @@ def test_the_world_build_command_runs_every_stage(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "build.json").read_text())
-    assert set(report) == {"judge", "vae", "text", "unet", "motion", "customized"}
+    assert set(report) == {"judge", "vae", "text", "unet", "motion", "customized", "controlnet"}
+    assert [c["step"] for c in report["controlnet"]["iou_curve"]] == [0, 2, 4]
+    assert sorted(p.name for p in (out / "controlnet-canny").iterdir()) == [
+        "config.json", "diffusion_pytorch_model.safetensors"]
     spec = engine.ModelSpec(preset="shapes", base_model=str(out / "base"), motion_adapter=str(out / "motion-adapter"))
     base = engine.load_base_models(spec, tmp_path / "work")
     result = engine.generate(base, None, engine.SampleSpec(prompt="a red circle moving left", steps=2), tmp_path / "v")
