@@ -68,14 +68,14 @@ def delete_job(store: JobStore, storage: Storage, job: JobRecord) -> None:
     """Delete a finished job's record, then its video; `NotFound` when it is already gone, `Conflict` while it
     is queued or running (cancel it first)."""
     outcome = store.redis.register_script(_DELETE_JOB)(
-        keys=[store.job_key(job.id), store._owner_key(job.owner, "jobs"), store.events_key(job.id),
+        keys=[store.job_key(job.id), store.owner_key(job.owner, "jobs"), store.events_key(job.id),
               WebhookStore.state_key(job.id), WebhookStore.attempts_key(job.id)],
         args=[json.dumps(job.owner), job.id])
     if outcome == "missing":
         raise NotFound(f"no job {job.id!r}", field="job_id")
     if outcome != "deleted":
         raise Conflict(f"job {job.id!r} is {outcome}; cancel it first", code="job_active", field="job_id")
-    _delete_objects(storage, keys.video_prefix(job.id))
+    delete_objects(storage, keys.video_prefix(job.id))
 
 
 def delete_customization(store: JobStore, storage: Storage, customization: CustomizationRecord) -> None:
@@ -83,9 +83,9 @@ def delete_customization(store: JobStore, storage: Storage, customization: Custo
     already gone, `Conflict` naming the job that uses it."""
     cid, owner = customization.id, customization.owner
     outcome, holder = store.redis.register_script(_DELETE_CUSTOMIZATION)(
-        keys=[store.customization_key(cid), store._owner_key(owner, "customizations"),
-              store._owner_key(owner, "queued"), RUNNING_KEY, store.job_key(customization.job_id),
-              store._owner_key(owner, "jobs"), store.checkpoint_refs_key(customization.checkpoint_sha256),
+        keys=[store.customization_key(cid), store.owner_key(owner, "customizations"),
+              store.owner_key(owner, "queued"), RUNNING_KEY, store.job_key(customization.job_id),
+              store.owner_key(owner, "jobs"), store.checkpoint_refs_key(customization.checkpoint_sha256),
               store.events_key(customization.job_id)],
         args=[json.dumps(owner), cid, json.dumps(cid), customization.job_id, store.job_key("")])
     if outcome == "missing":
@@ -94,10 +94,10 @@ def delete_customization(store: JobStore, storage: Storage, customization: Custo
         what = "its training job" if holder == customization.job_id else "a generation"
         raise Conflict(f"customization {cid!r} is in use: {what} {holder!r} is {outcome}; cancel it or wait "
                        "for it to end", code="customization_in_use", field="customization_id")
-    _delete_objects(storage, keys.customization_prefix(cid))
+    delete_objects(storage, keys.customization_prefix(cid))
 
 
-def _delete_objects(storage: Storage, prefix: str) -> None:
+def delete_objects(storage: Storage, prefix: str) -> None:
     """Best effort: what storage keeps now (it is down), no record names any more, and the collector sweeps."""
     try:
         storage.delete_many(storage.list_keys(prefix))

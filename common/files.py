@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 
 from common import storage as keys
-from common.deletion import _delete_objects
+from common.deletion import delete_objects
 from common.errors import NotFound
-from common.jobstore import PREFIX, JobStore, _decode, _encode
+from common.jobstore import PREFIX, JobStore, decode_fields, encode_fields
 from common.schemas import FileRecord
 from common.storage import Storage
 
@@ -33,12 +33,12 @@ def file_key(file_id: str) -> str:
 
 
 def _listing(owner: str) -> str:
-    return JobStore._owner_key(owner, "files")
+    return JobStore.owner_key(owner, "files")
 
 
 def create_file(store: JobStore, record: FileRecord) -> None:
     pipe = store.redis.pipeline(transaction=True)
-    pipe.hset(file_key(record.id), mapping=_encode(record))
+    pipe.hset(file_key(record.id), mapping=encode_fields(record))
     pipe.zadd(_listing(record.owner), {record.id: record.created_at.timestamp()})
     pipe.execute()
 
@@ -46,7 +46,7 @@ def create_file(store: JobStore, record: FileRecord) -> None:
 def get_file(store: JobStore, file_id: str, owner: str, field: str = "file_id") -> FileRecord:
     """The caller's file; `NotFound` (naming `field`) for an unknown one or another key's (indistinguishable)."""
     raw = store.redis.hgetall(file_key(file_id))
-    record = FileRecord.model_validate(_decode(raw)) if raw else None
+    record = FileRecord.model_validate(decode_fields(raw)) if raw else None
     if record is None or record.owner != owner:
         raise NotFound(f"no file {file_id!r}", field=field)
     return record
@@ -58,4 +58,4 @@ def delete_file(store: JobStore, storage: Storage, record: FileRecord) -> None:
         keys=[file_key(record.id), _listing(record.owner)], args=[json.dumps(record.owner), record.id])
     if not deleted:
         raise NotFound(f"no file {record.id!r}", field="file_id")
-    _delete_objects(storage, keys.file_prefix(record.id))
+    delete_objects(storage, keys.file_prefix(record.id))

@@ -173,7 +173,8 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _encode(record: BaseModel | dict) -> dict[str, str]:
+def encode_fields(record: BaseModel | dict) -> dict[str, str]:
+    """A record as a Redis hash: one JSON value per field (what every record of the store is; `decode_fields`)."""
     data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
     return {k: json.dumps(v, default=_json_default) for k, v in data.items()}
 
@@ -196,7 +197,7 @@ def _mirror(job_fields: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]
     return {"status": CUSTOMIZATION_STATUS[status], **ended, **extra}
 
 
-def _decode(raw: dict[str, str]) -> dict[str, Any]:
+def decode_fields(raw: dict[str, str]) -> dict[str, Any]:
     return {k: json.loads(v) for k, v in raw.items()}
 
 
@@ -237,7 +238,7 @@ class JobStore:
         return cls.job_key(job_id) + ":events"
 
     @staticmethod
-    def _owner_key(owner: str, what: str) -> str:
+    def owner_key(owner: str, what: str) -> str:
         return f"{PREFIX}owner:{owner}:{what}"
 
     @staticmethod
@@ -256,7 +257,7 @@ class JobStore:
 
     def take_token(self, owner: str, rate: float, burst: int) -> float:
         """Spend one of the owner's job-creation tokens: 0.0 when taken, else seconds until one is there."""
-        return float(self._take_token(keys=[self._owner_key(owner, "rate")], args=[rate, burst, repr(self.clock())]))
+        return float(self._take_token(keys=[self.owner_key(owner, "rate")], args=[rate, burst, repr(self.clock())]))
 
     def create_job(self, job: JobRecord, queue: str, customization: CustomizationRecord | None = None,
                    limit: int = 0) -> bool:
@@ -268,14 +269,14 @@ class JobStore:
         created_event = events.status_event({"status": job.status})
         assert created_event is not None  # a status change always has its event
         created = self._create(
-            keys=[self.job_key(job.id), self._owner_key(job.owner, "jobs"), self._queue_key(queue),
-                  self._owner_key(job.owner, "queued"), cus_key, self._owner_key(job.owner, "customizations"),
+            keys=[self.job_key(job.id), self.owner_key(job.owner, "jobs"), self._queue_key(queue),
+                  self.owner_key(job.owner, "queued"), cus_key, self.owner_key(job.owner, "customizations"),
                   self._fair_key(queue, job.owner), self._fair_key(queue),
                   self.checkpoint_refs_key(customization.checkpoint_sha256 if customization else "-"),
                   self.customization_key(uses or "-"), self.events_key(job.id)],
-            args=[limit, repr(time.time()), job.id, json.dumps({**_encode(job), "queue": json.dumps(queue)}),
+            args=[limit, repr(time.time()), job.id, json.dumps({**encode_fields(job), "queue": json.dumps(queue)}),
                   customization.id if customization else "",
-                  json.dumps(_encode(customization)) if customization else "{}", job.owner, "1" if uses else "",
+                  json.dumps(encode_fields(customization)) if customization else "{}", job.owner, "1" if uses else "",
                   events.encode(created_event), self.max_events])
         if created == -1:
             raise NotFound(f"no customization {uses!r}", field="customization_id")
@@ -290,7 +291,7 @@ class JobStore:
     def _job_from(raw: dict[str, str]) -> JobRecord | None:
         if not raw:
             return None
-        data = _decode(raw)
+        data = decode_fields(raw)
         data.pop("queue", None)
         return JobRecord.model_validate(data)
 
@@ -315,7 +316,7 @@ class JobStore:
     def update_job(self, job_id: str, **fields: Any) -> None:
         """Set fields of an existing job (progress, stage, heartbeat...); no status change here."""
         if fields and self.redis.exists(self.job_key(job_id)):
-            self.redis.hset(self.job_key(job_id), mapping=_encode(fields))
+            self.redis.hset(self.job_key(job_id), mapping=encode_fields(fields))
 
     def transition(self, job_id: str, allowed_from: Iterable[str], attempt: int | None = None,
                    customization: dict | None = None, note: str | None = None, **fields: Any) -> bool:
@@ -330,12 +331,12 @@ class JobStore:
         trains = json.loads(record.get("customization_id", "null")) if record["kind"] == '"customize"' else None
         mirror = _mirror(fields, customization or {}) if trains else {}
         result = self._transition(
-            keys=[self.job_key(job_id), self._queue_key(queue), self._owner_key(owner, "queued"), RUNNING_KEY,
+            keys=[self.job_key(job_id), self._queue_key(queue), self.owner_key(owner, "queued"), RUNNING_KEY,
                   self._fair_key(queue, owner), self._fair_key(queue), self.customization_key(trains or "-"),
                   self.events_key(job_id)],
-            args=[json.dumps([json.dumps(s) for s in allowed_from]), json.dumps(_encode(fields)), job_id,
+            args=[json.dumps([json.dumps(s) for s in allowed_from]), json.dumps(encode_fields(fields)), job_id,
                   fields.get("status", ""), "" if attempt is None else json.dumps(attempt), repr(time.time()), owner,
-                  self.retention_s, json.dumps(_encode(mirror)) if mirror else "",
+                  self.retention_s, json.dumps(encode_fields(mirror)) if mirror else "",
                   events.encode(event) if (event := events.status_event(fields, note)) else "", self.max_events])
         return result == 1
 
@@ -367,7 +368,7 @@ class JobStore:
         longer running on that attempt (canceled, finished, or re-queued after a missed heartbeat)."""
         clock = time.time()
         result = self._heartbeat(keys=[self.job_key(job_id), RUNNING_KEY, self.events_key(job_id)],
-                                 args=[json.dumps(attempt), json.dumps(_encode({"heartbeat_at": now(), **fields})),
+                                 args=[json.dumps(attempt), json.dumps(encode_fields({"heartbeat_at": now(), **fields})),
                                        repr(clock), job_id, events.encode(event) if event else "", self.max_events])
         return result == 1
 
@@ -430,10 +431,10 @@ class JobStore:
         return None if rank is None else rank + 1
 
     def queued_count(self, owner: str) -> int:
-        return self.redis.zcard(self._owner_key(owner, "queued"))
+        return self.redis.zcard(self.owner_key(owner, "queued"))
 
     def list_jobs(self, owner: str, limit: int, cursor: tuple[float, str] | None) -> tuple[list[JobRecord], tuple | None]:
-        listing = self._owner_key(owner, "jobs")
+        listing = self.owner_key(owner, "jobs")
         ids, next_cursor = self._page(listing, limit, cursor)
         jobs = [self._job_from(raw) for raw in self._hgetall_many([self.job_key(i) for i in ids])]
         expired = [job_id for job_id, job in zip(ids, jobs) if job is None]
@@ -461,13 +462,13 @@ class JobStore:
     def get_customization(self, customization_id: str, owner: str | None = None) -> CustomizationRecord | None:
         """The customization; None when there is none (or, with `owner`, when it is another key's)."""
         raw = self.redis.hgetall(self.customization_key(customization_id))
-        record = CustomizationRecord.model_validate(_decode(raw)) if raw else None
+        record = CustomizationRecord.model_validate(decode_fields(raw)) if raw else None
         return record if record is not None and owner in (None, record.owner) else None
 
     def list_customizations(self, owner: str, limit: int, cursor: tuple[float, str] | None):
-        ids, next_cursor = self._page(self._owner_key(owner, "customizations"), limit, cursor)
+        ids, next_cursor = self._page(self.owner_key(owner, "customizations"), limit, cursor)
         raws = self._hgetall_many([self.customization_key(i) for i in ids])
-        return [CustomizationRecord.model_validate(_decode(raw)) for raw in raws if raw], next_cursor
+        return [CustomizationRecord.model_validate(decode_fields(raw)) for raw in raws if raw], next_cursor
 
     @staticmethod
     def checkpoint_refs_key(sha256: str) -> str:
@@ -477,7 +478,7 @@ class JobStore:
         """The customizations made from an uploaded checkpoint (what keeps its object alive)."""
         ids = sorted(self.redis.smembers(self.checkpoint_refs_key(sha256)))
         raws = self._hgetall_many([self.customization_key(i) for i in ids])
-        return [CustomizationRecord.model_validate(_decode(raw)) for raw in raws if raw]
+        return [CustomizationRecord.model_validate(decode_fields(raw)) for raw in raws if raw]
 
     def forget_checkpoint(self, sha256: str) -> None:
         self.redis.delete(self.checkpoint_refs_key(sha256))

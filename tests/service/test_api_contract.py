@@ -248,7 +248,7 @@ def test_pagination_skips_no_job_created_in_the_same_instant(api):
     owner = owner_for(d["Authorization"], [KEY_C])
     ids = [api.post("/generate", headers=d, json={**GEN, "seed": i}).json()["job_id"] for i in range(5)]
     store = api.app.state.store
-    listing = store._owner_key(owner, "jobs")
+    listing = store.owner_key(owner, "jobs")
     store.redis.zadd(listing, {job_id: 1234.5 for job_id in ids})  # all five in one instant
     seen, cursor = [], None
     while True:
@@ -294,7 +294,7 @@ def test_finished_job_records_expire_and_leave_the_listing(api_settings):
         assert 0 < store.redis.ttl(store.job_key(done)) <= 60 and store.redis.ttl(store.job_key(kept)) == -1
         store.redis.delete(store.job_key(done))  # as Redis does once the TTL has passed
         assert [j["id"] for j in client.get("/jobs", headers=auth).json()["items"]] == [kept]
-        assert store.redis.zcard(store._owner_key(store.get_job(kept).owner, "jobs")) == 1  # the id left the index
+        assert store.redis.zcard(store.owner_key(store.get_job(kept).owner, "jobs")) == 1  # the id left the index
 
 
 def test_per_key_queue_limit_is_429(api_settings):

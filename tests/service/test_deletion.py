@@ -100,7 +100,7 @@ def test_delete_job_refused_while_queued_or_running_then_removes_its_record_and_
     assert before - set(storage.list_keys("")) == set(video) and set(kept) <= set(storage.list_keys(""))
     assert_error(api.get(f"/jobs/{job_id}", headers=A), 404, "not_found")
     assert [j["id"] for j in api.get("/jobs", headers=A).json()["items"]] == [other]
-    assert store.redis.zscore(store._owner_key(store.get_job(other).owner, "jobs"), job_id) is None
+    assert store.redis.zscore(store.owner_key(store.get_job(other).owner, "jobs"), job_id) is None
     assert not store.redis.exists(store.events_key(job_id))  # its log went with it
     assert not store.redis.exists(WebhookStore.attempts_key(job_id))  # and its webhook attempts
     assert_error(api.delete(f"/jobs/{job_id}", headers=A), 404, "not_found")  # already gone
@@ -233,7 +233,7 @@ def test_a_generation_enqueued_during_a_deletion_either_blocks_it_or_gets_404(co
         assert len(won) == 1, won
         assert (store.get_customization(customization.id) is None) == (won == ["deleted"])
         outcomes += won
-    queued = store.redis.zrange(store._owner_key(owner, "queued"), 0, -1)
+    queued = store.redis.zrange(store.owner_key(owner, "queued"), 0, -1)
     assert all(store.get_customization(store.get_job(j).customization_id) for j in queued)  # none names a gone one
     assert len(queued) == 1 + outcomes.count("enqueued")
 
