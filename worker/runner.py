@@ -82,10 +82,11 @@ def train_spec(config: dict, settings: Settings) -> engine.TrainSpec:
                             checkpoint_every=settings.train_checkpoint_every, motion=motion)
 
 
-def sample_spec(params: dict, sources: dict[str, tuple[Path, int | None]] | None = None) -> engine.SampleSpec:
-    """The engine's spec of a generation job, its params validated by the API's own schema; `sources`: the
-    local path and frame count of its control's and init's reference videos."""
-    request = GenerateRequest.model_validate(params)
+def sample_spec(params: dict | GenerateRequest,
+                sources: dict[str, tuple[Path, int | None]] | None = None) -> engine.SampleSpec:
+    """The engine's spec of a generation job, its params validated by the API's own schema (unless already
+    validated); `sources`: the local path and frame count of its control's and init's reference videos."""
+    request = params if isinstance(params, GenerateRequest) else GenerateRequest.model_validate(params)
     values = _spec_fields(request, engine.SampleSpec) | {"control": None, "init": None}
     sources = sources or {}
     if request.control is not None:
@@ -338,7 +339,7 @@ class Runner:
         shutil.rmtree(scratch, ignore_errors=True)
         request = GenerateRequest.model_validate(params)
         controlnet = self.controlnet(request.control.controlnet_name(), base) if request.control else None
-        sample = sample_spec(params, self.inputs(job, scratch / "inputs"))
+        sample = sample_spec(request, self.inputs(job, scratch / "inputs"))
         reporter.progress("load", 1, 1)
         out = engine.generate(base, custom, sample, scratch / "video", progress=reporter.progress,
                               should_cancel=reporter.should_cancel, controlnet=controlnet)
