@@ -51,6 +51,11 @@ def status_event(fields: dict[str, Any], note: str | None = None) -> dict[str, A
             "error": error, "message": message}
 
 
+def stage_event(stage: str, message: str | None = None) -> dict[str, Any]:
+    """The event of a job entering `stage`."""
+    return {"type": "stage", "stage": stage, "message": message or f"stage {stage}"}
+
+
 def log_event(message: str, level: str = "info", **fields: Any) -> dict[str, Any]:
     return {"type": "log", "level": level, "message": message, **fields}
 

@@ -65,7 +65,7 @@ class JobProgress:
         clock = time.monotonic()
         self.stage_s = self._stage_times(clock)
         self.stage, self._stage_start, self._stage_mark = stage, clock, None
-        return {"type": "stage", "stage": stage, "message": f"stage {stage}"}
+        return events.stage_event(stage)
 
     def eta(self, stage: str, step: int, total: int) -> float | None:
         """Seconds left (None until a rate is measured)."""

@@ -21,6 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel
 
 import engine
+from common import events
 from common import storage as keys
 from common.errors import CustomizationFailed, NotFound, ServiceError
 from common.jobstore import CANCELED, JobStore, now
@@ -321,9 +322,9 @@ class Runner:
             if record.status != "ready":
                 if job.stage != "waiting_for_customization":
                     self.store.update_job(job.id, stage="waiting_for_customization")
-                    self.store.add_event(job.id, {"type": "stage", "stage": "waiting_for_customization",
-                                                  "message": f"waiting for customization {job.customization_id} "
-                                                             f"({record.status})"})
+                    self.store.add_event(job.id, events.stage_event(
+                        "waiting_for_customization",
+                        f"waiting for customization {job.customization_id} ({record.status})"))
                 raise WaitForCustomization(job.customization_id)
         reporter = self.start(job)
         with self.heartbeat(reporter):
