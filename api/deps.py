@@ -16,8 +16,9 @@ from fastapi import Depends, Header, Request
 from api.auth import UNAUTHORIZED, owner_for
 from api.event_stream import EventStream
 from common.errors import NotFound, Unauthorized
+from common.files import get_file
 from common.jobstore import JobStore
-from common.schemas import CustomizationRecord, JobRecord
+from common.schemas import CustomizationRecord, FileRecord, JobRecord
 from common.settings import Settings
 from common.storage import Storage
 from common.webhooks import WebhookStore
@@ -83,5 +84,11 @@ def owned_customization(customization_id: str, owner: OwnerDep, store: StoreDep)
     return record
 
 
+def owned_file(file_id: str, owner: OwnerDep, store: StoreDep) -> FileRecord:
+    """The uploaded file `file_id` of the caller's key; 404 otherwise."""
+    return get_file(store, file_id, owner)
+
+
 OwnedJob = Annotated[JobRecord, Depends(owned_job)]
 OwnedCustomization = Annotated[CustomizationRecord, Depends(owned_customization)]
+OwnedFile = Annotated[FileRecord, Depends(owned_file)]

@@ -128,7 +128,8 @@ def customization_job(owner: str, config: CustomizationConfig, sha256: str,
 @router.post("/customizations", status_code=202, response_model=JobAccepted, openapi_extra=FORM_SCHEMA,
              summary="Upload a checkpoint and start a Still-Moving customization")
 async def create_customization(request: Request, owner: OwnerDep, settings: SettingsDep, store: StoreDep,
-                               storage: StorageDep, celery: CeleryDep, hooks: WebhooksDep, idempotency_key: IdempotencyKey = None):
+                               storage: StorageDep, celery: CeleryDep, hooks: WebhooksDep,
+                               idempotency_key: IdempotencyKey = None):
     async with Idempotency(store, settings, owner, SCOPE, idempotency_key) as claim:
         if claim.held is not None:
             return await replay_upload(request, claim, settings)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import OwnerDep, SettingsDep, StorageDep, StoreDep
+from api.deps import OwnedFile, OwnerDep, SettingsDep, StorageDep, StoreDep
 from api.enqueue import new_id
 from api.upload import FILE_FORM, receive_form
 from common import media
-from common.files import create_file, delete_file, get_file
+from common.files import create_file, delete_file
 from common.jobstore import now
 from common.schemas import FileInfo, FileRecord, FileView
 from common.storage import StreamingUpload, file_key
@@ -81,13 +80,6 @@ async def upload_file(request: Request, owner: OwnerDep, settings: SettingsDep, 
         os.unlink(local_path)
     body = file_view(record).model_dump(mode="json")
     return JSONResponse(body, status_code=201, headers={"Location": f"/files/{file_id}"})
-
-
-def owned_file(file_id: str, owner: OwnerDep, store: StoreDep) -> FileRecord:
-    return get_file(store, file_id, owner)
-
-
-OwnedFile = Annotated[FileRecord, Depends(owned_file)]
 
 
 @router.get("/files/{file_id}", response_model=FileView, summary="An uploaded file, as probed")
