@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,https://download.pytorch.org/whl/cpu)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo up down test test-fast lint clean shapes-world shapes-bars
+.PHONY: venv demo up down test test-heavy test-fast lint clean shapes-world shapes-bars
 
 $(VENV)/.installed: requirements/dev.lock requirements/constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,14 +26,18 @@ down:
 	$(PY) -m scripts.stack down
 
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
+
+# The checks of a minute or more each; CI runs them after `make test`.
+test-heavy: venv
+	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not heavy" $(PYTEST_ARGS)
 
 # Train the shapes world from nothing (seeded, 2 CPU cores, about an hour) into models/shapes/, then measure it.
 shapes-world: venv

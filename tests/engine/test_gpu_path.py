@@ -113,6 +113,7 @@ def test_compile_setting_wraps_the_sampling_unets_only(trained, checkpoints, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.skipif(not (shutil.which("gcc") or shutil.which("cc")), reason="torch.compile (inductor) needs a C compiler")
 def test_compiled_sampling_matches_eager(base, trained, checkpoints, tmp_path):
     _, directory, _ = trained

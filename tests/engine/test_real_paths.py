@@ -35,6 +35,7 @@ def test_missing_local_model_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_real_size_sd15_adapter_targets_and_single_file_conversion(tmp_path):
     import json
 

@@ -108,6 +108,7 @@ def test_a_lora_with_text_encoder_layers_passes_the_api_and_tunes_both_models(sh
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_world_build_command_runs_every_stage(tmp_path):
     """Each training stage for a few steps: the command keeps working (the real run is `make shapes-world`)."""
     out = tmp_path / "world"
