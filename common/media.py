@@ -25,6 +25,9 @@ CONTENT_TYPES = {"mov": "video/mp4", "matroska": "video/webm", "gif": "image/gif
                  "png_pipe": "image/png", "jpeg_pipe": "image/jpeg", "image2": "image/jpeg"}
 PROBE_SIZE = 8  # frames come out of ffmpeg as PROBE_SIZE x PROBE_SIZE grey bytes
 TIMEOUT_S = 120.0
+# Each decoded frame once: without it ffmpeg's output runs at a constant rate it guesses, and a GIF of one or two
+# frames (100 fps time base) came out as 12 or 24 copies (the engine's reader passes the same).
+PASSTHROUGH = ["-fps_mode", "passthrough"]
 FIELD = "file"
 
 
@@ -79,7 +82,8 @@ def probe(path: Path | str, max_frames: int, max_pixels: int) -> MediaInfo:
     """What `path` holds, or `InvalidArgument` (field ``file``) naming why it is refused: it does not decode
     (not a video or image of the served formats, truncated, corrupt), has no frames, has frames over
     `max_pixels` (width x height), or more than `max_frames` frames (decoding stops there)."""
-    cmd = ffmpeg_command(path, ["-vf", f"scale={PROBE_SIZE}:{PROBE_SIZE}", "-pix_fmt", "gray", "-f", "rawvideo", "-"])
+    cmd = ffmpeg_command(path, [*PASSTHROUGH, "-vf", f"scale={PROBE_SIZE}:{PROBE_SIZE}", "-pix_fmt", "gray",
+                                "-f", "rawvideo", "-"])
     process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout is not None and process.stderr is not None
     log, frame_bytes, frames, deadline = _Log(process.stderr), PROBE_SIZE * PROBE_SIZE, 0, time.monotonic() + TIMEOUT_S

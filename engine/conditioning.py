@@ -46,7 +46,8 @@ def read_reference(path: Path | str, num_frames: int, height: int, width: int,
     wanted = None if total is None else frame_indices(total, num_frames)
     keep = None if wanted is None else set(wanted.tolist())
     kept: dict[int, np.ndarray] = {}
-    reader = imageio_ffmpeg.read_frames(str(path), input_params=["-protocol_whitelist", "file"])
+    reader = imageio_ffmpeg.read_frames(str(path), input_params=["-protocol_whitelist", "file"],
+                                        output_params=["-fps_mode", "passthrough"])  # each frame once (common.media)
     try:
         meta = next(reader)
         w, h = meta["size"]

@@ -74,6 +74,11 @@ def test_reference_is_resampled_in_time_and_size(tmp_path):
         out = conditioning.read_reference(path, 4, 16, 16, total=total)
         assert out.shape == (4, 16, 16, 3)
         assert [int(round(f.mean())) for f in out] == [5, 65, 125, 185]  # frames 0, 3, 6, 9, centre only
+    two = export.write_video(np.stack([np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 3), 200, np.uint8)]),
+                             tmp_path, "two", "gif", 8)[0]
+    for total in (2, None):  # a GIF of two frames decodes as two (ffmpeg's constant rate made 24 copies)
+        out = conditioning.read_reference(two, 4, 16, 16, total=total)
+        assert [int(round(f.mean())) for f in out] == [0, 0, 200, 200]
 
 
 def test_control_reaches_the_pipeline_and_scale_zero_equals_no_control(base, controlnet, reference):

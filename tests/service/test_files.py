@@ -75,17 +75,19 @@ def reference(api, auth_a) -> dict:
     return response.json()
 
 
-@pytest.mark.parametrize(("extension", "kind", "frames", "content_type"), [
-    (".mp4", "video", 5, "video/mp4"), (".webm", "video", 5, "video/webm"), (".gif", "video", 5, "image/gif"),
-    (".png", "image", 1, "image/png"), (".jpg", "image", 1, "image/jpeg")])
-def test_upload_is_probed_stored_with_its_sha256_and_readable(api, auth_a, extension, kind, frames, content_type):
-    data = encode(moving_square(), extension)
-    response = post_file(api, auth_a, data, "ref" + extension)
+@pytest.mark.parametrize(("name", "kind", "frames", "content_type"), [
+    ("ref.mp4", "video", 5, "video/mp4"), ("ref.webm", "video", 5, "video/webm"), ("ref.gif", "video", 5, "image/gif"),
+    ("ref.png", "image", 1, "image/png"), ("ref.jpg", "image", 1, "image/jpeg"),
+    ("two.gif", "video", 2, "image/gif"), ("one.gif", "video", 1, "image/gif")])  # no frame counted twice
+def test_upload_is_probed_stored_with_its_sha256_and_readable(api, auth_a, name, kind, frames, content_type):
+    extension = "." + name.rsplit(".", 1)[1]
+    data = encode(moving_square(frames if kind == "video" else 5), extension)
+    response = post_file(api, auth_a, data, name)
     assert response.status_code == 201, response.text
     body = response.json()
     assert response.headers["Location"] == f"/files/{body['file_id']}"
     assert (body["kind"], body["frames"], body["width"], body["height"]) == (kind, frames, 64, 48)
-    assert body["content_type"] == content_type and body["filename"] == "ref" + extension
+    assert body["content_type"] == content_type and body["filename"] == name
     assert body["size"] == len(data) and body["sha256"] == hashlib.sha256(data).hexdigest()
     assert (body["fps"] is None) == (kind == "image") and (kind == "image" or body["fps"] > 0)
     assert api.get(f"/files/{body['file_id']}", headers=auth_a).json() == body
