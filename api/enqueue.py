@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from typing import Sequence
 
 from celery import Celery
 from fastapi.responses import JSONResponse
@@ -53,13 +54,14 @@ def check_webhook(fields: WebhookFields, settings: Settings, field: str = "webho
 
 def enqueue(store: JobStore, celery: Celery, settings: Settings, job: JobRecord,
             customization: CustomizationRecord | None = None, webhook: WebhookFields | None = None,
-            hooks: WebhookStore | None = None) -> None:
+            hooks: WebhookStore | None = None, needs: Sequence[tuple[str, str]] = ()) -> None:
     """Store the job (queued) first, then send the task: the worker always finds the record. A webhook is
-    registered before the job exists, so that no event of it can be missed (one never created is dropped)."""
+    registered before the job exists, so that no event of it can be missed (one never created is dropped).
+    `needs`: the records the job reads, checked as it is created (`JobStore.create_job`)."""
     queue = settings.queue_for(job.kind)
     if webhook is not None and webhook.webhook is not None and hooks is not None:
         hooks.register(job.id, job.owner, webhook.webhook, list(webhook.webhook_events_filter))
-    if not store.create_job(job, queue, customization, limit=settings.max_queued_jobs_per_key):
+    if not store.create_job(job, queue, customization, limit=settings.max_queued_jobs_per_key, needs=needs):
         raise _too_many(settings, store.queued_count(job.owner))
     try:
         celery.send_task(TASK_FOR_KIND[job.kind], args=[job.id], queue=queue, task_id=job.id)

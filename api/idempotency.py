@@ -1,10 +1,11 @@
-"""Idempotency-Key on the POSTs that create jobs: a retry with the same key gets the first request's answer.
+"""Idempotency-Key on the POSTs that create jobs or files: a retry with the same key gets the first request's answer.
 
 One `Idempotency` per request, as a ``with`` block around the work (``async with`` in an async route: its
 Redis calls then run in the thread pool). Entering reserves the key for a lease; when an earlier request
 holds it, `held` says what it left (``{}`` while it is still processing) and `replay` answers from that.
 An error inside the block releases the key, so the retry runs anew; `accept` binds the key to the job
-(for the full retention) and gives the 202.
+(for the full retention) and gives the 202. ``POST /files`` binds its file with `bind` and answers a retry
+from `bound` (`api.routes.files`).
 """
 
 from __future__ import annotations
@@ -52,26 +53,40 @@ class Idempotency:
             return None
         return lambda: self.store.idempotency_extend(self.owner, self.scope, self.key, self.settings.idempotency_lease_s)
 
-    def replay(self, fingerprint: str | None) -> JSONResponse:
-        """The answer to a retry: the job the key is bound to; 409 while it is pending, or when the retry's
-        `fingerprint` (None: not compared) differs from the first request's."""
+    @property
+    def pending(self) -> bool:
+        """An earlier request holds the key and has not bound it yet (a retry gets 409 at once)."""
+        return self.held is not None and not (self.held.get("job_id") or self.held.get("file_id"))
+
+    def bound(self, fingerprint: str | None) -> dict:
+        """What the key is bound to, for a retry: 409 while it is pending, or when the retry's `fingerprint`
+        (None: not compared) differs from the first request's."""
         held = self.held or {}
-        if not held.get("job_id"):
+        if self.pending:
             raise Conflict("a request with this Idempotency-Key is still being processed",
                            code="idempotency_in_progress")
         if fingerprint is not None and held.get("fingerprint") not in (None, fingerprint):
             raise Conflict("this Idempotency-Key was used with a different request body",
                            code="idempotency_key_reused", field="Idempotency-Key")
+        return held
+
+    def replay(self, fingerprint: str | None) -> JSONResponse:
+        """The answer to a retry (see `bound`): the job the key is bound to."""
+        held = self.bound(fingerprint)
         job = self.store.get_job(held["job_id"], owner=self.owner)
         return accepted(JobAccepted(job_id=held["job_id"], status=job.status if job is not None else "queued",
                                     customization_id=held.get("customization_id")))
 
-    def accept(self, body: JobAccepted, fingerprint: str) -> JSONResponse:
-        """Bind the key (when held) to the job just queued, then answer 202."""
+    def bind(self, value: dict) -> None:
+        """Bind the key (when this request holds it) to what it made, for the full retention."""
         if self._reserved:
             self._reserved = False  # from here on a failure keeps the key (its lease runs out)
-            value = {"job_id": body.job_id, "fingerprint": fingerprint}
-            if body.customization_id:
-                value["customization_id"] = body.customization_id
             self.store.idempotency_bind(self.owner, self.scope, self.key, value, self.settings.idempotency_ttl_s)
+
+    def accept(self, body: JobAccepted, fingerprint: str) -> JSONResponse:
+        """Bind the key (when held) to the job just queued, then answer 202."""
+        value = {"job_id": body.job_id, "fingerprint": fingerprint}
+        if body.customization_id:
+            value["customization_id"] = body.customization_id
+        self.bind(value)
         return accepted(body)

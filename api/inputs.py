@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.errors import Conflict, InvalidArgument, NotFound
-from common.files import get_file
+from common.files import file_key, get_file
 from common.jobstore import JobStore
 from common.schemas import ANNOTATOR_TYPES, GenerateRequest, MediaRef
 from common.settings import Settings
@@ -50,3 +50,10 @@ def resolve(body: GenerateRequest, owner: str, store: JobStore) -> dict | None:
     inputs = {name: source(ref, owner, store, name) for name, ref in (("control", body.control), ("init", body.init))
               if ref is not None}
     return inputs or None
+
+
+def needs(body: GenerateRequest) -> list[tuple[str, str]]:
+    """The file records the body's control and init read, as `JobStore.create_job`'s ``needs``: creating the job
+    checks they still exist, atomically with a deletion's check that no queued job reads them."""
+    return [(file_key(ref.file), f"{name}.file") for name, ref in (("control", body.control), ("init", body.init))
+            if ref is not None and ref.file is not None]

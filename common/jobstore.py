@@ -32,7 +32,7 @@ import json
 import math
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import redis
 from pydantic import BaseModel
@@ -96,9 +96,11 @@ return 1
 """
 
 # Create a queued job unless the owner already has `limit` queued jobs (atomic: no over-admission), or unless the
-# customization a generation uses is gone (-1: a deletion took it; see common/deletion.py).
+# customization a generation uses is gone (-1: a deletion took it; see common/deletion.py), or one of the records
+# it needs (KEYS[12...]: its uploaded files) is (-2 for KEYS[12], -3 for KEYS[13], ...; see common/files.py).
 _CREATE = """
 if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[10]) == 0 then return -1 end
+for i = 12, #KEYS do if redis.call('EXISTS', KEYS[i]) == 0 then return 10 - i end end
 if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[1]) then return 0 end
 for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
@@ -260,10 +262,11 @@ class JobStore:
         return float(self._take_token(keys=[self.owner_key(owner, "rate")], args=[rate, burst, repr(self.clock())]))
 
     def create_job(self, job: JobRecord, queue: str, customization: CustomizationRecord | None = None,
-                   limit: int = 0) -> bool:
+                   limit: int = 0, needs: Sequence[tuple[str, str]] = ()) -> bool:
         """Store a queued job (and its customization) and index it, atomically; False (nothing written)
         when `limit` > 0 and the owner already has `limit` queued jobs. `NotFound` (nothing written) when the
-        customization a generation uses no longer exists."""
+        customization a generation uses no longer exists, or a record of `needs` (record key, the request's
+        field that named it) does not."""
         cus_key = self.customization_key(customization.id) if customization else self.customization_key("-")
         uses = job.customization_id if customization is None else None  # a generation's customization
         created_event = events.status_event({"status": job.status})
@@ -273,13 +276,16 @@ class JobStore:
                   self.owner_key(job.owner, "queued"), cus_key, self.owner_key(job.owner, "customizations"),
                   self._fair_key(queue, job.owner), self._fair_key(queue),
                   self.checkpoint_refs_key(customization.checkpoint_sha256 if customization else "-"),
-                  self.customization_key(uses or "-"), self.events_key(job.id)],
+                  self.customization_key(uses or "-"), self.events_key(job.id), *(key for key, _ in needs)],
             args=[limit, repr(time.time()), job.id, json.dumps({**encode_fields(job), "queue": json.dumps(queue)}),
                   customization.id if customization else "",
                   json.dumps(encode_fields(customization)) if customization else "{}", job.owner, "1" if uses else "",
                   events.encode(created_event), self.max_events])
         if created == -1:
             raise NotFound(f"no customization {uses!r}", field="customization_id")
+        if created < -1:
+            field = needs[-created - 2][1]
+            raise NotFound(f"{field}: it no longer exists (deleted while this job was being created)", field=field)
         return created == 1
 
     def get_job(self, job_id: str, owner: str | None = None) -> JobRecord | None:
@@ -295,7 +301,7 @@ class JobStore:
         data.pop("queue", None)
         return JobRecord.model_validate(data)
 
-    def _hgetall_many(self, keys: list[str]) -> list[dict[str, str]]:
+    def hgetall_many(self, keys: list[str]) -> list[dict[str, str]]:
         """HGETALL of each key in one round trip (a pipeline, not a transaction)."""
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
@@ -435,14 +441,14 @@ class JobStore:
 
     def list_jobs(self, owner: str, limit: int, cursor: tuple[float, str] | None) -> tuple[list[JobRecord], tuple | None]:
         listing = self.owner_key(owner, "jobs")
-        ids, next_cursor = self._page(listing, limit, cursor)
-        jobs = [self._job_from(raw) for raw in self._hgetall_many([self.job_key(i) for i in ids])]
+        ids, next_cursor = self.page(listing, limit, cursor)
+        jobs = [self._job_from(raw) for raw in self.hgetall_many([self.job_key(i) for i in ids])]
         expired = [job_id for job_id, job in zip(ids, jobs) if job is None]
         if expired:  # records past their retention leave the listing too
             self.redis.zrem(listing, *expired)
         return [job for job in jobs if job is not None], next_cursor
 
-    def _page(self, key: str, limit: int, cursor: tuple[float, str] | None) -> tuple[list[str], tuple | None]:
+    def page(self, key: str, limit: int, cursor: tuple[float, str] | None) -> tuple[list[str], tuple | None]:
         """Newest first from just after `cursor` (score, member): members of equal score (created in the same
         instant) come in descending member order, so the member breaks the tie and none is skipped."""
         if cursor is None:
@@ -466,8 +472,8 @@ class JobStore:
         return record if record is not None and owner in (None, record.owner) else None
 
     def list_customizations(self, owner: str, limit: int, cursor: tuple[float, str] | None):
-        ids, next_cursor = self._page(self.owner_key(owner, "customizations"), limit, cursor)
-        raws = self._hgetall_many([self.customization_key(i) for i in ids])
+        ids, next_cursor = self.page(self.owner_key(owner, "customizations"), limit, cursor)
+        raws = self.hgetall_many([self.customization_key(i) for i in ids])
         return [CustomizationRecord.model_validate(decode_fields(raw)) for raw in raws if raw], next_cursor
 
     @staticmethod
@@ -477,7 +483,7 @@ class JobStore:
     def checkpoint_users(self, sha256: str) -> list[CustomizationRecord]:
         """The customizations made from an uploaded checkpoint (what keeps its object alive)."""
         ids = sorted(self.redis.smembers(self.checkpoint_refs_key(sha256)))
-        raws = self._hgetall_many([self.customization_key(i) for i in ids])
+        raws = self.hgetall_many([self.customization_key(i) for i in ids])
         return [CustomizationRecord.model_validate(decode_fields(raw)) for raw in raws if raw]
 
     def forget_checkpoint(self, sha256: str) -> None:

@@ -286,6 +286,13 @@ class FileView(FileInfo):
     file_id: str
 
 
+class FileList(BaseModel):
+    """``GET /files``: the caller's files, newest first."""
+
+    items: list[FileView]
+    next_cursor: str | None
+
+
 class CustomizationRecord(BaseModel):
     """A customization as stored in Redis."""
 

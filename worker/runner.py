@@ -158,8 +158,8 @@ class Runner:
         local = {}
         for name, source in (job.inputs or {}).items():
             if not self.storage.exists(source["key"]):
-                raise InputMissing(f"the {name} video ({source['key']}) is gone from storage: its file or job was "
-                                   "deleted after this generation was queued")
+                raise InputMissing(f"the {name} video ({source['key']}) is gone from storage: the job it came from "
+                                   "was deleted after this generation was queued (a file is kept while one reads it)")
             local[name] = (self.storage.get_file(source["key"], directory / name), source.get("frames"))
         return local
 

@@ -92,7 +92,7 @@ def parse_config(raw: bytes, default_base: str) -> CustomizationConfig:
 async def replay_upload(request: Request, claim: Idempotency, settings: Settings):
     """A retry of an upload whose key is held: 409 at once while the first is in progress (the body unread);
     else its upload is hashed (nothing stored) to compare it with the first one's."""
-    if not (claim.held or {}).get("job_id"):
+    if claim.pending:
         return await run_in_threadpool(claim.replay, None)
     sink = HashingSink()
     config = parse_config(await receive_form(request, sink, settings), settings.model_preset)

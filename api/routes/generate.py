@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep, WebhooksDep, owned_customization
 from api.enqueue import check_webhook, enqueue, new_id, rate_limit
 from api.idempotency import Idempotency
-from api.inputs import check_control, resolve
+from api.inputs import check_control, needs, resolve
 from common import presets
 from common.errors import CustomizationFailed, UnsupportedMediaType
 from common.jobstore import now
@@ -51,5 +51,5 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
         # the per-key queue limit: `enqueue` checks it atomically (no early check, nothing is streamed here)
         job = JobRecord(id=new_id("job"), kind="generate", owner=owner, created_at=now(), params=params,
                         customization_id=body.customization_id, inputs=inputs)
-        enqueue(store, celery, settings, job, webhook=body, hooks=hooks)
+        enqueue(store, celery, settings, job, webhook=body, hooks=hooks, needs=needs(body))
         return claim.accept(JobAccepted(job_id=job.id, status="queued"), fingerprint)

@@ -1,7 +1,8 @@
 """Conditional generation end to end through a real Celery worker on the tiny preset: a reference uploaded to
 ``/files`` drives a canny ControlNet (its conditioning frames stored with the result); a control changes the
 video and at scale 0 leaves it as it is without one; a previous job's video is an init (video-to-video) without a
-re-upload; a generation whose file was deleted meanwhile fails ``input_missing``."""
+re-upload; a file a queued generation reads is kept (409) until it ends, and a generation whose source job was
+deleted meanwhile fails ``input_missing``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from tests.service.helpers import wait_job
+from tests.service.helpers import assert_error, wait_job
 from tests.service.test_files import encode, moving_square
 
 pytestmark = pytest.mark.slow
@@ -72,14 +73,20 @@ def test_previous_jobs_video_as_init_without_reupload(client, auth_a, reference)
     assert "control_url" in both["result"]
 
 
-def test_a_deleted_file_fails_its_queued_generation_clearly(client, auth_a, worker, settings):
+def test_a_file_in_use_is_kept_and_a_deleted_source_job_fails_its_generation_clearly(client, auth_a, reference):
+    source = run(client, auth_a, {**GEN, "seed": 11})
     data = encode(moving_square(), ".gif")
     file_id = client.post("/files", headers=auth_a, files={"file": ("r.gif", data, "image/gif")}).json()["file_id"]
-    # queue behind a longer job so that the file is gone before the worker reaches this one
+    # queue behind a longer job so that the deletions come before the worker reaches this one
     blocker = client.post("/generate", headers=auth_a, json={**GEN, "steps": 12, "num_frames": 8}).json()["job_id"]
-    job_id = client.post("/generate", headers=auth_a,
-                         json={**GEN, "init": {"file": file_id, "strength": 0.5}}).json()["job_id"]
-    assert client.delete(f"/files/{file_id}", headers=auth_a).status_code == 204
+    job_id = client.post("/generate", headers=auth_a, json={**GEN, "init": {"file": file_id, "strength": 0.5},
+                                                            "control": {"job_id": source["id"],
+                                                                        "type": "precomputed"}}).json()["job_id"]
+    error = assert_error(client.delete(f"/files/{file_id}", headers=auth_a), 409, "file_in_use", "file_id")
+    assert job_id in error["message"]
+    assert client.delete(f"/jobs/{source['id']}", headers=auth_a).status_code == 204  # a finished job's video goes
     job = wait_job(client, auth_a, job_id, timeout=180)
     assert job["status"] == "failed" and job["error"]["code"] == "input_missing", job
+    assert "control" in job["error"]["message"], job
+    assert client.delete(f"/files/{file_id}", headers=auth_a).status_code == 204  # nothing reads it any more
     assert wait_job(client, auth_a, blocker, timeout=180)["status"] == "succeeded"

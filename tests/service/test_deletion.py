@@ -1,7 +1,8 @@
 """Deleting and forgetting on a real Redis and S3 server: `DELETE /jobs/{id}` and `DELETE /customizations/{id}`
 remove exactly their records and objects (the bucket listed before and after), are refused while in use and
 are 404 for another key; the checkpoint object goes by the collector when its last customization does; a
-generation racing a deletion either blocks it or gets 404; an expired generation's video is swept.
+generation racing the deletion of its customization or of its file either blocks it or gets 404; an expired
+generation's video is swept.
 
 No worker but the last test's: the others' queues (and Redis database) are their own, so nothing picks their
 jobs, and each test moves its jobs through their states with the job store's own transitions, as a worker does."""
@@ -18,8 +19,9 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from common.deletion import delete_customization
 from common.errors import Conflict, NotFound
+from common.files import create_file, delete_file, file_key, get_file
 from common.jobstore import JobStore, now
-from common.schemas import CustomizationRecord, JobRecord
+from common.schemas import CustomizationRecord, FileRecord, JobRecord
 from common.storage import Storage
 from common.webhooks import WebhookStore
 from tests.service.helpers import TINY_CONFIG, assert_error, upload, wait_job
@@ -235,6 +237,76 @@ def test_a_generation_enqueued_during_a_deletion_either_blocks_it_or_gets_404(co
         outcomes += won
     queued = store.redis.zrange(store.owner_key(owner, "queued"), 0, -1)
     assert all(store.get_customization(store.get_job(j).customization_id) for j in queued)  # none names a gone one
+    assert len(queued) == 1 + outcomes.count("enqueued")
+
+
+def stored_file(store: JobStore, storage: Storage, owner: str) -> FileRecord:
+    """An uploaded file as `POST /files` leaves it: its object, then its record."""
+    file_id = f"file_race_{time.time_ns()}"
+    record = FileRecord(id=file_id, owner=owner, kind="video", frames=5, width=64, height=48, fps=8.0, size=6,
+                        sha256="0" * 64, content_type="image/gif", key=f"files/{file_id}/source", created_at=now())
+    storage.put_bytes(b"frames", record.key)
+    create_file(store, record)
+    return record
+
+
+def generation_reading(record: FileRecord) -> tuple[JobRecord, list[tuple[str, str]]]:
+    """A generation whose control reads the file, and what the route passes `create_job` as its needs."""
+    job = JobRecord(id=f"job_race_gen_{time.time_ns()}", kind="generate", owner=record.owner, created_at=now(),
+                    params={"prompt": "x"}, inputs={"control": {"key": record.key, "frames": record.frames}})
+    return job, [(file_key(record.id), "control.file")]
+
+
+def test_a_generation_enqueued_while_its_file_is_deleted_either_blocks_it_or_gets_404(conf):
+    store, storage = JobStore.from_settings(conf), Storage(conf)
+    storage.ensure_bucket()
+    owner = f"race-file-{time.time_ns()}"
+    late = stored_file(store, storage, owner)  # the route has resolved the file; it is deleted before the job
+    delete_file(store, storage, late)
+    job, needs = generation_reading(late)
+    with pytest.raises(NotFound) as refused:
+        store.create_job(job, "race-generate", needs=needs)
+    assert refused.value.field == "control.file"
+    assert store.get_job(job.id) is None and store.queued_count(owner) == 0 and not storage.exists(late.key)
+    early = stored_file(store, storage, owner)  # the job is created first: the deletion is refused
+    job, needs = generation_reading(early)
+    assert store.create_job(job, "race-generate", needs=needs)
+    with pytest.raises(Conflict) as kept:
+        delete_file(store, storage, early)
+    assert kept.value.code == "file_in_use" and job.id in str(kept.value)
+    assert get_file(store, early.id, owner) == early and storage.exists(early.key)
+
+    outcomes = []  # at the same instant, many times: exactly one of the two wins each time
+    for _ in range(20):
+        record, barrier, won = stored_file(store, storage, owner), threading.Barrier(2), []
+
+        def enqueue(r=record, b=barrier, w=won):
+            job, needs = generation_reading(r)
+            b.wait()
+            try:
+                w.append(store.create_job(job, "race-generate", needs=needs) and "enqueued")
+            except NotFound:
+                pass
+
+        def delete(r=record, b=barrier, w=won):
+            b.wait()
+            try:
+                delete_file(store, storage, r)
+                w.append("deleted")
+            except Conflict:
+                pass
+
+        threads = [threading.Thread(target=enqueue), threading.Thread(target=delete)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert len(won) == 1, won
+        assert (not store.redis.exists(file_key(record.id))) == (won == ["deleted"])
+        assert storage.exists(record.key) == (won == ["enqueued"])
+        outcomes += won
+    queued = [store.get_job(j) for j in store.redis.zrange(store.owner_key(owner, "queued"), 0, -1)]
+    assert all(storage.exists(job.inputs["control"]["key"]) for job in queued)  # none reads a gone file
     assert len(queued) == 1 + outcomes.count("enqueued")
 
 

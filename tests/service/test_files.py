@@ -1,6 +1,7 @@
 """``/files`` and a generation's control and init through the API: probing each format, every refusal, tenant
-isolation, the request's validation. Jobs here go to queues no worker serves (they stay queued); the flow through
-a real worker is in `test_control_flow.py`."""
+isolation, the listing, the Idempotency-Key, a deletion refused while a generation reads the file, the request's
+validation. Jobs here go to queues no worker serves (they stay queued, and are moved through their states with
+the job store's own transitions, as a worker does); the flow through a real worker is in `test_control_flow.py`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.auth import owner_of
+from common.jobstore import now
 from tests.service.helpers import assert_error, upload
 
 GEN = {"prompt": "a dog", "num_frames": 4, "height": 32, "width": 32, "steps": 2, "format": "gif"}
@@ -47,11 +50,15 @@ def encode(frames: np.ndarray, extension: str) -> bytes:
     return buffer.getvalue()
 
 
+LIST_KEY = "files-list-key"  # a key only the listing test uploads with
+LISTER = {"Authorization": f"Bearer {LIST_KEY}"}
+
+
 @pytest.fixture(scope="module")
 def files_settings(settings):
     return settings.model_copy(update={"train_queue": "files-train", "generate_queue": "files-generate",
                                        "max_file_frames": MAX_FRAMES, "max_file_pixels": MAX_PIXELS,
-                                       "max_file_bytes": MAX_BYTES})
+                                       "max_file_bytes": MAX_BYTES, "api_keys": [*settings.api_keys, LIST_KEY]})
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +67,9 @@ def api(files_settings):
         yield client
 
 
-def post_file(api, auth, data: bytes, name: str = "ref.mp4", field: str = "file"):
-    return api.post("/files", headers=auth, files={field: (name, data, "application/octet-stream")})
+def post_file(api, auth, data: bytes, name: str = "ref.mp4", field: str = "file", key: str | None = None):
+    headers = {**auth, **({"Idempotency-Key": key} if key else {})}
+    return api.post("/files", headers=headers, files={field: (name, data, "application/octet-stream")})
 
 
 def stored(api) -> list[str]:
@@ -210,3 +218,94 @@ def test_a_control_costs_half_a_unet_more(api, auth_a, reference, files_settings
 
 def test_limits_publish_the_controlnets(api, auth_a):
     assert api.get("/limits", headers=auth_a).json()["controlnets"] == ["canny"]
+
+
+def test_the_listing_is_the_callers_files_newest_first_in_pages(api, auth_a):
+    made = []
+    for n in range(5):
+        response = post_file(api, LISTER, encode(moving_square(2 + n), ".gif"), f"list-{n}.gif")
+        assert response.status_code == 201, response.text
+        made.append(response.json())
+    first = api.get("/files?limit=2", headers=LISTER)
+    assert first.status_code == 200, first.text
+    pages, cursor = [first.json()["items"]], first.json()["next_cursor"]
+    while cursor:
+        page = api.get("/files", headers=LISTER, params={"limit": 2, "cursor": cursor}).json()
+        pages.append(page["items"])
+        cursor = page["next_cursor"]
+    assert [len(p) for p in pages] == [2, 2, 1]
+    listed = [item for p in pages for item in p]
+    assert listed == made[::-1]  # newest first, each as GET /files/{id} answers it
+    assert listed[0] == api.get(f"/files/{made[-1]['file_id']}", headers=LISTER).json()
+    assert api.get("/files", headers=LISTER).json() == {"items": made[::-1], "next_cursor": None}  # default 20
+    mine = {item["file_id"] for item in api.get("/files?limit=100", headers=auth_a).json()["items"]}
+    assert mine.isdisjoint(f["file_id"] for f in made)  # another key's are not listed
+
+    assert api.delete(f"/files/{made[2]['file_id']}", headers=LISTER).status_code == 204
+    assert [f["file_id"] for f in api.get("/files", headers=LISTER).json()["items"]] == \
+        [made[i]["file_id"] for i in (4, 3, 1, 0)]
+    for query, field in (("limit=0", "limit"), ("limit=101", "limit"), ("cursor=nope", "cursor"),
+                         ("cursor=nan~x", "cursor")):
+        assert_error(api.get(f"/files?{query}", headers=LISTER), 422, "invalid_argument", field)
+
+
+def test_an_idempotency_key_gives_a_retry_the_first_uploads_file_and_stores_nothing(api, auth_a, auth_b):
+    data = encode(moving_square(), ".gif")
+    first = post_file(api, auth_a, data, "idem.gif", key="file-idem-1")
+    assert first.status_code == 201, first.text
+    before = stored(api)
+    retry = post_file(api, auth_a, data, "idem.gif", key="file-idem-1")
+    assert (retry.status_code, retry.json(), retry.headers["Location"]) == \
+        (201, first.json(), first.headers["Location"])
+    assert stored(api) == before and api.app.state.storage.list_keys("uploads/") == []  # the retry was only hashed
+    for other in ((encode(moving_square(3), ".gif"), "idem.gif"), (data, "renamed.gif")):  # content, then name
+        assert_error(post_file(api, auth_a, *other, key="file-idem-1"), 409, "idempotency_key_reused",
+                     "Idempotency-Key")
+    elsewhere = post_file(api, auth_b, data, "idem.gif", key="file-idem-1")  # keys are per API key
+    assert elsewhere.status_code == 201 and elsewhere.json()["file_id"] != first.json()["file_id"]
+    assert stored(api) == sorted([*before, f"files/{elsewhere.json()['file_id']}/source"])
+
+    assert api.delete(first.headers["Location"], headers=auth_a).status_code == 204
+    gone = assert_error(post_file(api, auth_a, data, "idem.gif", key="file-idem-1"), 404, "not_found", "file_id")
+    assert first.json()["file_id"] in gone["message"] and "deleted" in gone["message"]
+
+
+def test_an_idempotency_key_is_free_again_after_a_refused_upload_and_409_while_one_is_in_progress(api, auth_a):
+    assert_error(post_file(api, auth_a, b"not a video at all", key="file-idem-2"), 422, "invalid_argument", "file")
+    retry = post_file(api, auth_a, encode(moving_square(), ".gif"), "ok.gif", key="file-idem-2")
+    assert retry.status_code == 201, retry.text  # the refusal released the key
+    store = api.app.state.store
+    owner = owner_of(auth_a["Authorization"].split()[1])
+    assert store.idempotency_reserve(owner, "files", "file-idem-3", ttl_s=60) is None  # a request still streaming
+    before = stored(api)
+    assert_error(post_file(api, auth_a, encode(moving_square(), ".gif"), key="file-idem-3"), 409,
+                 "idempotency_in_progress")
+    assert stored(api) == before
+
+
+def run(store, job_id: str) -> None:
+    """What a worker's start does: queued -> running, attempt 1."""
+    assert store.transition(job_id, ["queued"], attempt=0, status="running", attempts=1, started_at=now())
+
+
+def test_a_file_a_queued_or_running_generation_reads_is_409_naming_it_until_it_ends(api, auth_a, auth_b):
+    store = api.app.state.store
+    file_id = post_file(api, auth_a, encode(moving_square(), ".gif"), "used.gif").json()["file_id"]
+    other = post_file(api, auth_a, encode(moving_square(), ".gif"), "unused.gif").json()["file_id"]
+    url = f"/files/{file_id}"
+    for body in ({"control": {"file": file_id, "type": "canny"}}, {"init": {"file": file_id, "strength": 0.5}}):
+        job_id = api.post("/generate", headers=auth_a, json={**GEN, **body}).json()["job_id"]
+        for setup in (lambda: None, lambda j=job_id: run(store, j)):  # queued, then running
+            setup()
+            error = assert_error(api.delete(url, headers=auth_a), 409, "file_in_use", "file_id")
+            assert job_id in error["message"] and store.get_job(job_id).status in error["message"]
+            assert api.get(url, headers=auth_a).status_code == 200 and f"files/{file_id}/source" in stored(api)
+        assert_error(api.delete(url, headers=auth_b), 404, "not_found", "file_id")  # another key's: not yours
+        assert store.finish(job_id, "failed", attempt=1)  # ended: it reads nothing any more
+    assert api.delete(f"/files/{other}", headers=auth_a).status_code == 204  # a queued job it is not in holds nothing
+    queued = api.post("/generate", headers=auth_a, json={**GEN, "control": {"file": file_id, "type": "canny"}})
+    assert api.post(f"/jobs/{queued.json()['job_id']}/cancel", headers=auth_a).json()["status"] == "canceled"
+    assert api.delete(url, headers=auth_a).status_code == 204
+    assert f"files/{file_id}/source" not in stored(api)
+    assert_error(api.post("/generate", headers=auth_a, json={**GEN, "init": {"file": file_id, "strength": 0.5}}),
+                 404, "not_found", "init.file")

@@ -39,7 +39,7 @@ CASES = {"GET /healthz": 1, "GET /readyz": 1, "POST /customizations": 200, "GET 
          "GET /jobs/{job_id}": 60, "POST /jobs/{job_id}/cancel": 60, "DELETE /jobs/{job_id}": 60,
          "DELETE /customizations/{customization_id}": 60, "GET /limits": 1,
          "GET /jobs/{job_id}/logs": 30, "GET /jobs/{job_id}/events": 30, "POST /files": 100,
-         "GET /files/{file_id}": 30, "DELETE /files/{file_id}": 30,
+         "GET /files": 100, "GET /files/{file_id}": 30, "DELETE /files/{file_id}": 30,
          "GET /webhooks/secret": 1, "POST /webhooks/secret/rotate": 1, "GET /jobs/{job_id}/webhooks": 30}
 UPLOAD_CASES = 500
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
