@@ -84,6 +84,10 @@ class Client:
         except httpx.TransportError as exc:
             raise ApiError(0, "unreachable", f"cannot reach {self.url}: {exc}") from exc
 
+    def _page(self, path: str, limit: int, cursor: str | None) -> dict:
+        """One page of a listing, newest first: ``{items, next_cursor}`` (pass that cursor for the next)."""
+        return self._request("GET", path, params={"limit": limit} | ({"cursor": cursor} if cursor else {}))
+
     def customize(self, checkpoint: Path, config: dict, on_bytes: Callable[[int], None] | None = None,
                   idempotency_key: str | None = None) -> dict:
         """Upload a checkpoint with its config; returns ``{job_id, customization_id, status}``."""
@@ -94,6 +98,24 @@ class Client:
             return self._request("POST", "/customizations", files=files, data={"config": json.dumps(config)},
                                  headers=headers, timeout=None)
 
+    def upload_file(self, path: Path, on_bytes: Callable[[int], None] | None = None,
+                    idempotency_key: str | None = None) -> dict:
+        """Upload a reference video or image (``POST /files``); returns the file as the server probed it."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        with open(path, "rb") as handle:
+            body = _ProgressReader(handle, on_bytes or (lambda n: None))
+            return self._request("POST", "/files", files={"file": (Path(path).name, body, "application/octet-stream")},
+                                 headers=headers, timeout=None)
+
+    def files(self, limit: int = 20, cursor: str | None = None) -> dict:
+        return self._page("/files", limit, cursor)
+
+    def file(self, file_id: str) -> dict:
+        return self._request("GET", f"/files/{file_id}")
+
+    def delete_file(self, file_id: str) -> None:
+        self._request("DELETE", f"/files/{file_id}")
+
     def generate(self, request: dict, idempotency_key: str | None = None) -> dict:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._request("POST", "/generate", json=request, headers=headers)
@@ -102,8 +124,7 @@ class Client:
         return self._request("GET", f"/jobs/{job_id}")
 
     def jobs(self, limit: int = 20, cursor: str | None = None) -> dict:
-        params = {"limit": limit} | ({"cursor": cursor} if cursor else {})
-        return self._request("GET", "/jobs", params=params)
+        return self._page("/jobs", limit, cursor)
 
     def cancel(self, job_id: str) -> dict:
         return self._request("POST", f"/jobs/{job_id}/cancel")
@@ -112,8 +133,7 @@ class Client:
         return self._request("GET", f"/customizations/{customization_id}")
 
     def customizations(self, limit: int = 20, cursor: str | None = None) -> dict:
-        params = {"limit": limit} | ({"cursor": cursor} if cursor else {})
-        return self._request("GET", "/customizations", params=params)
+        return self._page("/customizations", limit, cursor)
 
     def wait(self, job_id: str, on_update: Callable[[dict], None] | None = None, poll_s: float = 0.5,
              timeout_s: float | None = None) -> dict:

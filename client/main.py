@@ -1,4 +1,4 @@
-"""`stillmoving` console script: customize, generate, jobs, job, cancel, customizations."""
+"""`stillmoving` console script: customize, generate, jobs, job, cancel, customizations, files."""
 
 from __future__ import annotations
 
@@ -61,10 +61,13 @@ def customize_config(args) -> dict:
     return config
 
 
+def upload_bar(path: Path, quiet: bool) -> tqdm:
+    return tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="upload", disable=quiet, file=sys.stderr)
+
+
 def cmd_customize(client: Client, args) -> int:
     config = customize_config(args)
-    size = args.checkpoint.stat().st_size
-    with tqdm(total=size, unit="B", unit_scale=True, desc="upload", disable=args.quiet, file=sys.stderr) as bar:
+    with upload_bar(args.checkpoint, args.quiet) as bar:
         accepted = client.customize(args.checkpoint, config, on_bytes=bar.update)
     print(f"customization {accepted['customization_id']} (job {accepted['job_id']})", file=sys.stderr)
     if args.no_wait:
@@ -75,17 +78,67 @@ def cmd_customize(client: Client, args) -> int:
     return 0
 
 
-def cmd_generate(client: Client, args) -> int:
+def media_ref(file: str | None, job_id: str | None) -> dict | None:
+    """A control's or init's source (``POST /generate``): an uploaded file's id or a generation's job id."""
+    return {"file": file} if file else {"job_id": job_id} if job_id else None
+
+
+def generate_request(args) -> dict:
+    """The body of `generate`: what the user set (the server's schema holds the defaults); a control and an
+    init when a source is given for them (`--control-file`/`--control-job`, `--init-file`/`--init-job`)."""
     request = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "format": args.output.suffix[1:] or "mp4"}
     for key in ("customization", "num_frames", "height", "width", "steps", "seed", "method", "guidance_scale",
                 "fps", "scale"):
         value = getattr(args, key)
         if value is not None:
             request[{"customization": "customization_id", "scale": "spatial_adapter_scale"}.get(key, key)] = value
-    accepted = client.generate(request)
+    control = media_ref(args.control_file, args.control_job)
+    if control is not None:
+        request["control"] = {**control, "type": args.control_type or "canny"}
+        if args.control_scale is not None:
+            request["control"]["scale"] = args.control_scale
+    init = media_ref(args.init_file, args.init_job)
+    if init is not None:
+        request["init"] = {**init, **({"strength": args.init_strength} if args.init_strength is not None else {})}
+    return request
+
+
+def upload(client: Client, path: Path, quiet: bool, idempotency_key: str | None = None) -> dict:
+    with upload_bar(path, quiet) as bar:
+        return client.upload_file(path, on_bytes=bar.update, idempotency_key=idempotency_key)
+
+
+def upload_local_sources(client: Client, args) -> None:
+    """`--control-file`/`--init-file` naming a local file: upload it first (once) and use its file id."""
+    uploaded: dict[str, str] = {}
+    for name in ("control_file", "init_file"):
+        value = getattr(args, name)
+        if value and Path(value).is_file():
+            if value not in uploaded:
+                uploaded[value] = upload(client, Path(value), args.quiet)["file_id"]
+                print(f"uploaded {value} as file {uploaded[value]}", file=sys.stderr)
+            setattr(args, name, uploaded[value])
+
+
+def cmd_generate(client: Client, args) -> int:
+    upload_local_sources(client, args)
+    accepted = client.generate(generate_request(args))
     final = _finish(client, accepted, args.quiet)
     client.download(final["result"]["video_url"], args.output)
     print(str(args.output))
+    return 0
+
+
+def cmd_files(client: Client, args) -> int:
+    if args.files_command == "upload":
+        _print(upload(client, args.path, args.quiet, args.idempotency_key))
+    elif args.files_command == "list":
+        _print(client.files(limit=args.limit, cursor=args.cursor))
+    elif args.files_command == "show":
+        _print(client.file(args.file_id))
+    else:
+        client.delete_file(args.file_id)
+        print(f"deleted file {args.file_id}", file=sys.stderr)
     return 0
 
 
@@ -124,22 +177,55 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-scale", type=float)
     g.add_argument("--fps", type=int)
     g.add_argument("--scale", type=float, help="spatial adapter scale")
+    for role, what in (("control", "drives a ControlNet"), ("init", "is re-rendered (video-to-video)")):
+        source = g.add_mutually_exclusive_group()
+        source.add_argument(f"--{role}-file", metavar="FILE_ID_OR_PATH",
+                            help=f"an uploaded file whose video {what}; a local file is uploaded first")
+        source.add_argument(f"--{role}-job", metavar="JOB_ID", help=f"a succeeded generation whose video {what}")
+    g.add_argument("--control-type", help="canny (default) or precomputed; the server lists its ControlNets")
+    g.add_argument("--control-scale", type=float, help="ControlNet conditioning scale, 0..2")
+    g.add_argument("--init-strength", type=float, help="how much of the init video is re-noised, (0, 1]")
 
     sub.add_parser("jobs", help="your jobs, newest first").add_argument("--limit", type=int, default=20)
     sub.add_parser("job", help="one job").add_argument("job_id")
     sub.add_parser("cancel", help="cancel a job").add_argument("job_id")
     sub.add_parser("customizations", help="your customizations").add_argument("--limit", type=int, default=20)
+
+    f = sub.add_parser("files", help="reference videos and images for a control or an init")
+    files = f.add_subparsers(dest="files_command", required=True)
+    up = files.add_parser("upload", help="upload a video (MP4, WebM, GIF) or image (PNG, JPEG)")
+    up.add_argument("path", type=Path)
+    up.add_argument("--idempotency-key", help="a retry with the same key and file gets the first upload's file")
+    listing = files.add_parser("list", help="your files, newest first")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--cursor", help="the next_cursor of the previous page")
+    files.add_parser("show", help="one file, as probed").add_argument("file_id")
+    files.add_parser("delete", help="delete a file no queued or running generation reads").add_argument("file_id")
     return parser
 
 
+def check_generate(parser: argparse.ArgumentParser, args) -> None:
+    """The control's and init's settings need their source (argparse exits 2 with the message)."""
+    for role, options in (("control", ("control_type", "control_scale")), ("init", ("init_strength",))):
+        if not (getattr(args, f"{role}_file") or getattr(args, f"{role}_job")):
+            for name in options:
+                if getattr(args, name) is not None:
+                    parser.error(f"--{name.replace('_', '-')} needs --{role}-file or --{role}-job")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        check_generate(parser, args)
     client = Client(url=args.server, api_key=args.api_key)
     try:
         if args.command == "customize":
             return cmd_customize(client, args)
         if args.command == "generate":
             return cmd_generate(client, args)
+        if args.command == "files":
+            return cmd_files(client, args)
         if args.command == "jobs":
             _print(client.jobs(limit=args.limit))
         elif args.command == "job":

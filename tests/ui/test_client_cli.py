@@ -118,3 +118,67 @@ def test_the_client_follows_the_live_status_stream_and_polls_when_it_fails(api_u
     assert final["status"] == "succeeded", final
     assert paths.count(f"/jobs/{job_id}/events") == 1 and paths.count(f"/jobs/{job_id}") > 2, paths
     assert updates[-1] == ("succeeded", "done"), updates
+
+
+def test_generate_sends_a_control_and_an_init_only_when_given_a_source():
+    from client.main import build_parser, generate_request
+
+    def request(*flags):
+        return generate_request(build_parser().parse_args(["generate", "--prompt", "p", "-o", "v.gif", *flags]))
+
+    assert "control" not in request() and "init" not in request()
+    assert request("--control-file", "file_1")["control"] == {"file": "file_1", "type": "canny"}
+    full = request("--control-job", "job_1", "--control-type", "precomputed", "--control-scale", "0.5",
+                   "--init-file", "file_2", "--init-strength", "0.4")
+    assert full["control"] == {"job_id": "job_1", "type": "precomputed", "scale": 0.5}
+    assert full["init"] == {"file": "file_2", "strength": 0.4}
+    assert request("--init-job", "job_2")["init"] == {"job_id": "job_2"}  # the server's default strength
+
+
+def test_files_upload_list_show_delete_and_generate_with_a_control_and_an_init(api_url, tmp_path):
+    from engine.export import read_video
+    from tests.service.test_files import encode, moving_square
+
+    reference = tmp_path / "ref.gif"
+    reference.write_bytes(encode(moving_square(), ".gif"))
+    made = stillmoving(api_url, "files", "upload", reference, "--idempotency-key", "cli-file-1")
+    assert made.returncode == 0, made.stderr
+    uploaded = json.loads(made.stdout)
+    assert (uploaded["kind"], uploaded["frames"], uploaded["filename"]) == ("video", 5, "ref.gif")
+    again = stillmoving(api_url, "files", "upload", reference, "--idempotency-key", "cli-file-1")
+    assert json.loads(again.stdout) == uploaded  # the retry got the first upload's file
+    assert json.loads(stillmoving(api_url, "files", "show", uploaded["file_id"]).stdout) == uploaded
+
+    out = tmp_path / "controlled.gif"
+    gen = stillmoving(api_url, "generate", "--prompt", "a toy", "--num-frames", "4", "--steps", "2", "--seed", "3",
+                      "--control-file", uploaded["file_id"], "--control-scale", "0.5",
+                      "--init-file", reference, "--init-strength", "0.5", "-o", out)
+    assert gen.returncode == 0, gen.stderr
+    assert read_video(out).shape == (4, 32, 32, 3)
+    listed = json.loads(stillmoving(api_url, "files", "list", "--limit", "1").stdout)
+    init_file = listed["items"][0]  # the local init file, uploaded first
+    assert init_file["file_id"] != uploaded["file_id"] and init_file["sha256"] == uploaded["sha256"]
+    assert f"as file {init_file['file_id']}" in gen.stderr and listed["next_cursor"]
+    second = json.loads(stillmoving(api_url, "files", "list", "--limit", "1", "--cursor", listed["next_cursor"]).stdout)
+    assert second["items"][0] == uploaded
+    job = json.loads(stillmoving(api_url, "jobs", "--limit", "1").stdout)["items"][0]
+    assert job["params"]["control"]["file"] == uploaded["file_id"] and job["params"]["control"]["scale"] == 0.5
+    assert job["params"]["init"]["file"] == init_file["file_id"] and job["params"]["init"]["strength"] == 0.5
+    assert job["result"]["control_url"]
+
+    v2v = stillmoving(api_url, "generate", "--prompt", "a toy", "--num-frames", "4", "--steps", "2",
+                      "--init-job", job["id"], "-o", tmp_path / "again.gif")
+    assert v2v.returncode == 0, v2v.stderr
+    assert json.loads(stillmoving(api_url, "jobs", "--limit", "1").stdout)["items"][0]["params"]["init"]["job_id"] == \
+        job["id"]
+
+    for file_id in (uploaded["file_id"], init_file["file_id"]):
+        deleted = stillmoving(api_url, "files", "delete", file_id)
+        assert deleted.returncode == 0 and f"deleted file {file_id}" in deleted.stderr, deleted.stderr
+    gone = stillmoving(api_url, "files", "show", uploaded["file_id"])
+    assert gone.returncode == 1 and "404" in gone.stderr
+    bad = stillmoving(api_url, "generate", "--prompt", "x", "--control-type", "canny", "-o", tmp_path / "v.gif")
+    assert bad.returncode == 2 and "--control-file or --control-job" in bad.stderr
+    missing = stillmoving(api_url, "generate", "--prompt", "x", "--control-file", uploaded["file_id"], "-o",
+                          tmp_path / "v.gif")
+    assert missing.returncode == 1 and "control.file" in missing.stderr
