@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import pytest
 import redis
@@ -189,6 +190,35 @@ def generation_of(customization: CustomizationRecord) -> JobRecord:
                      created_at=now(), customization_id=customization.id, params={"prompt": "x"})
 
 
+def race(enqueue: Callable[[], bool], delete: Callable[[], None]) -> list[str]:
+    """A generation's creation and a deletion at the same instant: which won (exactly one must), as
+    ``["enqueued"]`` (the deletion was a `Conflict`) or ``["deleted"]`` (the creation was `NotFound`)."""
+    barrier, won = threading.Barrier(2), []
+
+    def first():
+        barrier.wait()
+        try:
+            won.append(enqueue() and "enqueued")
+        except NotFound:
+            pass
+
+    def second():
+        barrier.wait()
+        try:
+            delete()
+            won.append("deleted")
+        except Conflict:
+            pass
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(won) == 1, won
+    return won
+
+
 def test_a_generation_enqueued_during_a_deletion_either_blocks_it_or_gets_404(conf):
     store, storage = JobStore.from_settings(conf), Storage(conf)
     storage.ensure_bucket()
@@ -210,29 +240,10 @@ def test_a_generation_enqueued_during_a_deletion_either_blocks_it_or_gets_404(co
 
     outcomes = []  # at the same instant, many times: exactly one of the two wins each time
     for _ in range(20):
-        customization, barrier, won = ready_customization(store, owner), threading.Barrier(2), []
-
-        def enqueue(c=customization, b=barrier, w=won):
-            b.wait()
-            try:
-                w.append(store.create_job(generation_of(c), "race-generate") and "enqueued")
-            except NotFound:
-                pass
-
-        def delete(c=customization, b=barrier, w=won):
-            b.wait()
-            try:
-                delete_customization(store, storage, c)
-                w.append("deleted")
-            except Conflict:
-                pass
-
-        threads = [threading.Thread(target=enqueue), threading.Thread(target=delete)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
-        assert len(won) == 1, won
+        customization = ready_customization(store, owner)
+        job = generation_of(customization)
+        won = race(lambda j=job: store.create_job(j, "race-generate"),
+                   lambda c=customization: delete_customization(store, storage, c))
         assert (store.get_customization(customization.id) is None) == (won == ["deleted"])
         outcomes += won
     queued = store.redis.zrange(store.owner_key(owner, "queued"), 0, -1)
@@ -278,30 +289,10 @@ def test_a_generation_enqueued_while_its_file_is_deleted_either_blocks_it_or_get
 
     outcomes = []  # at the same instant, many times: exactly one of the two wins each time
     for _ in range(20):
-        record, barrier, won = stored_file(store, storage, owner), threading.Barrier(2), []
-
-        def enqueue(r=record, b=barrier, w=won):
-            job, needs = generation_reading(r)
-            b.wait()
-            try:
-                w.append(store.create_job(job, "race-generate", needs=needs) and "enqueued")
-            except NotFound:
-                pass
-
-        def delete(r=record, b=barrier, w=won):
-            b.wait()
-            try:
-                delete_file(store, storage, r)
-                w.append("deleted")
-            except Conflict:
-                pass
-
-        threads = [threading.Thread(target=enqueue), threading.Thread(target=delete)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
-        assert len(won) == 1, won
+        record = stored_file(store, storage, owner)
+        job, needs = generation_reading(record)
+        won = race(lambda j=job, n=needs: store.create_job(j, "race-generate", needs=n),
+                   lambda r=record: delete_file(store, storage, r))
         assert (not store.redis.exists(file_key(record.id))) == (won == ["deleted"])
         assert storage.exists(record.key) == (won == ["enqueued"])
         outcomes += won
