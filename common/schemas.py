@@ -177,7 +177,7 @@ class GenerateRequest(WebhookFields):
     height: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
     width: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
     steps: int | None = Field(None, ge=1, le=150)
-    guidance_scale: float = Field(7.5, ge=0, le=30)
+    guidance_scale: float | None = Field(None, ge=0, le=30, description="default: the preset's (GET /limits)")
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="default: random, reported in the result")
     fps: int = Field(8, ge=1, le=60)
     format: Literal["mp4", "gif"] = "mp4"
@@ -433,6 +433,7 @@ class LimitsView(BaseModel):
     num_frames: int
     image_steps: int
     sample_steps: int
+    guidance_scale: float = Field(description="classifier-free guidance of stills and videos when a request sets none")
     max_frames: int = Field(description="frame positions of the motion modules: the longest video")
     max_video_pixels: int
     max_video_work: int

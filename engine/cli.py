@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=None, help="default: the preset's")
     g.add_argument("--width", type=int, default=None, help="default: the preset's")
     g.add_argument("--steps", type=int, default=None, help="default: the preset's")
-    g.add_argument("--guidance-scale", type=float, default=7.5)
+    g.add_argument("--guidance-scale", type=float, default=None, help="default: the preset's")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--fps", type=int, default=8)
     g.add_argument("--scale", type=float, default=1.0, help="spatial adapter scale")

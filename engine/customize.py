@@ -114,7 +114,7 @@ def customize(
 
     stills = frozen_videos.sample_stills(
         components, train.prompts, train.num_images, train.seed, size["height"], size["width"],
-        size["image_steps"], train.image_guidance_scale, train.negative_prompt, reporter,
+        size["image_steps"], size["image_guidance_scale"], train.negative_prompt, reporter,
         batch_size=train.image_batch_size,
     )
     images = _save_stills(stills, out_dir)
@@ -205,7 +205,7 @@ def _prior_videos(base: BaseModels, train: TrainSpec, size: dict, reporter: Repo
     """Frozen videos of *base*-T2I stills of the preset's generic prompts (seeds after the customized stills')."""
     stills = frozen_videos.sample_stills(
         base.components, motion_prompts(base, train), train.prior_num_images, train.seed + train.num_images,
-        size["height"], size["width"], size["image_steps"], train.image_guidance_scale, "", reporter,
+        size["height"], size["width"], size["image_steps"], size["image_guidance_scale"], "", reporter,
         stage="prior_images", batch_size=train.image_batch_size,
     )
     data = frozen_videos.train_data(base.components, stills, size["num_frames"])

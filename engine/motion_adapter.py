@@ -30,7 +30,7 @@ def stills_inputs(base: BaseModels, train: TrainSpec) -> dict:
     """Everything that shapes the Motion Adapter's training stills (and so the adapter) besides its own settings."""
     size = resolved_size(base, train)
     return {"size": [size["num_frames"], size["height"], size["width"]], "prompts": list(motion_prompts(base, train)),
-            "image_steps": size["image_steps"], "image_guidance_scale": train.image_guidance_scale,
+            "image_steps": size["image_steps"], "image_guidance_scale": size["image_guidance_scale"],
             "image_batch_size": train.image_batch_size}
 
 
@@ -42,7 +42,7 @@ def motion_prompts(base: BaseModels, train: TrainSpec) -> tuple[str, ...]:
 def resolved_size(base: BaseModels, train: TrainSpec) -> dict[str, int]:
     """Training video size with the preset's defaults filled in."""
     return base.defaults.fill(height=train.height, width=train.width, num_frames=train.num_frames,
-                              image_steps=train.image_steps)
+                              image_steps=train.image_steps, image_guidance_scale=train.image_guidance_scale)
 
 
 def ensure_motion_adapter(base: BaseModels, train: TrainSpec, cache_dir: Path, reporter: Reporter) -> tuple[Path, bool]:
@@ -55,7 +55,7 @@ def ensure_motion_adapter(base: BaseModels, train: TrainSpec, cache_dir: Path, r
     spec, size = train.motion, resolved_size(base, train)
     stills = frozen_videos.sample_stills(
         base.components, motion_prompts(base, train), spec.num_images, spec.seed, size["height"], size["width"],
-        size["image_steps"], train.image_guidance_scale, "", reporter, stage="motion_adapter_images",
+        size["image_steps"], size["image_guidance_scale"], "", reporter, stage="motion_adapter_images",
         batch_size=train.image_batch_size,
     )
     data = frozen_videos.train_data(base.components, stills, size["num_frames"])

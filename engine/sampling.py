@@ -27,7 +27,7 @@ from engine.specs import SampleSpec
 def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
     """The spec's size/frames/steps with the preset's defaults filled in, validated."""
     values = base.defaults.fill(num_frames=sample.num_frames, height=sample.height, width=sample.width,
-                                steps=sample.steps)
+                                steps=sample.steps, guidance_scale=sample.guidance_scale)
     check_num_frames(base, values["num_frames"])
     if values["height"] % 8 or values["width"] % 8:
         raise SpecError(f"height/width must be multiples of 8, got {values['height']}x{values['width']}",
@@ -119,7 +119,7 @@ def render_frames(base: BaseModels, custom: Customization | None, sample: Sample
     modules = dict(vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
                    unet=unet, motion_adapter=None, scheduler=make_scheduler(base, sample.scheduler))
     kwargs = dict(negative_prompt=sample.negative_prompt or None, height=values["height"], width=values["width"],
-                  num_inference_steps=values["steps"], guidance_scale=sample.guidance_scale,
+                  num_inference_steps=values["steps"], guidance_scale=values["guidance_scale"],
                   generator=torch.Generator("cpu").manual_seed(sample.seed), output_type="np")
     if sample.control is not None:
         modules["controlnet"] = controlnet
@@ -172,5 +172,5 @@ def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec,
             "scheduler": sample.scheduler,
             "motion_adapter_scale": sample.motion_adapter_scale, "fps": sample.fps,
             "format": sample.format, "num_frames": values["num_frames"], "height": values["height"],
-            "width": values["width"], "steps": values["steps"],
+            "width": values["width"], "steps": values["steps"], "guidance_scale": values["guidance_scale"],
             "timings": {"sample": round(t1 - t0, 4), "export": round(time.perf_counter() - t1, 4)}}

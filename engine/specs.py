@@ -138,7 +138,7 @@ class TrainSpec:
     height: int | None = None
     width: int | None = None
     image_steps: int | None = None
-    image_guidance_scale: float = 7.5
+    image_guidance_scale: float | None = None  # None: the preset's
     negative_prompt: str = ""
     checkpoint_every: int = 50
     preview: bool = True
@@ -188,7 +188,7 @@ class SampleSpec:
     height: int | None = None
     width: int | None = None
     steps: int | None = None
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # None: the preset's
     seed: int = 0
     fps: int = 8
     format: Literal["mp4", "gif"] = "mp4"
