@@ -1,5 +1,5 @@
 """`make demo`: start the local stack on the `shapes` preset, then as an HTTP client upload the world's
-committed customized checkpoint (a DreamBooth LoRA: `sks` = the two-tone look), train a Still-Moving
+committed customized checkpoint (a DreamBooth fine-tune as a single-file checkpoint: `sks` = the two-tone look), train a Still-Moving
 customization, generate a video of the customized object moving, write ``out/demo.mp4``, print what the
 world's judge reads from it (look, shape, colour, direction), and stop what was started."""
 
@@ -46,10 +46,10 @@ def wait(client: httpx.Client, job_id: str, label: str) -> dict:
 def run_client(url: str, key: str) -> Path:
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
-    checkpoint = out / "shapes-dreambooth-lora.safetensors"
-    subprocess.run([sys.executable, "-m", "engine", "make-checkpoint", "--format", "lora", str(checkpoint)],
+    checkpoint = out / "shapes-dreambooth.safetensors"
+    subprocess.run([sys.executable, "-m", "engine", "make-checkpoint", "--format", "ldm", str(checkpoint)],
                    cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
-    print(f"the shapes world's customized T2I (DreamBooth LoRA, 'sks' = two-tone): {checkpoint}")
+    print(f"the shapes world's customized T2I (DreamBooth, single-file LDM checkpoint, 'sks' = two-tone): {checkpoint}")
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
         with open(checkpoint, "rb") as handle:
             response = client.post("/customizations", files={"checkpoint": (checkpoint.name, handle)},

@@ -68,8 +68,8 @@ def reference(index: int, seed: int = 5000) -> world.Sample:
 
 
 def customize(base, workdir: Path, train_steps: int, num_images: int):
-    """A short Still-Moving customization of the committed DreamBooth LoRA (no Motion Adapter)."""
-    checkpoint = CUSTOMIZED_DIR / "dreambooth-lora.safetensors"
+    """A short Still-Moving customization of the committed DreamBooth fine-tune, the demo's (no Motion Adapter)."""
+    checkpoint = CUSTOMIZED_DIR / "dreambooth-unet.safetensors"
     prompts = tuple(world.image_caption(s, c, "two-tone") for s in world.SHAPES for c in world.COLOURS)
     train = engine.TrainSpec(prompts=prompts, num_images=num_images, train_steps=train_steps, seed=0,
                              use_motion_adapter=False, check_motion_adapter=False, preview=False)
@@ -121,6 +121,7 @@ def evaluate(num_videos: int = 16, steps: int = 25, scale: float = 1.0, train_st
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         base = engine.load_base_models(engine.ModelSpec(preset="shapes"), workdir / "base")
+        base_guidance = base.defaults.guidance_scale  # what SampleSpec(guidance_scale=None) samples at
         controlnet = engine.load_controlnet(base, str(controlnet_dir))
         custom, custom_seconds = customize(base, workdir, train_steps, num_images) \
             if set(methods) - {"base"} else (None, 0.0)
@@ -146,7 +147,7 @@ def evaluate(num_videos: int = 16, steps: int = 25, scale: float = 1.0, train_st
                 print(f"[control-eval] {name}: {runs[name]}", flush=True)
         if out_dir is not None:
             write_side_by_side(refs[0].frames, examples, out_dir / "control-evidence.gif")
-    return {"settings": {"videos": num_videos, "steps": steps, "guidance_scale": 7.5, "control_scale": scale,
+    return {"settings": {"videos": num_videos, "steps": steps, "guidance_scale": base_guidance, "control_scale": scale,
                          "canny_thresholds": [100, 200], "prompt": "a sks {colour} {shape} (no motion phrase)",
                          "paths": "diagonal (even) / quarter arc (odd), 12 px along each axis, 8 frames",
                          "customization": {"checkpoint": "models/shapes/customized/dreambooth-lora.safetensors",
