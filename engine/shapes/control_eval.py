@@ -67,9 +67,12 @@ def reference(index: int, seed: int = 5000) -> world.Sample:
     return world.Sample(np.stack(frames), np.stack(masks), centres.astype(np.float32), scene)
 
 
+CHECKPOINT = "dreambooth-unet.safetensors"  # the demo's checkpoint (its single-file form is what it uploads)
+
+
 def customize(base, workdir: Path, train_steps: int, num_images: int):
     """A short Still-Moving customization of the committed DreamBooth fine-tune, the demo's (no Motion Adapter)."""
-    checkpoint = CUSTOMIZED_DIR / "dreambooth-unet.safetensors"
+    checkpoint = CUSTOMIZED_DIR / CHECKPOINT
     prompts = tuple(world.image_caption(s, c, "two-tone") for s in world.SHAPES for c in world.COLOURS)
     train = engine.TrainSpec(prompts=prompts, num_images=num_images, train_steps=train_steps, seed=0,
                              use_motion_adapter=False, check_motion_adapter=False, preview=False)
@@ -150,7 +153,7 @@ def evaluate(num_videos: int = 16, steps: int = 25, scale: float = 1.0, train_st
     return {"settings": {"videos": num_videos, "steps": steps, "guidance_scale": base_guidance, "control_scale": scale,
                          "canny_thresholds": [100, 200], "prompt": "a sks {colour} {shape} (no motion phrase)",
                          "paths": "diagonal (even) / quarter arc (odd), 12 px along each axis, 8 frames",
-                         "customization": {"checkpoint": "models/shapes/customized/dreambooth-lora.safetensors",
+                         "customization": {"checkpoint": _shown(CUSTOMIZED_DIR / CHECKPOINT),
                                            "train_steps": train_steps, "num_images": num_images,
                                            "motion_adapter": False, "seconds": custom_seconds},
                          "controlnet": _shown(Path(controlnet_dir)),
