@@ -166,14 +166,17 @@ def _run(command: list[str], log: Path, cwd: Path) -> bool:
 def install_offline(python: Path, args: list[str], log: Path, cwd: Path) -> None:
     """``pip install --no-index`` of `args` into `python`'s venv from the local wheels; what they lack is
     first fetched into `WHEELHOUSE` (once per machine), then the offline install runs again."""
+    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
     links = [a for d in LOCAL_WHEELS if d.is_dir() for a in ("--find-links", str(d))]
     offline = [str(python), "-m", "pip", "install", "--no-index", "--no-cache-dir", "--disable-pip-version-check",
-               *links, *args]
+               "--no-compile", *links, *args]  # no bytecode: the images run with PYTHONDONTWRITEBYTECODE
     if _run(offline, log, cwd):
         return
-    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
     fetched = _run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-w", str(WHEELHOUSE),
                     *args], log, cwd)
+    for arg in args:  # a wheel given by path (the project's own) is installed from there, never kept
+        if arg.endswith(".whl"):
+            (WHEELHOUSE / Path(arg).name).unlink(missing_ok=True)
     assert fetched and _run(offline, log, cwd), f"installing {args} failed:\n{log.read_text()[-5000:]}"
 
 

@@ -84,6 +84,8 @@ def test_one_gpu_worker_deployment_per_queue_with_probes_volumes_and_grace(rende
 
 
 def test_scaled_objects_scale_each_worker_on_its_own_queue(rendered):
+    from common.jobstore import JobStore
+
     deployments = {d["metadata"]["name"]: d for d in kube.find(rendered, "Deployment")}
     config = kube.one(rendered, "ConfigMap", "stillmoving-config")["data"]
     broker = urlsplit(config["STILLMOVING_REDIS_URL"])
@@ -94,13 +96,17 @@ def test_scaled_objects_scale_each_worker_on_its_own_queue(rendered):
         queue = kube.worker_queue(target)
         assert obj["spec"]["minReplicaCount"] == QUEUES[queue], queue
         assert obj["spec"]["maxReplicaCount"] >= 1 and obj["metadata"]["namespace"] == target["metadata"]["namespace"]
-        (trigger,) = obj["spec"]["triggers"]
-        meta = trigger["metadata"]
-        assert trigger["type"] == "redis" and meta["listName"] == queue
-        host, port = meta["address"].rsplit(":", 1)
-        # the operator runs in KEDA's namespace: the broker's Service by its full name in the app's namespace
-        assert host == f"{broker.hostname}.{target['metadata']['namespace']}.svc.cluster.local"
-        assert int(port) == (broker.port or 6379) and meta["databaseIndex"] == broker.path.lstrip("/")
+        triggers = {t["name"]: t for t in obj["spec"]["triggers"]}
+        assert {t["type"] for t in triggers.values()} == {"redis"}
+        assert triggers["waiting"]["metadata"]["listName"] == queue
+        assert triggers["running"]["metadata"]["listName"] == JobStore.running_key(queue)
+        modifiers = obj["spec"]["advanced"]["scalingModifiers"]
+        assert modifiers["formula"] == "waiting + running" and modifiers["target"] == "1"  # a replica a job
+        for trigger in triggers.values():
+            host, port = trigger["metadata"]["address"].rsplit(":", 1)
+            # the operator runs in KEDA's namespace: the broker's Service by its full name in the app's namespace
+            assert host == f"{broker.hostname}.{target['metadata']['namespace']}.svc.cluster.local"
+            assert int(port) == (broker.port or 6379) and trigger["metadata"]["databaseIndex"] == broker.path[1:]
 
 
 def test_services_select_pods_and_references_resolve(rendered):
@@ -154,9 +160,10 @@ def idle_broker(tmp_path):
     stop_group(proc)
 
 
-def test_the_list_each_scaled_object_watches_is_the_one_that_grows(in_cluster, idle_broker):
+def test_the_keys_each_scaled_object_watches_are_the_ones_that_grow(in_cluster, idle_broker):
     """kombu's Redis transport LPUSHes a message to the key named as its queue (a priority would add a suffix:
-    the project sends none). Jobs enqueued as the API does, with no worker: the watched list grows, one a job."""
+    the project sends none). Jobs enqueued as the API does, with no worker: the waiting list grows, one a job; a
+    job a worker takes moves to the running set, and leaves it when it ends or is given back."""
     import redis
 
     from api.enqueue import enqueue, new_id
@@ -166,15 +173,23 @@ def test_the_list_each_scaled_object_watches_is_the_one_that_grows(in_cluster, i
 
     settings = Settings(redis_url=idle_broker, _env_file=None)
     store, celery, r = JobStore.from_settings(settings), make_celery(settings), redis.Redis.from_url(idle_broker)
-    watched = {kube.worker_queue(kube.one(in_cluster, "Deployment", o["spec"]["scaleTargetRef"]["name"])):
-               o["spec"]["triggers"][0]["metadata"]["listName"] for o in kube.find(in_cluster, "ScaledObject")}
+    watched = {}
+    for obj in kube.find(in_cluster, "ScaledObject"):
+        queue = kube.worker_queue(kube.one(in_cluster, "Deployment", obj["spec"]["scaleTargetRef"]["name"]))
+        watched[queue] = {t["name"]: t["metadata"]["listName"] for t in obj["spec"]["triggers"]}
     for kind, count in (("customize", 2), ("generate", 3)):
-        queue = settings.queue_for(kind)
-        for _ in range(count):
-            enqueue(store, celery, settings, JobRecord(id=new_id("job"), kind=kind, owner="tenant", created_at=now()))
-        assert r.llen(watched[queue]) == count
-        message = json.loads(r.lindex(watched[queue], 0))
-        assert message["headers"]["task"] == TASK_FOR_KIND[kind]
+        keys = watched[settings.queue_for(kind)]
+        jobs = [JobRecord(id=new_id("job"), kind=kind, owner="tenant", created_at=now()) for _ in range(count)]
+        for job in jobs:
+            enqueue(store, celery, settings, job)
+        assert r.llen(keys["waiting"]) == count and r.zcard(keys["running"]) == 0
+        assert json.loads(r.lindex(keys["waiting"], 0))["headers"]["task"] == TASK_FOR_KIND[kind]
+        assert store.transition(jobs[0].id, ["queued"], attempt=0, status="running", attempts=1, started_at=now())
+        assert r.type(keys["running"]) == b"zset" and r.zcard(keys["running"]) == 1  # KEDA counts a zset by ZCARD
+        assert store.transition(jobs[1].id, ["queued"], attempt=0, status="running", attempts=1, started_at=now())
+        assert r.zcard(keys["running"]) == 2
+        assert store.finish(jobs[0].id, "succeeded", attempt=1) and store.requeue(jobs[1].id, attempt=1)
+        assert r.zcard(keys["running"]) == 0  # ended or given back: no longer a busy worker
     lists = {key.decode() for key in r.scan_iter() if r.type(key) == b"list"}
-    assert lists == set(watched.values()) == set(QUEUES)  # no priority-suffixed list beside them
+    assert lists == {keys["waiting"] for keys in watched.values()} == set(QUEUES)  # no priority-suffixed list
     celery.close()
