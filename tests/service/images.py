@@ -180,8 +180,16 @@ def install_offline(python: Path, args: list[str], log: Path, cwd: Path) -> None
     assert fetched and _run(offline, log, cwd), f"installing {args} failed:\n{log.read_text()[-5000:]}"
 
 
-def image_env(image: Image, venv: Path, home: Path, **settings: str) -> dict[str, str]:
-    """A process environment as the container has it (its ENV, the venv's bin first on PATH, nothing of the
-    test's own: no PYTHONPATH), with `settings` (loopback servers, paths under the test's folder)."""
+def image_env(image: Image, rootfs: Path, venv: Path, **settings: str) -> dict[str, str]:
+    """A process environment as the container has it: its ENV, each absolute path in it moved under `rootfs`
+    (``/app`` is ``rootfs/app``), the venv's bin first on PATH, ``HOME`` in `rootfs`, nothing of the test's own
+    (no PYTHONPATH but the image's), with `settings` (loopback servers) over it."""
+    def moved(value: str) -> str:  # a path, or a list of them (PYTHONPATH)
+        parts = value.split(":")
+        return ":".join(str(rootfs) + part for part in parts) if all(p.startswith("/") for p in parts) else value
+
+    home = rootfs / "home"
+    home.mkdir(parents=True, exist_ok=True)
     path = f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin"
-    return {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8", **image.env, **settings}
+    return {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8", **{k: moved(v) for k, v in image.env.items()},
+            **settings}

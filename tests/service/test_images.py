@@ -1,6 +1,6 @@
 """The images as they will run, without Docker: for each Dockerfile, a folder holding exactly what its COPY lines
 bring, a fresh virtualenv with what its `pip install` lines install (offline, from the local wheels; the worker's
-torch as the CPU build of the same version), and its CMD started from that folder alone (no PYTHONPATH, nothing
+torch as the CPU build of the same version), and its CMD started from that folder alone (its ENV, nothing
 of the repo): the API answers /healthz, /readyz, /ui/ and /docs; the worker answers its Kubernetes probe
 (`celery inspect ping` for its own node) through a loopback Redis and makes a video the API image queued.
 Then `pip install` of the project's wheel: a fresh venv imports it and finds its package data."""
@@ -54,8 +54,8 @@ def api_image(service_env, tmp_path_factory):
     top = tmp_path_factory.mktemp("api-image")
     workdir, python = build(API, top)
     port = free_port()
-    env = images.image_env(API, python.parent.parent, top, **service_env, STILLMOVING_API_HOST="127.0.0.1",
-                           STILLMOVING_API_PORT=str(port))
+    env = images.image_env(API, top / "rootfs", python.parent.parent, **service_env,
+                           STILLMOVING_API_HOST="127.0.0.1", STILLMOVING_API_PORT=str(port))
     url = f"http://127.0.0.1:{port}"
     proc = spawn(API.cmd, top / "api.log", env, cwd=workdir)
     await_ready(proc, lambda: httpx.get(url + "/healthz", timeout=2).status_code == 200, 60, "the API image",
@@ -74,6 +74,9 @@ def test_api_image_starts_and_serves_the_page_and_docs(api_image):
     docs = httpx.get(url + "/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     assert "/generate" in httpx.get(url + "/openapi.json").json()["paths"]
+    queued = httpx.post(url + "/generate", headers=AUTH, json={"prompt": "a blue square", "steps": 2})
+    assert queued.status_code == 202, queued.text  # the Celery message sent (kombu's Redis transport imported)
+    assert httpx.post(f"{url}/jobs/{queued.json()['job_id']}/cancel", headers=AUTH).json()["status"] == "canceled"
     assert sorted(p.name for p in workdir.iterdir()) == ["api", "common", "requirements", "ui"]
     torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, cwd=workdir)
     assert torch.returncode != 0, "the API image must not carry torch"
@@ -91,9 +94,7 @@ def test_worker_image_answers_its_probe_and_makes_a_video(api_image, service_env
     top = tmp_path_factory.mktemp("worker-image")
     workdir, python = build(WORKER, top)
     assert {"common", "engine", "worker", "models"} <= {p.name for p in workdir.iterdir()}
-    env = images.image_env(WORKER, python.parent.parent, top, **service_env, HF_HOME=str(top / "cache" / "hf"),
-                           STILLMOVING_WORKDIR=str(top / "cache" / "worker"),
-                           STILLMOVING_HF_CACHE_DIR=str(top / "cache" / "hf"))
+    env = images.image_env(WORKER, top / "rootfs", python.parent.parent, **service_env)  # /cache: under rootfs
     assert WORKER.cmd[0] == "celery" and "-Q" in WORKER.cmd
     started = time.monotonic()
     proc = await_worker(spawn(WORKER.cmd, top / "worker.log", env, cwd=workdir), top / "worker.log", 180)
