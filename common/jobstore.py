@@ -65,17 +65,20 @@ if new == 'queued' then
   redis.call('ZADD', KEYS[2], ARGV[6], ARGV[3])
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('ZREM', KEYS[9], ARGV[3])
   redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
   redis.call('ZADD', KEYS[6], 'NX', 0, ARGV[7])
 elseif new == 'running' then
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
+  redis.call('ZADD', KEYS[9], ARGV[6], ARGV[3])
   redis.call('ZREM', KEYS[5], ARGV[3])
 elseif new ~= '' then
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('ZREM', KEYS[9], ARGV[3])
   redis.call('ZREM', KEYS[5], ARGV[3])
   if tonumber(ARGV[8]) > 0 then
     redis.call('EXPIRE', KEYS[1], ARGV[8])
@@ -248,6 +251,12 @@ class JobStore:
         return f"{PREFIX}queued:{queue}"
 
     @staticmethod
+    def running_key(queue: str) -> str:
+        """The running jobs of `queue` (a sorted set): with the queue's waiting messages, what its workers are
+        scaled on (deploy/kubernetes: a scale-down must not take a worker while its job runs)."""
+        return f"{PREFIX}running:{queue}"
+
+    @staticmethod
     def _fair_key(queue: str, owner: str | None = None) -> str:
         """The owner's queued jobs in `queue`; with no owner, the rotation of owners."""
         return f"{PREFIX}fair:{queue}:" + ("owners" if owner is None else f"owner:{owner}")
@@ -339,7 +348,7 @@ class JobStore:
         result = self._transition(
             keys=[self.job_key(job_id), self._queue_key(queue), self.owner_key(owner, "queued"), RUNNING_KEY,
                   self._fair_key(queue, owner), self._fair_key(queue), self.customization_key(trains or "-"),
-                  self.events_key(job_id)],
+                  self.events_key(job_id), self.running_key(queue)],
             args=[json.dumps([json.dumps(s) for s in allowed_from]), json.dumps(encode_fields(fields)), job_id,
                   fields.get("status", ""), "" if attempt is None else json.dumps(attempt), repr(time.time()), owner,
                   self.retention_s, json.dumps(encode_fields(mirror)) if mirror else "",

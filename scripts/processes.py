@@ -55,13 +55,13 @@ def service_env(overrides: Mapping[str, str] = ()) -> dict[str, str]:
 
 
 def spawn(command: Sequence[str], log_path: Path | None, env: Mapping[str, str] | None = None,
-          append: bool = False) -> subprocess.Popen:
-    """Start `command` in the repo, in a session of its own, its output to `log_path` (None: discarded)."""
+          append: bool = False, cwd: Path = ROOT) -> subprocess.Popen:
+    """Start `command` in `cwd` (the repo), in a session of its own, its output to `log_path` (None: discarded)."""
     if log_path is None:
-        return subprocess.Popen(list(command), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        return subprocess.Popen(list(command), cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     with open(log_path, "ab" if append else "wb") as log:
-        return subprocess.Popen(list(command), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen(list(command), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
