@@ -1,5 +1,7 @@
 """The outermost ASGI middleware: each request's id (``X-Request-ID``, taken or made, and sent back), its log
-context, its server span, its metrics (count and latency by route template and status) and its access line.
+context, its metrics (count and latency by route template and status) and its access line. Its server span is
+FastAPI's own (native OpenTelemetry, around the whole app once a tracer provider is set: `common.tracing`);
+this adds the request id to it.
 
 It wraps the guard, so refused requests (401, 413, 429 before any body is read) are counted and logged too.
 The route is the template the request matches (``/jobs/{job_id}``), never the path, so ids do not make series;
@@ -13,11 +15,10 @@ import time
 from typing import Sequence
 
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import BaseRoute, Match
 
-from common import logs, tracing
+from common import logs
 
 log = logging.getLogger("stillmoving.access")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -73,10 +74,8 @@ class RequestTelemetry:
             await send(message)
 
         self.metrics.in_flight.inc()
-        with logs.context(request_id=request_id), \
-                tracing.span(f"{method} {route}", trace.SpanKind.SERVER,
-                             {"http.request.method": method, "http.route": route, "url.path": scope["path"],
-                              "stillmoving.request_id": request_id}, tracing.parent(headers)) as span:
+        trace.get_current_span().set_attribute("stillmoving.request_id", request_id)
+        with logs.context(request_id=request_id):
             try:
                 await self.app(scope, receive, sending)
             finally:
@@ -84,9 +83,6 @@ class RequestTelemetry:
                 self.metrics.in_flight.dec()
                 self.metrics.requests.labels(method, route, str(status)).inc()
                 self.metrics.latency.labels(method, route, str(status)).observe(seconds)
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
                 log.info("%s %s %d %.1f ms", method, route, status, seconds * 1000,  # owner, job_id: the context's
                          extra={"method": method, "route": route, "path": scope["path"], "status": status,
                                 "duration_ms": round(seconds * 1000, 1)})

@@ -99,3 +99,5 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # a library's warnings.warn is a record too, not a bare line on stderr
+

@@ -1,5 +1,6 @@
-"""OpenTelemetry traces of a job's path: the API request, its enqueue, the Celery task, the job's run and its
-engine stages, as spans of one trace.
+"""OpenTelemetry traces of a job's path: the API request (FastAPI's native server and operation spans, on once
+a tracer provider is set), its enqueue, the Celery task, the job's run and its engine stages, as spans of one
+trace.
 
 Off unless the standard variables ask for it (`Settings.trace_exporters`): ``OTEL_TRACES_EXPORTER`` (``otlp``,
 ``console``; ``none``) or an ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``; ``OTEL_SDK_DISABLED=true`` turns it off.

@@ -18,9 +18,21 @@ def _load_engine(**_) -> None:
     against a task's soft time limit, which fired there, before the runner held the job, and left it queued.
     Tracing starts here too: each pool process exports its own spans."""
     tracing.setup(settings, "stillmoving-worker")
+    _library_logs_to_root()
     import worker.runner  # noqa: F401
 
     metrics.record_memory()
+
+
+def _library_logs_to_root() -> None:
+    """transformers and diffusers give their loggers a plain-text stderr handler of their own, cut off from the
+    root (their import already logs): theirs off, their records through the one JSON handler (`common.logs`)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (transformers_logging, diffusers_logging):
+        library.disable_default_handler()
+        library.enable_propagation()
 
 
 @worker_process_shutdown.connect
