@@ -10,11 +10,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry, ProcessCollector
+from starlette.routing import BaseRoute
 
 from api import errors
 from api.event_stream import EventStream
 from api.guard import RequestGuard
-from api.routes import customizations, files, generate, health, job_events, jobs, limits, webhooks
+from api.routes import customizations, files, generate, health, job_events, jobs, limits, metrics, webhooks
+from api.telemetry import HttpMetrics, RequestTelemetry
+from common import logs, tracing
 from common.celery_config import make_celery
 from common.jobstore import JobStore
 from common.schemas import ErrorEnvelope
@@ -59,7 +63,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)
-    for module in (health, customizations, files, generate, jobs, job_events, limits, webhooks):
+    registry = CollectorRegistry()  # this app's: request metrics, the process, the service's (read from Redis)
+    routes: list[BaseRoute] = []  # filled below, once every route is there
+    app.add_middleware(RequestTelemetry, routes=routes, metrics=HttpMetrics(registry))  # outermost
+    ProcessCollector(registry=registry)
+    registry.register(metrics.ServiceCollector(app))
+    app.state.metrics_registry = registry
+    tracing.setup(settings, "stillmoving-api")
+    modules = (health, customizations, files, generate, jobs, job_events, limits, metrics, webhooks)
+    for module in modules:
         app.include_router(module.router)
 
     @app.get("/ui", include_in_schema=False)
@@ -67,6 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return RedirectResponse("/ui/")
 
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
+    # the routers' routes and the app's own (docs, /ui): FastAPI keeps an included router as one entry
+    routes += [r for module in modules for r in module.router.routes]
+    routes += [r for r in app.router.routes if hasattr(r, "path")]
     return app
 
 
@@ -77,7 +92,10 @@ def main() -> None:
     from api.http_protocol import with_head_timeout
 
     settings = get_settings()
+    logs.setup(settings.log_level, settings.log_format)
     http = with_head_timeout(settings.api_head_timeout_s) if settings.api_http == "h11" else settings.api_http
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info",
-                http=http, h11_max_incomplete_event_size=settings.max_request_head_bytes,
+    # uvicorn's loggers propagate to the one JSON handler; its access line is replaced by api.telemetry's,
+    # which knows the request's id, route and owner
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None,
+                access_log=False, http=http, h11_max_incomplete_event_size=settings.max_request_head_bytes,
                 limit_concurrency=settings.api_max_connections, timeout_keep_alive=settings.api_keep_alive_s)

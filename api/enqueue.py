@@ -9,8 +9,10 @@ from typing import Sequence
 
 from celery import Celery
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 
-from common.celery_config import TASK_FOR_KIND
+from common import logs, tracing
+from common.celery_config import TASK_FOR_KIND, task_headers
 from common.errors import ServiceUnavailable, TooManyRequests
 from common.jobstore import JobStore
 from common.schemas import CustomizationRecord, ErrorInfo, JobAccepted, JobRecord, WebhookFields
@@ -59,12 +61,24 @@ def enqueue(store: JobStore, celery: Celery, settings: Settings, job: JobRecord,
     registered before the job exists, so that no event of it can be missed (one never created is dropped).
     `needs`: the records the job reads, checked as it is created (`JobStore.create_job`)."""
     queue = settings.queue_for(job.kind)
+    with tracing.span(f"enqueue {job.kind}", trace.SpanKind.PRODUCER,
+                      {"stillmoving.job_id": job.id, "messaging.destination.name": queue}):
+        # what the job's runs log and trace under: this request's id and this span (common.tracing)
+        job.request_id, job.trace = logs.current("request_id"), tracing.carrier() or None
+        logs.bind(job_id=job.id)
+        _create_and_send(store, celery, settings, job, queue, customization, webhook, hooks)
+
+
+def _create_and_send(store: JobStore, celery: Celery, settings: Settings, job: JobRecord, queue: str,
+                     customization: CustomizationRecord | None, webhook: WebhookFields | None,
+                     hooks: WebhookStore | None) -> None:
     if webhook is not None and webhook.webhook is not None and hooks is not None:
         hooks.register(job.id, job.owner, webhook.webhook, list(webhook.webhook_events_filter))
     if not store.create_job(job, queue, customization, limit=settings.max_queued_jobs_per_key, needs=needs):
         raise _too_many(settings, store.queued_count(job.owner))
     try:
-        celery.send_task(TASK_FOR_KIND[job.kind], args=[job.id], queue=queue, task_id=job.id)
+        celery.send_task(TASK_FOR_KIND[job.kind], args=[job.id], queue=queue, task_id=job.id,
+                         headers=task_headers(job))
     except Exception as exc:  # broker down: do not leave a queued job that nobody will run
         log.warning("could not send task for %s: %s", job.id, type(exc).__name__)
         store.finish(job.id, "failed", ["queued"],  # its customization too

@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 from starlette.exceptions import HTTPException
 
 from api.auth import UNAUTHORIZED, owner_for
+from common import logs
 from common.settings import Settings
 
-PUBLIC = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+PUBLIC = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 PUBLIC_PREFIXES = ("/ui",)
 MULTIPART_OVERHEAD = 1024 * 1024  # form boundaries, part headers and the config part around a checkpoint
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
@@ -59,6 +60,7 @@ class RequestGuard:
         owner = owner_for(headers.get("authorization"), self.settings.api_keys)
         if owner is None:
             return await _refuse(send, 401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
+        logs.bind(owner=owner)  # the tenant id (a hash of the key) in the request's log records
         multipart = headers.get("content-type", "").lower().startswith("multipart/")
         files = scope["path"] == "/files"  # an input video, else a checkpoint
         upload_limit = self.settings.max_file_bytes if files else self.settings.max_upload_bytes

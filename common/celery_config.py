@@ -5,11 +5,19 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from common.schemas import JobRecord
 from common.settings import Settings
 
 CUSTOMIZE_TASK = "stillmoving.customize"
 GENERATE_TASK = "stillmoving.generate"
 TASK_FOR_KIND = {"customize": CUSTOMIZE_TASK, "generate": GENERATE_TASK}
+REQUEST_ID_HEADER = "request_id"  # a task message's header: the X-Request-ID of the request behind it
+
+
+def task_headers(job: JobRecord) -> dict[str, str]:
+    """The headers of a task message for `job` (its enqueue, a reaper's re-queue): the request id and the W3C
+    trace context its record keeps, so the worker's logs and spans join the request's."""
+    return {**(job.trace or {}), **({REQUEST_ID_HEADER: job.request_id} if job.request_id else {})}
 
 
 def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:

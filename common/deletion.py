@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 
+from common import job_metrics
 from common import storage as keys
 from common.errors import Conflict, NotFound, ServiceUnavailable
 from common.jobstore import RUNNING_KEY, JobStore
@@ -28,19 +29,22 @@ from common.webhooks import WebhookStore
 
 log = logging.getLogger("stillmoving.deletion")
 
-# KEYS: the job, the owner's job listing, its event log, its webhook state and attempts. ARGV: owner (JSON), job id.
+# KEYS: the job, the owner's job listing, its event log, its webhook state and attempts. ARGV: owner (JSON), job id,
+# the status indexes' prefix (`common.job_metrics`: a deleted job leaves its status's count).
 _DELETE_JOB = """
-local owner, status = unpack(redis.call('HMGET', KEYS[1], 'owner', 'status'))
+local owner, status, kind = unpack(redis.call('HMGET', KEYS[1], 'owner', 'status', 'kind'))
 if owner ~= ARGV[1] then return 'missing' end
 if status == '"queued"' or status == '"running"' then return cjson.decode(status) end
 redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
 redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', ARGV[3] .. cjson.decode(kind) .. ':' .. cjson.decode(status), ARGV[2])
 return 'deleted'
 """
 
 # KEYS: the customization, the owner's customization listing, the owner's queued jobs, the running jobs, its
 # training job, the owner's job listing, the checkpoint's references, the training job's event log.
-# ARGV: owner (JSON), customization id, the same as JSON, its training job's id, the job key prefix.
+# ARGV: owner (JSON), customization id, the same as JSON, its training job's id, the job key prefix, the status
+# indexes' prefix.
 # Returns {outcome, the job that holds it}. A generation uses a customization of its own key, so the owner's
 # queued jobs and the running ones are every job that could.
 _DELETE_CUSTOMIZATION = """
@@ -56,7 +60,9 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('SREM', KEYS[7], ARGV[2])
-if redis.call('HGET', KEYS[5], 'customization_id') == ARGV[3] then
+local trained, job_status = unpack(redis.call('HMGET', KEYS[5], 'customization_id', 'status'))
+if trained == ARGV[3] then
+  redis.call('ZREM', ARGV[6] .. 'customize:' .. cjson.decode(job_status), ARGV[4])
   redis.call('DEL', KEYS[5], KEYS[8])
   redis.call('ZREM', KEYS[6], ARGV[4])
 end
@@ -70,7 +76,7 @@ def delete_job(store: JobStore, storage: Storage, job: JobRecord) -> None:
     outcome = store.redis.register_script(_DELETE_JOB)(
         keys=[store.job_key(job.id), store.owner_key(job.owner, "jobs"), store.events_key(job.id),
               WebhookStore.state_key(job.id), WebhookStore.attempts_key(job.id)],
-        args=[json.dumps(job.owner), job.id])
+        args=[json.dumps(job.owner), job.id, job_metrics.STATUS_PREFIX])
     if outcome == "missing":
         raise NotFound(f"no job {job.id!r}", field="job_id")
     if outcome != "deleted":
@@ -87,7 +93,8 @@ def delete_customization(store: JobStore, storage: Storage, customization: Custo
               store.owner_key(owner, "queued"), RUNNING_KEY, store.job_key(customization.job_id),
               store.owner_key(owner, "jobs"), store.checkpoint_refs_key(customization.checkpoint_sha256),
               store.events_key(customization.job_id)],
-        args=[json.dumps(owner), cid, json.dumps(cid), customization.job_id, store.job_key("")])
+        args=[json.dumps(owner), cid, json.dumps(cid), customization.job_id, store.job_key(""),
+              job_metrics.STATUS_PREFIX])
     if outcome == "missing":
         raise NotFound(f"no customization {cid!r}", field="customization_id")
     if outcome != "deleted":

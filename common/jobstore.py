@@ -15,6 +15,8 @@ Layout (prefix ``sm:``)::
     sm:ckpt:<sha256>           set of the customization ids made from that uploaded checkpoint
     sm:idem:<o>:<scope>:<h>    JSON {"job_id", "customization_id", "fingerprint"} of an Idempotency-Key
     sm:running                 zset of running job ids by last heartbeat (epoch seconds; the reaper's index)
+    sm:jobs:<kind>:<status>    zset of job ids by when they entered that status; sm:metrics: counters and
+                               histograms (both written by the scripts below: `common.job_metrics`)
 
 Status changes go through one Lua script (`transition`) so that, e.g., a cancel and a start never both win.
 A customize job's customization changes with its job, in the same script (`CUSTOMIZATION_STATUS`): the
@@ -37,7 +39,7 @@ from typing import Any, Iterable, Sequence
 import redis
 from pydantic import BaseModel
 
-from common import events
+from common import events, job_metrics
 from common.errors import NotFound, ServiceUnavailable
 from common.schemas import TERMINAL, CustomizationRecord, ErrorInfo, JobRecord
 
@@ -47,7 +49,7 @@ CUSTOMIZATION_STATUS = {"queued": "queued", "running": "training", "succeeded": 
                         "canceled": "canceled"}
 CANCELED = ErrorInfo(code="canceled", message="canceled by request")
 
-_TRANSITION = """
+_TRANSITION = job_metrics.OBSERVE_LUA + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return -1 end
 local ok = false
@@ -61,24 +63,45 @@ if ARGV[9] ~= '' and redis.call('EXISTS', KEYS[7]) == 1 then
   for k, v in pairs(cjson.decode(ARGV[9])) do redis.call('HSET', KEYS[7], k, v) end
 end
 local new = ARGV[4]
+if new ~= '' then
+  local was, kind, now = cjson.decode(cur), ARGV[12], clock()
+  redis.call('ZREM', ARGV[13] .. kind .. ':' .. was, ARGV[3])
+  redis.call('ZADD', ARGV[13] .. kind .. ':' .. new, now, ARGV[3])
+  if ARGV[17] == '1' then
+    if new == 'running' then
+      redis.call('HINCRBY', KEYS[9], 'started|' .. kind, 1)
+      local since = tonumber(redis.call('HGET', KEYS[1], 'queued_ts'))
+      if since then observe(KEYS[9], 'wait_s|' .. kind, now - since, ARGV[15]) end
+      redis.call('HSET', KEYS[1], 'started_ts', now)
+    elseif new == 'queued' then
+      redis.call('HSET', KEYS[1], 'queued_ts', now)
+      if was == 'running' then redis.call('HINCRBY', KEYS[9], 'retries|' .. kind, 1) end
+    else
+      redis.call('HINCRBY', KEYS[9], 'finished|' .. kind .. '|' .. new, 1)
+      local started = tonumber(redis.call('HGET', KEYS[1], 'started_ts'))
+      if was == 'running' and started then observe(KEYS[9], 'run_s|' .. kind .. '|' .. new, now - started, ARGV[14]) end
+    end
+    if ARGV[16] ~= '' then redis.call('HINCRBY', KEYS[9], 'reaped|' .. kind .. '|' .. ARGV[16], 1) end
+  end
+end
 if new == 'queued' then
   redis.call('ZADD', KEYS[2], ARGV[6], ARGV[3])
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
-  redis.call('ZREM', KEYS[9], ARGV[3])
+  redis.call('ZREM', KEYS[10], ARGV[3])
   redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
   redis.call('ZADD', KEYS[6], 'NX', 0, ARGV[7])
 elseif new == 'running' then
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
-  redis.call('ZADD', KEYS[9], ARGV[6], ARGV[3])
+  redis.call('ZADD', KEYS[10], ARGV[6], ARGV[3])
   redis.call('ZREM', KEYS[5], ARGV[3])
 elseif new ~= '' then
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
-  redis.call('ZREM', KEYS[9], ARGV[3])
+  redis.call('ZREM', KEYS[10], ARGV[3])
   redis.call('ZREM', KEYS[5], ARGV[3])
   if tonumber(ARGV[8]) > 0 then
     redis.call('EXPIRE', KEYS[1], ARGV[8])
@@ -100,10 +123,10 @@ return 1
 
 # Create a queued job unless the owner already has `limit` queued jobs (atomic: no over-admission), or unless the
 # customization a generation uses is gone (-1: a deletion took it; see common/deletion.py), or one of the records
-# it needs (KEYS[12...]: its uploaded files) is (-2 for KEYS[12], -3 for KEYS[13], ...; see common/files.py).
-_CREATE = """
+# it needs (KEYS[13...]: its uploaded files) is (-2 for KEYS[13], -3 for KEYS[14], ...; see common/files.py).
+_CREATE = job_metrics.OBSERVE_LUA + """
 if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[10]) == 0 then return -1 end
-for i = 12, #KEYS do if redis.call('EXISTS', KEYS[i]) == 0 then return 10 - i end end
+for i = 13, #KEYS do if redis.call('EXISTS', KEYS[i]) == 0 then return 11 - i end end
 if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[1]) then return 0 end
 for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
@@ -117,6 +140,10 @@ if ARGV[5] ~= '' then
   redis.call('SADD', KEYS[9], ARGV[5])
 end
 redis.call('XADD', KEYS[11], 'MAXLEN', ARGV[10], '*', 'event', ARGV[9])
+local now = clock()
+redis.call('HSET', KEYS[1], 'queued_ts', now)
+redis.call('ZADD', ARGV[12] .. ARGV[11] .. ':queued', now, ARGV[3])
+redis.call('HINCRBY', KEYS[12], 'created|' .. ARGV[11], 1)
 return 1
 """
 
@@ -247,7 +274,7 @@ class JobStore:
         return f"{PREFIX}owner:{owner}:{what}"
 
     @staticmethod
-    def _queue_key(queue: str) -> str:
+    def queued_key(queue: str) -> str:
         return f"{PREFIX}queued:{queue}"
 
     @staticmethod
@@ -281,15 +308,16 @@ class JobStore:
         created_event = events.status_event({"status": job.status})
         assert created_event is not None  # a status change always has its event
         created = self._create(
-            keys=[self.job_key(job.id), self.owner_key(job.owner, "jobs"), self._queue_key(queue),
+            keys=[self.job_key(job.id), self.owner_key(job.owner, "jobs"), self.queued_key(queue),
                   self.owner_key(job.owner, "queued"), cus_key, self.owner_key(job.owner, "customizations"),
                   self._fair_key(queue, job.owner), self._fair_key(queue),
                   self.checkpoint_refs_key(customization.checkpoint_sha256 if customization else "-"),
-                  self.customization_key(uses or "-"), self.events_key(job.id), *(key for key, _ in needs)],
+                  self.customization_key(uses or "-"), self.events_key(job.id), job_metrics.METRICS_KEY,
+                  *(key for key, _ in needs)],
             args=[limit, repr(time.time()), job.id, json.dumps({**encode_fields(job), "queue": json.dumps(queue)}),
                   customization.id if customization else "",
                   json.dumps(encode_fields(customization)) if customization else "{}", job.owner, "1" if uses else "",
-                  events.encode(created_event), self.max_events])
+                  events.encode(created_event), self.max_events, job.kind, job_metrics.STATUS_PREFIX])
         if created == -1:
             raise NotFound(f"no customization {uses!r}", field="customization_id")
         if created < -1:
@@ -334,11 +362,13 @@ class JobStore:
             self.redis.hset(self.job_key(job_id), mapping=encode_fields(fields))
 
     def transition(self, job_id: str, allowed_from: Iterable[str], attempt: int | None = None,
-                   customization: dict | None = None, note: str | None = None, **fields: Any) -> bool:
+                   customization: dict | None = None, note: str | None = None, reaped: str | None = None,
+                   counted: bool = True, **fields: Any) -> bool:
         """Atomically apply `fields` (incl. ``status``) if the job's status is in `allowed_from` (and, when
-        `attempt` is given, the job is still on that attempt). Keeps the queue and running indexes in step, a
-        customize job's customization (its status follows the job's, with `customization`'s fields) and the job's
-        events (a status change or a cancel request is one, `note` says why)."""
+        `attempt` is given, the job is still on that attempt). Keeps the queue, running and status indexes in
+        step, a customize job's customization (its status follows the job's, with `customization`'s fields), the
+        job's events (a status change or a cancel request is one, `note` says why) and the job metrics
+        (`common.job_metrics`; `reaped`: the reaper's action, counted too; `counted=False`: an undo, not counted)."""
         record = self.redis.hgetall(self.job_key(job_id))
         if not record:
             return False
@@ -346,30 +376,33 @@ class JobStore:
         trains = json.loads(record.get("customization_id", "null")) if record["kind"] == '"customize"' else None
         mirror = _mirror(fields, customization or {}) if trains else {}
         result = self._transition(
-            keys=[self.job_key(job_id), self._queue_key(queue), self.owner_key(owner, "queued"), RUNNING_KEY,
+            keys=[self.job_key(job_id), self.queued_key(queue), self.owner_key(owner, "queued"), RUNNING_KEY,
                   self._fair_key(queue, owner), self._fair_key(queue), self.customization_key(trains or "-"),
-                  self.events_key(job_id), self.running_key(queue)],
+                  self.events_key(job_id), job_metrics.METRICS_KEY, self.running_key(queue)],
             args=[json.dumps([json.dumps(s) for s in allowed_from]), json.dumps(encode_fields(fields)), job_id,
                   fields.get("status", ""), "" if attempt is None else json.dumps(attempt), repr(time.time()), owner,
                   self.retention_s, json.dumps(encode_fields(mirror)) if mirror else "",
-                  events.encode(event) if (event := events.status_event(fields, note)) else "", self.max_events])
+                  events.encode(event) if (event := events.status_event(fields, note)) else "", self.max_events,
+                  json.loads(record["kind"]), job_metrics.STATUS_PREFIX, job_metrics.RUN_BOUNDS_JSON,
+                  job_metrics.WAIT_BOUNDS_JSON, reaped or "", "1" if counted else ""])
         return result == 1
 
     def finish(self, job_id: str, status: str, allowed_from: Iterable[str] = ("running",), attempt: int | None = None,
                error: ErrorInfo | None = None, result: dict | None = None, customization: dict | None = None,
-               **fields: Any) -> bool:
+               reaped: str | None = None, **fields: Any) -> bool:
         """End a job as `status` (succeeded, failed or canceled) if it is in `allowed_from` (on `attempt`), and a
         customize job's customization with it: ready (with `customization`'s fields: its manifest), failed or
         canceled, with the job's error and end time. False (nothing written) when the job is not there."""
         fields.update(status=status, finished_at=now(), error=error)
         if status == "succeeded":
             fields.update(progress=1.0, stage="done", result=result)
-        return self.transition(job_id, allowed_from, attempt, customization, **fields)
+        return self.transition(job_id, allowed_from, attempt, customization, reaped=reaped, **fields)
 
-    def requeue(self, job_id: str, attempt: int, note: str | None = None, **fields: Any) -> bool:
+    def requeue(self, job_id: str, attempt: int, note: str | None = None, reaped: str | None = None,
+                **fields: Any) -> bool:
         """Put a running job (still on `attempt`) back in its queue, its customization back to queued."""
-        return self.transition(job_id, ["running"], attempt, note=note, status="queued", stage="requeued",
-                               worker=None, **fields)
+        return self.transition(job_id, ["running"], attempt, note=note, reaped=reaped, status="queued",
+                               stage="requeued", worker=None, **fields)
 
     def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a queued job at once (and its customization); ask a running one to stop between two steps.
@@ -426,7 +459,7 @@ class JobStore:
 
     def queued_depth(self, queue: str) -> int:
         """Queued jobs of `queue`, startable or not."""
-        return self.redis.zcard(self._queue_key(queue))
+        return self.redis.zcard(self.queued_key(queue))
 
     def _fair_key_of(self, job_id: str) -> str | None:
         """The fair-queue index its job belongs to (its owner's, in its queue); None for an unknown job."""

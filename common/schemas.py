@@ -255,6 +255,8 @@ class JobRecord(BaseModel):
     eta_s: float | None = None  # seconds left, from this attempt's measured step rate (while running)
     device_s: float = 0.0  # seconds earlier attempts held a worker (lost workers, until their last heartbeat)
     inputs: dict[str, Any] | None = None  # a generation's control/init sources: {"key", "frames"} each
+    request_id: str | None = None  # the X-Request-ID of the request that created it (its runs' log records)
+    trace: dict[str, str] | None = None  # W3C trace context of its enqueue (its runs' spans: common/tracing.py)
 
 
 class FileInfo(BaseModel):

@@ -11,12 +11,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.presets import CONTROLNETS, PRESETS, Preset
 
 DEV_API_KEY = "sm-dev-key"
+TRACE_EXPORTERS = ("otlp", "console")  # the OTEL_TRACES_EXPORTER values served (opentelemetry-sdk, OTLP over HTTP)
 
 
 class Settings(BaseSettings):
@@ -139,6 +140,23 @@ class Settings(BaseSettings):
                                      "receiver holds one of them)")
     webhook_attempts_kept: int = Field(200, ge=1, description="delivery attempts GET /jobs/{id}/webhooks keeps")
 
+    # Observability (logs: common/logs.py; metrics: api/metrics.py, worker/metrics.py; traces: common/tracing.py)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per line with request_id, "
+                                                "job_id, owner (the key's hash); text: for a person at a terminal")
+    metrics_token: str | None = Field(None, description="when set, GET /metrics needs `Authorization: Bearer "
+                                      "<this>`; unset, it is open (keep it off the public entry: the proxy 404s it)")
+    worker_metrics_port: int = Field(9540, ge=0, le=65535, description="where each worker's main process serves "
+                                     "its pool's metrics (0: not served)")
+    worker_metrics_host: str = "127.0.0.1"
+    # the standard OpenTelemetry variables, under their own names: they say whether to trace (common/tracing.py)
+    otel_sdk_disabled: bool = Field(False, validation_alias="OTEL_SDK_DISABLED")
+    otel_traces_exporter: str | None = Field(None, validation_alias="OTEL_TRACES_EXPORTER")
+    otel_exporter_otlp_endpoint: str | None = Field(None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
+    otel_exporter_otlp_protocol: str | None = Field(None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"))
+
     # Fault tolerance
     heartbeat_interval_s: float = Field(10.0, gt=0, description="how often a running job's worker writes heartbeat_at")
     heartbeat_timeout_s: float = Field(120.0, gt=0, description="a running job with no heartbeat for this long is "
@@ -166,6 +184,32 @@ class Settings(BaseSettings):
             raise ValueError("at least one API key is required")
         return keys
 
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _exporters(cls, value: str | None) -> str | None:
+        names = [n.strip() for n in (value or "").split(",") if n.strip()]
+        unknown = [n for n in names if n not in (*TRACE_EXPORTERS, "none")]
+        if unknown:
+            raise ValueError(f"OTEL_TRACES_EXPORTER={value!r}: {unknown[0]!r} is not served (otlp, console, none)")
+        return value
+
+    @field_validator("otel_exporter_otlp_protocol")
+    @classmethod
+    def _protocol(cls, value: str | None) -> str | None:
+        if value not in (None, "http/protobuf"):
+            raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={value!r}: only http/protobuf is served")
+        return value
+
+    def trace_exporters(self) -> list[str]:
+        """The span exporters to install: none unless OTEL_TRACES_EXPORTER names some or an OTLP endpoint is
+        set (then otlp); none with OTEL_SDK_DISABLED or OTEL_TRACES_EXPORTER=none."""
+        if self.otel_sdk_disabled:
+            return []
+        if self.otel_traces_exporter is None:
+            return ["otlp"] if self.otel_exporter_otlp_endpoint else []
+        names = [n.strip() for n in self.otel_traces_exporter.split(",") if n.strip()]
+        return [] if "none" in names else list(dict.fromkeys(names))
+
     def preset(self) -> Preset:
         """The served preset's facts with this deployment's cost limits applied."""
         limits = {k: getattr(self, k) for k in ("max_video_pixels", "max_video_work", "max_train_pixels",
@@ -190,7 +234,7 @@ class Settings(BaseSettings):
         """These settings as ``STILLMOVING_*`` variables (to start a worker with the same settings)."""
         env = {}
         for name, value in self.model_dump().items():
-            if value is None:
+            if value is None or name.startswith("otel_"):  # the OTEL_* variables pass through the environment
                 continue
             if isinstance(value, list):
                 value = ",".join(value)

@@ -32,6 +32,7 @@ import redis
 from standardwebhooks.webhooks import Webhook
 
 from common.errors import InvalidArgument
+from common.job_metrics import METRICS_KEY
 from common.jobstore import PREFIX, JobStore
 
 DUE_KEY = PREFIX + "webhooks:due"
@@ -205,10 +206,12 @@ class WebhookStore:
                                    int(lease_s * 1000)]) == 1
 
     # attempts
-    def record_attempt(self, job_id: str, attempt: dict[str, Any]) -> None:
+    def record_attempt(self, job_id: str, attempt: dict[str, Any], outcome: str) -> None:
+        """Keep the attempt and count it by its event and `outcome` (delivered, failed, given_up), atomically."""
         key = self.attempts_key(job_id)
         pipe = self.redis.pipeline()
         pipe.rpush(key, json.dumps(attempt))
+        pipe.hincrby(METRICS_KEY, f"webhook|{attempt['event']}|{outcome}", 1)
         pipe.ltrim(key, -self.attempts_kept, -1)
         if self.retention_s:
             pipe.expire(key, self.retention_s)

@@ -45,7 +45,7 @@ def settings(redis_url, s3_endpoint, tmp_path_factory):
         redis_url=redis_url, s3_endpoint_url=s3_endpoint, s3_bucket="stillmoving-test", s3_access_key_id="test",
         s3_secret_access_key="test", api_keys=[KEY_A, KEY_B], model_preset="tiny",
         workdir=tmp_path_factory.mktemp("worker"), motion_train_steps=4, motion_num_images=2, wait_poll_s=0.5,
-        progress_interval_s=0.0, max_queued_jobs_per_key=50, job_burst=10_000, _env_file=None,
+        progress_interval_s=0.0, max_queued_jobs_per_key=50, job_burst=10_000, worker_metrics_port=0, _env_file=None,
     )
 
 

@@ -3,6 +3,7 @@ training loss lines, cancel flag, heartbeat, and the timings of the job's `metri
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -12,6 +13,7 @@ import redis
 
 from common import events
 from common.jobstore import JobStore, now
+from worker import telemetry
 
 log = logging.getLogger("stillmoving.worker")
 
@@ -52,6 +54,7 @@ class JobProgress:
         self._stage_mark: tuple[float, int] | None = None  # (clock, step) of the stage's first report
         self._event_value = -1.0  # progress at the last progress event
         self.stage_s: dict[str, float] = {}  # seconds spent in each stage so far
+        self.run = telemetry.current_run()  # the run's stage spans and step counts (None outside a job's run)
 
     def _stage_times(self, clock: float) -> dict[str, float]:
         """Seconds in each stage so far, the current one's until `clock` included."""
@@ -65,6 +68,8 @@ class JobProgress:
         clock = time.monotonic()
         self.stage_s = self._stage_times(clock)
         self.stage, self._stage_start, self._stage_mark = stage, clock, None
+        if self.run is not None:
+            self.run.enter(stage)
         return events.stage_event(stage)
 
     def eta(self, stage: str, step: int, total: int) -> float | None:
@@ -108,6 +113,8 @@ class JobProgress:
         low, high = self.spans.get(stage, (self.value, self.value))
         self.value = max(self.value, min(1.0, low + (high - low) * step / max(total, 1)))
         event = self._enter(stage) if stage != self.stage else None
+        if self.run is not None:
+            self.run.step(stage, step, total)
         eta = self.eta(stage, step, total)
         clock = time.monotonic()
         if event or step >= total or clock - self._last_write >= self.interval_s:
@@ -166,7 +173,9 @@ class Heartbeat:
     def __init__(self, progress: JobProgress, interval_s: float):
         self.progress, self.interval_s = progress, interval_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{progress.job_id}", daemon=True)
+        # in a copy of the job's context: its log records carry the job's ids
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
+                                        name=f"heartbeat-{progress.job_id}", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s) and not self.progress.lost:

@@ -15,7 +15,7 @@ import time
 from celery import Celery
 from celery.signals import worker_ready
 
-from common.celery_config import TASK_FOR_KIND
+from common.celery_config import TASK_FOR_KIND, task_headers
 from common.jobstore import CANCELED, JobStore
 from common.schemas import ErrorInfo, JobRecord
 from common.settings import Settings
@@ -68,13 +68,14 @@ class Reaper(Background):
         return actions
 
     def _fail(self, job: JobRecord, code: str, message: str) -> str | None:
-        if not self.store.finish(job.id, "failed", attempt=job.attempts, error=ErrorInfo(code=code, message=message)):
+        if not self.store.finish(job.id, "failed", attempt=job.attempts, error=ErrorInfo(code=code, message=message),
+                                 reaped=code):
             return None
         log.warning("job %s failed (%s): %s", job.id, code, message)
         return code
 
     def _cancel(self, job: JobRecord) -> str | None:
-        if not self.store.finish(job.id, "canceled", attempt=job.attempts, error=CANCELED):
+        if not self.store.finish(job.id, "canceled", attempt=job.attempts, error=CANCELED, reaped="canceled"):
             return None
         log.warning("job %s: canceled; its worker went quiet before it stopped", job.id)
         return "canceled"
@@ -82,15 +83,16 @@ class Reaper(Background):
     def _requeue(self, job: JobRecord) -> str | None:
         held = (job.heartbeat_at - job.started_at).total_seconds() if job.heartbeat_at and job.started_at else 0.0
         note = f"no heartbeat from attempt {job.attempts}'s worker {job.worker} for {self.settings.heartbeat_timeout_s:g} s"
-        if not self.store.requeue(job.id, job.attempts, note, device_s=round(job.device_s + max(held, 0.0), 3)):
+        if not self.store.requeue(job.id, job.attempts, note, reaped="requeued",
+                                  device_s=round(job.device_s + max(held, 0.0), 3)):
             return None
         queue = self.store.job_queue(job.id) or self.settings.queue_for(job.kind)
         try:
             self.celery.send_task(TASK_FOR_KIND[job.kind], args=[job.id], queue=queue,
-                                  task_id=f"{job.id}.retry{job.attempts}")
+                                  task_id=f"{job.id}.retry{job.attempts}", headers=task_headers(job))
         except Exception:  # broker down: back to a dead running job (customization training); next pass retries
             self.store.transition(job.id, ["queued"], attempt=job.attempts, note="its re-queue could not be sent",
-                                  status="running", stage="lost")
+                                  counted=False, status="running", stage="lost")
             raise
         log.warning("job %s: no heartbeat since attempt %d's worker went quiet; re-queued", job.id, job.attempts)
         return "requeued"

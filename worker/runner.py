@@ -28,7 +28,7 @@ from common.jobstore import CANCELED, JobStore, now
 from common.schemas import TERMINAL, CustomizationConfig, ErrorInfo, GenerateRequest, JobRecord
 from common.settings import Settings, get_settings
 from common.storage import CONTENT_TYPES, RetryingStorage
-from worker import train_state
+from worker import telemetry, train_state
 from worker.cache import LRUCache
 from worker.progress import Heartbeat, JobProgress
 
@@ -117,9 +117,9 @@ class Runner:
         self.store = JobStore.from_settings(settings)
         self.storage = RetryingStorage(settings)
         self.workdir = Path(settings.workdir).resolve()
-        self.bases: LRUCache = LRUCache(settings.base_cache_size)
-        self.customizations: LRUCache = LRUCache(settings.customization_cache_size)
-        self.controlnets: LRUCache = LRUCache(settings.controlnet_cache_size)
+        self.bases: LRUCache = LRUCache(settings.base_cache_size, "base")
+        self.customizations: LRUCache = LRUCache(settings.customization_cache_size, "customization")
+        self.controlnets: LRUCache = LRUCache(settings.controlnet_cache_size, "controlnet")
 
     # ---- inputs -----------------------------------------------------------------------------------
     def base(self) -> engine.BaseModels:
@@ -212,6 +212,8 @@ class Runner:
                                  customization=customization):
             log.info("job %s: attempt %d no longer holds it; %s not recorded", job.id, job.attempts, status)
             return
+        if (run := telemetry.current_run()) is not None:
+            run.ended(status, error)
         log.info("job %s %s%s", job.id, status, f" ({error.code}: {error.message})" if error else "")
 
     def run(self, kind: str, token: str, body) -> None:
@@ -230,7 +232,7 @@ class Runner:
                 else:
                     return
             try:
-                self._run_one(job_id, body)
+                self._run_one(job_id, body, same_turn=job_id == token)
                 return
             except NotQueued:
                 continue
@@ -238,24 +240,26 @@ class Runner:
                 self.store.defer(job_id, self.settings.wait_poll_s)
                 raise
 
-    def _run_one(self, job_id: str, body) -> None:
-        """Load, start, run `body`, map errors to the job's final state."""
+    def _run_one(self, job_id: str, body, same_turn: bool) -> None:
+        """Load, start, run `body`, map errors to the job's final state; in the job's log context and span
+        (`worker.telemetry`; `same_turn`: the job is the one the task was sent for)."""
         job = self.store.get_job(job_id)
         if job is None or job.status in TERMINAL:
             log.info("job %s: nothing to do (%s)", job_id, "unknown" if job is None else job.status)
             return
         scratch = self.workdir / "jobs" / job_id
-        try:
-            body(job, scratch)
-        except (WaitForCustomization, NotQueued):
-            raise
-        except Exception as exc:
-            status, error = job_outcome(exc)
-            if error.code == "internal":
-                log.exception("job %s failed", job_id)
-            self.finish(job, status, error)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        with telemetry.job_scope(job, same_turn):
+            try:
+                body(job, scratch)
+            except (WaitForCustomization, NotQueued):
+                raise
+            except Exception as exc:
+                status, error = job_outcome(exc)
+                if error.code == "internal":
+                    log.exception("job %s failed", job_id)
+                self.finish(job, status, error)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     def upload_dir(self, directory: Path, prefix: str, last: str | None = None) -> list[str]:
         """Upload every file under `directory`; the file named `last` (the manifest) goes last."""

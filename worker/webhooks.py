@@ -197,7 +197,8 @@ class Deliverer(Background):
             "webhook_id": webhook_id, "event": kind, "status": job.status,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)) + f".{int(started % 1 * 1000):03d}Z",
             "url": state["url"], "attempt": tries, "status_code": status_code, "error": error,
-            "delivered": error is None, "duration_ms": round((time.time() - started) * 1000, 1)})
+            "delivered": error is None, "duration_ms": round((time.time() - started) * 1000, 1)},
+            "delivered" if error is None else "given_up" if give_up else "failed")
         if error is None:
             return "delivered"
         if give_up:

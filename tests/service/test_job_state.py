@@ -65,7 +65,7 @@ class Broker:
     def __init__(self, up: bool = True):
         self.up, self.sent = up, []
 
-    def send_task(self, name: str, args: list, queue: str, task_id: str) -> None:
+    def send_task(self, name: str, args: list, queue: str, task_id: str, headers: dict | None = None) -> None:
         if not self.up:
             raise ConnectionError("broker down")
         self.sent.append(task_id)

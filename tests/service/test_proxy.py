@@ -67,6 +67,12 @@ def test_requests_pass_through(proxy):
     assert httpx.get(url + "/generate", timeout=10).status_code in (401, 405)
 
 
+def test_metrics_are_not_served_through_the_proxy(proxy):
+    url, _ = proxy
+    refused = httpx.get(url + "/metrics", timeout=10)
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
+
+
 def test_an_oversized_head_is_431_json(proxy):
     url, _ = proxy
     response = httpx.get(url + "/healthz", headers={"X-Pad": "a" * 100_000}, timeout=10)
