@@ -66,12 +66,12 @@ def enqueue(store: JobStore, celery: Celery, settings: Settings, job: JobRecord,
         # what the job's runs log and trace under: this request's id and this span (common.tracing)
         job.request_id, job.trace = logs.current("request_id"), tracing.carrier() or None
         logs.bind(job_id=job.id)
-        _create_and_send(store, celery, settings, job, queue, customization, webhook, hooks)
+        _create_and_send(store, celery, settings, job, queue, customization, webhook, hooks, needs)
 
 
 def _create_and_send(store: JobStore, celery: Celery, settings: Settings, job: JobRecord, queue: str,
                      customization: CustomizationRecord | None, webhook: WebhookFields | None,
-                     hooks: WebhookStore | None) -> None:
+                     hooks: WebhookStore | None, needs: Sequence[tuple[str, str]]) -> None:
     if webhook is not None and webhook.webhook is not None and hooks is not None:
         hooks.register(job.id, job.owner, webhook.webhook, list(webhook.webhook_events_filter))
     if not store.create_job(job, queue, customization, limit=settings.max_queued_jobs_per_key, needs=needs):
