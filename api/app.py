@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from api import errors
 from api.event_stream import EventStream
 from api.guard import RequestGuard
-from api.routes import customizations, files, generate, health, job_events, jobs, limits, webhooks
+from api.routes import customizations, evaluations, files, generate, health, job_events, jobs, limits, webhooks
 from common.celery_config import make_celery
 from common.jobstore import JobStore
 from common.schemas import ErrorEnvelope
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)
-    for module in (health, customizations, files, generate, jobs, job_events, limits, webhooks):
+    for module in (health, customizations, files, generate, evaluations, jobs, job_events, limits, webhooks):
         app.include_router(module.router)
 
     @app.get("/ui", include_in_schema=False)

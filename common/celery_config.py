@@ -9,7 +9,9 @@ from common.settings import Settings
 
 CUSTOMIZE_TASK = "stillmoving.customize"
 GENERATE_TASK = "stillmoving.generate"
-TASK_FOR_KIND = {"customize": CUSTOMIZE_TASK, "generate": GENERATE_TASK}
+# A task message is a turn of its queue (the worker runs the queue's fair pick, whatever its kind): an evaluation
+# renders videos, so it is a turn of the generate queue, under the generate task's time limits.
+TASK_FOR_KIND = {"customize": CUSTOMIZE_TASK, "generate": GENERATE_TASK, "evaluate": GENERATE_TASK}
 
 
 def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
