@@ -15,6 +15,11 @@ export class ApiError extends Error {
   }
 }
 
+// An error for the status line: the server's message and the field it names.
+export function explain(error) {
+  return `${error.message}${error.field ? ` (field: ${error.field})` : ""}`;
+}
+
 function headers(extra) {
   return { Authorization: `Bearer ${session.key}`, ...extra };
 }

@@ -56,8 +56,13 @@ function start() {
   return starting;
 }
 
+let startedFor = null; // the key the page last started for
+
 async function startOnce() {
-  session.key = keyInput.value.trim();
+  const key = keyInput.value.trim();
+  if (spec && key === startedFor) return; // a second start for the same key (load and change raced)
+  if (session.key !== key) $("job-list").replaceChildren(); // another key's jobs
+  session.key = startedFor = key;
   say("");
   if (!spec) {
     try {
@@ -94,4 +99,6 @@ document.addEventListener("job-finished", (event) => {
   const job = event.detail;
   if (job.kind === "customize") refreshCustomizations();
 });
+// The jobs list stays live for jobs made elsewhere too (the CLI, another tab): a look every 15 s while shown.
+setInterval(() => { if (session.key && document.visibilityState === "visible") loadJobs(); }, 15000);
 start();

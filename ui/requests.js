@@ -3,7 +3,7 @@
 // and Generate (POST /generate, with control and init videos uploaded through POST /files).
 "use strict";
 
-import { api } from "./api.js";
+import { api, explain } from "./api.js";
 import * as forms from "./forms.js";
 import { trackJob } from "./jobs.js";
 import { $, element, say } from "./page.js";
@@ -84,7 +84,7 @@ export function buildCustomizeForm(spec) {
       location.hash = `#/customizations/${job.customization_id}`;
     } catch (e) {
       forms.showError(form, e);
-      say(`Upload refused: ${e.message}`);
+      say(`Upload refused: ${explain(e)}`);
     } finally { button.disabled = false; }
   };
 }
@@ -176,7 +176,7 @@ async function submitGenerate(form, button) {
     trackJob({ id: job.job_id, kind: "generate", params: body, status: "queued", customization_id: body.customization_id });
     $("jobs").scrollIntoView({ block: "nearest" });
   } catch (e) {
-    if (!e.field || !forms.showError(form, e)) say(`Generation refused: ${e.message}`);
+    if (!e.field || !forms.showError(form, e)) say(`Generation refused: ${explain(e)}`);
   } finally { button.disabled = false; }
 }
 

@@ -2,7 +2,7 @@
 // the frozen-video stills with their prompts and seeds, the loss curves, its settings, exports, and Compare.
 "use strict";
 
-import { api, apiWithStatus, ApiError, follow } from "./api.js";
+import { api, apiWithStatus, ApiError, explain, follow } from "./api.js";
 import { lossChart } from "./chart.js";
 import { renderComparison } from "./compare.js";
 import * as forms from "./forms.js";
@@ -233,7 +233,7 @@ function comparePanel(record) {
     try {
       accepted = await api("POST", "/evaluations", body);
     } catch (e) {
-      if (!forms.showError(form, e)) say(`Comparison refused: ${e.message}`);
+      if (!forms.showError(form, e)) say(`Comparison refused: ${explain(e)}`);
       return;
     }
     const job = { id: accepted.job_id, kind: "evaluate", params: body, status: "queued", customization_id: record.id };

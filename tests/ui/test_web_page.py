@@ -143,7 +143,7 @@ def test_generate_has_every_field_the_api_takes_with_the_servers_defaults_and_in
     expected |= {f"init.{n}" for n in schemas["InitRequest"]["properties"]}
     assert set(names) == expected
     for name in names:  # each control has a label that names it
-        label = page.evaluate(f"document.querySelector(`#generate-form [data-field='{name}']`).labels[0].innerText")
+        label = page.evaluate(f"document.querySelector(`#generate-form [data-field='{name}']`).labels[0].textContent")
         assert label.strip(), name
     assert page.get_attribute("[data-field='num_frames']", "placeholder") == f"default {limits['num_frames']} (the preset's)"
     assert page.get_attribute("[data-field='guidance_scale']", "placeholder") == "default 7.5"
@@ -215,7 +215,7 @@ def test_keyboard_reaches_every_control_and_opens_a_customization(browser, api_u
     reached = set()
     for _ in range(400):
         page.keyboard.press("Tab")
-        reached.add(page.evaluate("document.activeElement.id || document.activeElement.dataset.field || "
+        reached.add(page.evaluate("document.activeElement.dataset.field || document.activeElement.id || "
                                   "document.activeElement.getAttribute('href') || ''"))
     for expected in ("refresh", "customize-button", "checkpoint", "config.prompts", "generate-button", "prompt",
                      f"#/customizations/{customization['id']}"):
@@ -279,6 +279,8 @@ def test_bad_upload_shows_the_servers_message_at_the_checkpoint(browser, api_url
     page.set_input_files("[data-field='checkpoint']", str(junk))
     page.click("#customize-button")
     page.wait_for_function("document.querySelector('#message').textContent.includes('Upload refused')")
-    assert "checkpoint" in page.inner_text("#message")
+    assert "(field: checkpoint)" in page.inner_text("#message")
     page.wait_for_selector("[data-field='checkpoint'][aria-invalid='true']")
+    error_id = page.get_attribute("[data-field='checkpoint']", "aria-describedby").split()[-1]
+    assert "safetensors header" in page.inner_text(f"#{error_id}")
     assert httpx.get(f"{api_url}/customizations?limit=100", headers=AUTH_A).json()["items"] == before
