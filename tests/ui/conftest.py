@@ -95,8 +95,8 @@ def studio(api_url, checkpoints):
     """On the tiny preset, through the API: a trained customization, a comparison and a generation of it.
     Returns (the customization as GET shows it, the evaluate job, the generate job)."""
     with httpx.Client(base_url=api_url, headers=AUTH_A, timeout=60) as client:
-        config = {"name": "studio", "prompts": ["a sks toy", "a sks toy on a table"], "num_images": 3,
-                  "train_steps": 6, "rank": 4, "seed": 2}
+        config = {"name": "studio", "prompts": ["a sks toy", "a sks toy on a table"], "num_images": 2,
+                  "train_steps": 5, "rank": 4, "seed": 2}
         with open(checkpoints["lora"], "rb") as handle:
             response = client.post("/customizations", files={"checkpoint": ("lora.safetensors", handle)},
                                    data={"config": json.dumps(config)})

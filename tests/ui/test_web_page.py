@@ -86,7 +86,7 @@ def test_the_gallery_shows_the_manifests_stills_with_prompts_and_seeds(browser, 
     images = customization["manifest"]["images"]
     figures = page.eval_on_selector_all(".gallery figure", """figures => figures.map(f => ({
         src: f.querySelector('img').src, alt: f.querySelector('img').alt, caption: f.querySelector('figcaption').innerText}))""")
-    assert len(figures) == len(images) == 3
+    assert len(figures) == len(images) == 2
     for figure, image, url in zip(figures, images, customization["image_urls"]):
         assert path_of(figure["src"]) == path_of(url)
         assert image["prompt"] in figure["caption"] and f"seed {image['seed']}" in figure["caption"]
@@ -111,7 +111,7 @@ def test_the_loss_charts_have_a_vertex_per_training_step(browser, api_url, studi
         assert ys.index(min(ys)) == curve.index(max(curve)) and ys.index(max(ys)) == curve.index(min(curve))
         assert page.locator(f"{selector} tbody tr").count() == len(curve)
         assert f"{len(curve)} steps" in page.get_attribute(f"{selector} svg", "aria-label")
-    assert len(manifest["loss_curve"]) == 6 and len(manifest["motion_adapter"]["loss_curve"]) == settings.motion_train_steps
+    assert len(manifest["loss_curve"]) == 5 and len(manifest["motion_adapter"]["loss_curve"]) == settings.motion_train_steps
 
 
 def test_the_comparison_shows_four_looping_rows_with_their_measures(browser, api_url, studio):
@@ -211,12 +211,12 @@ def test_keyboard_reaches_every_control_and_opens_a_customization(browser, api_u
     customization, _, _ = studio
     page = open_page(browser, api_url)
     page.wait_for_selector(f"li.customization[data-id='{customization['id']}'] a")
+    page.evaluate("""() => { window.reached = new Set(); document.addEventListener('focusin', (e) =>
+        window.reached.add(e.target.dataset.field || e.target.id || e.target.getAttribute('href') || '')); }""")
     page.focus("#api-key")
-    reached = set()
-    for _ in range(400):
+    for _ in range(160):
         page.keyboard.press("Tab")
-        reached.add(page.evaluate("document.activeElement.dataset.field || document.activeElement.id || "
-                                  "document.activeElement.getAttribute('href') || ''"))
+    reached = set(page.evaluate("[...window.reached]"))
     for expected in ("refresh", "customize-button", "checkpoint", "config.prompts", "generate-button", "prompt",
                      f"#/customizations/{customization['id']}"):
         assert expected in reached, expected
@@ -229,20 +229,23 @@ def test_keyboard_reaches_every_control_and_opens_a_customization(browser, api_u
 
 
 def test_axe_finds_no_serious_or_critical_violations(browser, api_url, studio):
+    """axe-core's WCAG rules on the whole page: a customization open, a comparison and a video in the jobs, the
+    advanced settings and the control inputs shown; at desktop width and again at phone width. (axe leaves
+    `video-caption` incomplete, not violated: the videos have no sound.)"""
     customization, _, _ = studio
+    page = open_page(browser, api_url, path=f"#/customizations/{customization['id']}")
+    page.wait_for_selector(".gallery img")
+    page.wait_for_selector(".job .comparison-row video")
+    page.click("summary:has-text('More training settings')")
+    page.check("text=Use control video")
+    page.add_script_tag(path=str(AXE))
     for width in (1280, 390):
-        page = open_page(browser, api_url, width=width, path=f"#/customizations/{customization['id']}")
-        page.wait_for_selector(".gallery img")
-        page.wait_for_selector(".job .comparison-row video")
-        page.click("summary:has-text('More training settings')")
-        page.check("text=Use control video")
-        page.add_script_tag(path=str(AXE))
+        page.set_viewport_size({"width": width, "height": 900})
         results = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
         serious = [(v["id"], v["impact"], v["help"], [n["target"] for n in v["nodes"]][:5])
                    for v in results["violations"] if v["impact"] in ("serious", "critical")]
-        assert not serious, serious
+        assert not serious, (width, serious)
         assert results["passes"], "axe ran no check"
-        page.close()
 
 
 @pytest.mark.parametrize(("width", "height"), [(1280, 1000), (390, 844)])
@@ -283,4 +286,5 @@ def test_bad_upload_shows_the_servers_message_at_the_checkpoint(browser, api_url
     page.wait_for_selector("[data-field='checkpoint'][aria-invalid='true']")
     error_id = page.get_attribute("[data-field='checkpoint']", "aria-describedby").split()[-1]
     assert "safetensors header" in page.inner_text(f"#{error_id}")
-    assert httpx.get(f"{api_url}/customizations?limit=100", headers=AUTH_A).json()["items"] == before
+    after = httpx.get(f"{api_url}/customizations?limit=100", headers=AUTH_A).json()["items"]
+    assert [c["id"] for c in after] == [c["id"] for c in before]  # nothing was stored or queued for it
