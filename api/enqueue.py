@@ -11,9 +11,10 @@ from celery import Celery
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 
+from api.deps import owned_customization
 from common import logs, tracing
 from common.celery_config import TASK_FOR_KIND, task_headers
-from common.errors import ServiceUnavailable, TooManyRequests
+from common.errors import CustomizationFailed, ServiceUnavailable, TooManyRequests
 from common.jobstore import JobStore
 from common.schemas import CustomizationRecord, ErrorInfo, JobAccepted, JobRecord, WebhookFields
 from common.settings import Settings
@@ -52,6 +53,16 @@ def check_webhook(fields: WebhookFields, settings: Settings, field: str = "webho
     deliverer checks again at each attempt: DNS may change)."""
     if fields.webhook is not None:
         resolve(fields.webhook, settings.webhook_allow_private, field)
+
+
+def usable_customization(customization_id: str, owner: str, store: JobStore) -> CustomizationRecord:
+    """The caller's customization a new job samples (404 otherwise); 409 when it failed or was canceled (a
+    queued or training one is waited for by the job)."""
+    customization = owned_customization(customization_id, owner, store)
+    if customization.status in ("failed", "canceled"):
+        raise CustomizationFailed(f"customization {customization_id!r} is {customization.status}; it cannot be used",
+                                  field="customization_id")
+    return customization
 
 
 def enqueue(store: JobStore, celery: Celery, settings: Settings, job: JobRecord,

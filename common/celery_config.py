@@ -10,7 +10,9 @@ from common.settings import Settings
 
 CUSTOMIZE_TASK = "stillmoving.customize"
 GENERATE_TASK = "stillmoving.generate"
-TASK_FOR_KIND = {"customize": CUSTOMIZE_TASK, "generate": GENERATE_TASK}
+# A task message is a turn of its queue (the worker runs the queue's fair pick, whatever its kind): an evaluation
+# renders videos, so it is a turn of the generate queue, under the generate task's time limits.
+TASK_FOR_KIND = {"customize": CUSTOMIZE_TASK, "generate": GENERATE_TASK, "evaluate": GENERATE_TASK}
 REQUEST_ID_HEADER = "request_id"  # a task message's header: the X-Request-ID of the request behind it
 
 

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, get_args
 
-from common.schemas import TERMINAL
+from common.schemas import TERMINAL, JobKind
 
 if TYPE_CHECKING:
     from common.jobstore import JobStore
 
 METRICS_KEY = "sm:metrics"  # under the job store's prefix
 STATUS_PREFIX = "sm:jobs:"  # + "<kind>:<status>"
-KINDS = ("customize", "generate")
+KINDS: tuple[str, ...] = get_args(JobKind)
 STATUSES = ("queued", "running", *TERMINAL)
 # Histogram bounds in seconds: a video takes seconds to minutes, a customization minutes to hours.
 RUN_BOUNDS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)

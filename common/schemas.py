@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-JobKind = Literal["customize", "generate"]
+JobKind = Literal["customize", "generate", "evaluate"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 CustomizationStatus = Literal["queued", "training", "ready", "failed", "canceled"]
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -218,6 +218,24 @@ class GenerateRequest(WebhookFields):
             raise ValueError("needs a customization_id and a method other than base (the Motion Adapter is the "
                              "customization's)")
         return value
+
+
+class EvaluationRequest(WebhookFields):
+    """``POST /evaluations``: one prompt and seed rendered four ways (base, naive, Still-Moving, Still-Moving
+    trained without the Motion Adapter) at the customization's size, with a contact sheet and measures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customization_id: str = Field(min_length=1, max_length=64)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="default: random, reported in the result")
+    num_frames: int | None = Field(None, ge=2, le=64, description="default: the customization's training frames")
+    steps: int | None = Field(None, ge=1, le=150, description="sampling steps of each row; default: the preset's")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        return GenerateRequest._prompt(value)  # the same rule: not blank
 
 
 class ErrorInfo(BaseModel):

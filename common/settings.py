@@ -221,7 +221,7 @@ class Settings(BaseSettings):
         return dict(CONTROLNETS[self.model_preset] if self.controlnet_models is None else self.controlnet_models)
 
     def queue_for(self, kind: str) -> str:
-        """Celery queue of a job kind ("customize" or "generate")."""
+        """Celery queue of a job kind: "customize" trains; "generate" and "evaluate" sample."""
         return self.train_queue if kind == "customize" else self.generate_queue
 
     def time_limits(self, kind: str) -> tuple[int, int]:

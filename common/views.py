@@ -21,14 +21,24 @@ def job_view(job: JobRecord, store: JobStore, storage: Storage) -> JobView:
 
 def _result(job: JobRecord, storage: Storage) -> dict:
     stored = dict(job.result or {})
-    if job.kind == "generate":
-        out = {k: v for k, v in stored.items() if not k.endswith("_key")}
-        for key in ("video_key", "poster_key", "control_key"):  # control: the conditioning frames used
-            if stored.get(key):
-                out[key.removesuffix("_key") + "_url"] = storage.presign(stored[key])
-        return out
+    if job.kind in ("generate", "evaluate"):  # a generation's control_key: the conditioning frames used
+        return _presigned(stored, storage)
     return {"customization_id": stored.get("customization_id"), **_artifact_urls(stored, storage),
             "metrics": stored.get("metrics")}
+
+
+def _presigned(stored: dict, storage: Storage) -> dict:
+    """`stored` with each ``<name>_key`` (also in a list of rows) as a presigned ``<name>_url``."""
+    out: dict = {}
+    for name, value in stored.items():
+        if name.endswith("_key"):
+            if value:
+                out[name.removesuffix("_key") + "_url"] = storage.presign(value)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            out[name] = [_presigned(v, storage) for v in value]
+        else:
+            out[name] = value
+    return out
 
 
 def _artifact_urls(stored: dict, storage: Storage) -> dict:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from engine.artifact import MOTION_ADAPTER, SPATIAL_ADAPTER, Customization, vers
 from engine.checkpoints import file_sha256, load_customized_t2i
 from engine.errors import SpecError
 from engine.models import BaseModels, build_motion_unet, check_num_frames, make_training_scheduler
+from engine.motion_adapter import META_FILE as MOTION_META
 from engine.motion_adapter import (
     ensure_motion_adapter,
     motion_adapter_key,
@@ -107,9 +109,10 @@ def customize(
     lap("load")
 
     shared = train.use_motion_adapter and train.motion_adapter_source == "shared"
-    motion_path, trained_now = None, False
+    motion_path, trained_now, motion_losses = None, False, None
     if shared:
         motion_path, trained_now = ensure_motion_adapter(base, train, motion_cache_dir, reporter)
+        motion_losses = json.loads((motion_path.parent / MOTION_META).read_text()).get("losses")
     lap("motion_adapter")
 
     stills = frozen_videos.sample_stills(
@@ -131,7 +134,9 @@ def customize(
         adapters.load_adapter(unet, adapters.MOTION, motion_path)
         active.append(adapters.MOTION)
     elif train.use_motion_adapter:  # this customization's own, on its frozen videos over its spatial layers
-        motion_config, _ = train_motion_lora(base, unet, data, train.motion, reporter, stage="own_motion_adapter")
+        motion_config, motion_result = train_motion_lora(base, unet, data, train.motion, reporter,
+                                                         stage="own_motion_adapter")
+        motion_losses = motion_result.losses
         motion_path, trained_now = adapters.save_adapter(unet, adapters.MOTION, motion_config,
                                                          out_dir / MOTION_ADAPTER), True
         active.append(adapters.MOTION)
@@ -184,6 +189,7 @@ def customize(
             "prompts": list(motion_prompts(base, train) if shared else train.prompts),
             "trained_now": trained_now,
             "check": check,
+            "loss_curve": motion_losses,  # its training's, per step (the shared one's from its cache entry)
         },
         "spatial_adapter": {"file": SPATIAL_ADAPTER, "sha256": file_sha256(out_dir / SPATIAL_ADAPTER),
                             "rank": train.rank, "target_modules": config.target_modules},

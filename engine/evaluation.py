@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from engine import metrics
+from engine import export, metrics
 from engine.artifact import MANIFEST, Customization, load_customization
 from engine.customize import customize
 from engine.models import BaseModels
@@ -22,6 +22,16 @@ from engine.specs import SampleSpec, TrainSpec
 
 ROWS = ("base", "naive", "still-moving", "still-moving-no-motion-adapter")
 LABEL_WIDTH = 200
+ABLATION_DIR = "no-motion-adapter"  # under the out dir: the ablation's artifact (a caller may put a stored one there)
+ROWS_DIR = "rows"  # under the out dir: ``<row>.mp4`` and its poster ``<row>.png``
+
+
+def _renamed(reporter: Reporter, pattern: str):
+    """The reporter's progress callback with each stage named ``pattern.format(stage)`` (None without one)."""
+    if reporter.progress is None:
+        return None
+    progress = reporter.progress
+    return lambda stage, step, total: progress(pattern.format(stage), step, total)
 
 
 def _train_spec(manifest: dict) -> TrainSpec:
@@ -37,11 +47,11 @@ def _train_spec(manifest: dict) -> TrainSpec:
 def ablation(base: BaseModels, custom: Customization, checkpoint: Path, work_dir: Path,
              reporter: Reporter) -> Customization:
     """The same customization trained without the Motion Adapter (trained once, then reused)."""
-    target = work_dir / "no-motion-adapter"
+    target = work_dir / ABLATION_DIR
     if not (target / MANIFEST).exists():
         spec = replace(_train_spec(custom.manifest), use_motion_adapter=False, preview=False)
         customize(base, checkpoint, spec, target, work_dir / "unused-motion-cache",
-                  progress=reporter.progress, should_cancel=reporter.should_cancel)
+                  progress=_renamed(reporter, "ablation_{}"), should_cancel=reporter.should_cancel)
     return load_customization(base, target, checkpoint)
 
 
@@ -61,18 +71,22 @@ def contact_sheet(rows: dict[str, np.ndarray], path: Path) -> Path:
 
 def evaluate(base: BaseModels, custom_dir: Path, checkpoint: Path, prompt: str, out_dir: Path, seed: int = 0,
              num_frames: int | None = None, steps: int | None = None, progress=None, should_cancel=None,
-             clip_model: str | None = None, local_files_only: bool = False) -> dict:
-    """Render the four rows, write ``contact_sheet.png`` and ``metrics.json`` into `out_dir`.
+             clip_model: str | None = None, local_files_only: bool = False, fps: int = 8) -> dict:
+    """Render the four rows, write ``contact_sheet.png``, ``metrics.json`` and each row's video (``rows/<row>.mp4``
+    and its poster ``.png``, at `fps`) into `out_dir`. Progress stages: ``ablation_<stage>`` while the ablation
+    trains (skipped when ``out_dir/no-motion-adapter`` holds it already), then ``render_<row>`` per row.
 
     With `clip_model` (hub id or local directory of CLIP weights) CLIP-I and CLIP-T are added per row.
 
     Returns:
-        ``{"metrics": {method: {motion, temporal_consistency, fidelity_proxy}}, "contact_sheet": path, ...}``
+        ``{"metrics": {method: {motion, temporal_consistency, fidelity_proxy}}, "contact_sheet": path,
+        "videos": {method: {"video": path, "poster": path}}, "ablation_trained": bool, ...}``
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reporter = Reporter(progress, should_cancel)
     custom = load_customization(base, custom_dir, checkpoint)
+    ablation_trained = not (out_dir / ABLATION_DIR / MANIFEST).exists()
     no_ma = ablation(base, custom, checkpoint, out_dir, reporter)
     references = [Image.open(Path(custom_dir) / i["file"]).convert("RGB") for i in custom.manifest["images"]]
     size = custom.manifest["resolved"]
@@ -85,10 +99,13 @@ def evaluate(base: BaseModels, custom_dir: Path, checkpoint: Path, prompt: str, 
         from engine.clip_scores import ClipScorer
 
         scorer = ClipScorer.load(clip_model, local_files_only=local_files_only)
-    videos, results = {}, {}
+    videos, results, files = {}, {}, {}
     for name, (model, method) in plan.items():
-        frames, _ = render_frames(base, model, replace(spec, method=method), reporter)
-        videos[name] = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+        frames, _ = render_frames(base, model, replace(spec, method=method),
+                                  Reporter(_renamed(reporter, f"render_{name}"), should_cancel))
+        videos[name] = export.to_uint8(frames)
+        video, poster = export.write_video(videos[name], out_dir / ROWS_DIR, name, "mp4", fps)
+        files[name] = {"video": str(video), "poster": str(poster)}
         results[name] = {"motion": metrics.motion(videos[name]),
                          "temporal_consistency": metrics.temporal_consistency(videos[name]),
                          "fidelity_proxy": metrics.fidelity_proxy(videos[name], references)}
@@ -98,6 +115,7 @@ def evaluate(base: BaseModels, custom_dir: Path, checkpoint: Path, prompt: str, 
     report = {"prompt": prompt, "seed": seed, "rows": list(ROWS), "metrics": results,
               "fidelity": f"CLIP-I/CLIP-T with {clip_model}" if clip_model else
               "model-free proxy (see engine/metrics.py); pass clip_model for CLIP-I/CLIP-T",
-              "contact_sheet": str(sheet)}
+              "contact_sheet": str(sheet), "videos": files, "num_frames": spec.num_frames,
+              "ablation_trained": ablation_trained}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     return report

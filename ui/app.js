@@ -1,177 +1,104 @@
-// stillmoving web page: plain JS against the HTTP API (no build step).
+// stillmoving studio: plain ES modules against the HTTP API (no build step). This one starts the page:
+// the key, the forms from the server's schema, the customizations list, the jobs, and the #/ routes.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
+import { api, session } from "./api.js";
+import { loadJobs } from "./jobs.js";
+import { $, element, say } from "./page.js";
+import { buildCustomizeForm, buildGenerateForm, setCustomizations } from "./requests.js";
+import { closeCustomization, openCustomization } from "./studio.js";
+
 const keyInput = $("api-key");
 keyInput.value = localStorage.getItem("stillmoving-key") || "";
-keyInput.addEventListener("change", () => { localStorage.setItem("stillmoving-key", keyInput.value); refresh(); });
+let spec = null;
 
-const watched = new Map(); // job id -> {kind, label}
-
-async function api(method, path, body, isForm) {
-  const headers = { Authorization: `Bearer ${keyInput.value}` };
-  if (body !== undefined && !isForm) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, { method, headers, body: isForm ? body : body === undefined ? undefined : JSON.stringify(body) });
-  const data = response.status === 204 ? {} : await response.json().catch(() => ({}));
-  if (!response.ok) {
-    const err = data.error || { message: response.statusText };
-    throw new Error(`${err.message}${err.field ? ` (field: ${err.field})` : ""}`);
-  }
-  return data;
-}
-
-function say(text) { $("message").textContent = text || ""; }
-
-function intOrNull(id) { const v = $(id).value.trim(); return v === "" ? null : Number(v); }
-
-// Only what the user set goes into a request: the server's schema holds every default.
-function sendSet(body, inputs) {
-  for (const [id, field] of inputs) { const v = intOrNull(id); if (v !== null) body[field] = v; }
-}
-
-// The placeholders show the server's defaults, read from its OpenAPI schema (public, no key needed).
-fetch("/openapi.json").then((r) => r.json()).then((spec) => {
-  const config = spec.paths["/customizations"].post.requestBody.content["multipart/form-data"].schema.properties.config.properties;
-  $("num-images").placeholder = `default ${config.num_images.default}`;
-  $("train-steps").placeholder = `default ${config.train_steps.default}`;
-}).catch(() => {});
-
-$("customize-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  say("");
-  const config = { prompts: $("prompts").value.split("\n").map((p) => p.trim()).filter(Boolean) };
-  if ($("name").value) config.name = $("name").value;
-  sendSet(config, [["num-images", "num_images"], ["train-steps", "train_steps"]]);
-  const form = new FormData();
-  form.append("checkpoint", $("checkpoint").files[0]);
-  form.append("config", JSON.stringify(config));
+async function refreshCustomizations() {
+  if (!session.key) return;
   try {
-    const job = await api("POST", "/customizations", form, true);
-    watch(job.job_id, `customize ${config.name || job.customization_id}`);
-    refresh();
-  } catch (e) { say(`Upload refused: ${e.message}`); }
-});
-
-$("generate-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  say("");
-  const request = { prompt: $("prompt").value };
-  const customization = $("customization-select").value;
-  if (customization) request.customization_id = customization;
-  sendSet(request, [["num-frames", "num_frames"], ["steps", "steps"], ["seed", "seed"]]);
-  try {
-    const job = await api("POST", "/generate", request);
-    watch(job.job_id, `generate "${request.prompt}"`);
-  } catch (e) { say(`Generation refused: ${e.message}`); }
-});
-
-$("refresh").addEventListener("click", refresh);
-
-async function refresh() {
-  if (!keyInput.value) return;
-  try {
-    const list = await api("GET", "/customizations?limit=50");
+    const page = await api("GET", "/customizations?limit=50");
     const ul = $("customization-list");
-    const select = $("customization-select");
-    const chosen = select.value;
     ul.replaceChildren();
-    select.replaceChildren(new Option("(base model)", ""));
-    for (const c of list.items) {
-      const li = document.createElement("li");
-      li.className = "customization";
+    for (const c of page.items) {
+      const li = element("li", "customization");
       li.dataset.id = c.id;
-      li.append(`${c.name || c.id} — ${c.status} `);
-      for (const url of (c.image_urls || []).slice(0, 6)) {
-        const img = document.createElement("img"); img.src = url; img.alt = "frozen-video image"; li.append(img);
+      const link = element("a", "card");
+      link.href = `#/customizations/${c.id}`;
+      if (c.image_urls && c.image_urls.length) {
+        const img = document.createElement("img");
+        img.src = c.image_urls[0];
+        img.alt = "";
+        link.append(img);
       }
+      const text = element("span", "card-text");
+      text.append(element("strong", "", c.name || c.id),
+                  element("span", `status status-${c.status === "ready" ? "succeeded" : c.status}`, c.status));
+      link.append(text);
+      li.append(link);
       ul.append(li);
-      if (c.status === "ready" || c.status === "training" || c.status === "queued") {
-        select.append(new Option(`${c.name || c.id} (${c.status})`, c.id));
-      }
     }
-    select.value = chosen;
+    if (!page.items.length) ul.append(element("li", "hint", "None yet: upload a checkpoint above."));
+    setCustomizations(page.items);
   } catch (e) { say(`Could not list customizations: ${e.message}`); }
 }
 
-function watch(jobId, label) {
-  watched.set(jobId, { label });
-  renderJob(jobId, { status: "queued", progress: 0, stage: null });
-  follow(jobId);
+function route() {
+  const match = location.hash.match(/^#\/customizations\/([\w-]+)/);
+  if (match && session.key) openCustomization(match[1]);
+  else closeCustomization();
 }
 
-// The job's live status stream (GET /jobs/{id}/events; fetch, since EventSource cannot send the key), then one
-// poll for the final record; polling throughout when the stream fails.
-async function follow(jobId) {
-  const job = { status: "queued", progress: 0, stage: null };
-  try {
-    const response = await fetch(`/jobs/${jobId}/events`, { headers: { Authorization: `Bearer ${keyInput.value}` } });
-    if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value.replace(/\r\n?/g, "\n");
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const lines = buffer.slice(0, end).split("\n");
-        buffer = buffer.slice(end + 2);
-        const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
-        if (!data) continue; // a keep-alive comment
-        const event = JSON.parse(data);
-        if (event.type === "log") continue;
-        for (const key of ["status", "stage", "progress", "queue_position", "eta_s"]) {
-          if (key in event) job[key] = event[key];
-        }
-        if (event.status && event.status !== "queued") job.queue_position = null;
-        renderJob(jobId, job);
-      }
-    }
-  } catch (e) { /* polling from here */ }
-  poll(jobId);
+let starting = Promise.resolve();
+
+// (Re)start for the key in the field: one start at a time, the Customize form built once, the Generate form
+// again with the key's view of the server's limits.
+function start() {
+  starting = starting.then(startOnce, startOnce);
+  return starting;
 }
 
-function renderJob(jobId, job) {
-  let row = document.querySelector(`[data-job="${jobId}"]`);
-  if (!row) {
-    row = document.createElement("div");
-    row.className = "job"; row.dataset.job = jobId;
-    row.innerHTML = `<span class="label"></span><progress max="1" value="0"></progress><span class="status"></span><button class="secondary cancel" type="button">Cancel</button>`;
-    row.querySelector(".cancel").addEventListener("click", async () => {
-      try { await api("POST", `/jobs/${jobId}/cancel`); } catch (e) { say(`Cancel failed: ${e.message}`); }
-    });
-    $("job-list").prepend(row);
-  }
-  row.querySelector(".label").textContent = watched.get(jobId).label;
-  row.querySelector("progress").value = job.progress || 0;
-  const status = row.querySelector(".status");
-  const eta = job.status === "running" && job.eta_s != null ? ` · ~${Math.ceil(job.eta_s)} s left` : "";
-  status.textContent = `${job.status}${job.stage ? ` · ${job.stage}` : ""}${job.queue_position ? ` · #${job.queue_position} in queue` : ""}${eta}`;
-  status.className = `status status-${job.status}`;
-  row.querySelector(".cancel").hidden = ["succeeded", "failed", "canceled"].includes(job.status);
-  if (job.status === "failed" && job.error) say(`Job failed: ${job.error.message}`);
-}
+let startedFor = null; // the key the page last started for
 
-async function poll(jobId) {
-  try {
-    const job = await api("GET", `/jobs/${jobId}`);
-    renderJob(jobId, job);
-    if (["succeeded", "failed", "canceled"].includes(job.status)) {
-      if (job.status === "succeeded" && job.kind === "generate") show(job.result);
-      if (job.kind === "customize") refresh();
+async function startOnce() {
+  const key = keyInput.value.trim();
+  if (spec && key === startedFor) return; // a second start for the same key (load and change raced)
+  if (session.key !== key) $("job-list").replaceChildren(); // another key's jobs
+  session.key = startedFor = key;
+  say("");
+  if (!spec) {
+    try {
+      spec = await fetch("/openapi.json").then((r) => r.json());
+    } catch (e) {
+      say(`Could not read the API's schema: ${e.message}`);
       return;
     }
-  } catch (e) { say(`Lost track of job ${jobId}: ${e.message}`); }
-  setTimeout(() => poll(jobId), 700);
+    buildCustomizeForm(spec);
+  }
+  if (!session.key) {
+    buildGenerateForm(spec, null);
+    say("Paste your API key above to begin.");
+    return;
+  }
+  let limits = null;
+  try { limits = await api("GET", "/limits"); } catch (e) { say(`Could not read the server's limits: ${e.message}`); }
+  buildGenerateForm(spec, limits);
+  $("preset").textContent = limits ? `preset ${limits.preset}` : "";
+  await refreshCustomizations();
+  loadJobs();
+  route();
 }
 
-function show(result) {
-  $("result").hidden = false;
-  const isGif = (result.format || "mp4") === "gif";
-  $("result-video").hidden = isGif;
-  $("result-image").hidden = !isGif;
-  if (isGif) $("result-image").src = result.video_url;
-  else { $("result-video").src = result.video_url; $("result-video").poster = result.poster_url || ""; }
-}
-
-refresh();
+keyInput.addEventListener("change", () => {
+  localStorage.setItem("stillmoving-key", keyInput.value.trim());
+  start();
+});
+$("refresh").addEventListener("click", () => { refreshCustomizations(); loadJobs(); });
+$("studio-close").addEventListener("click", () => { location.hash = "#customizations"; });
+window.addEventListener("hashchange", route);
+document.addEventListener("customizations-changed", refreshCustomizations);
+document.addEventListener("job-finished", (event) => {
+  const job = event.detail;
+  if (job.kind === "customize") refreshCustomizations();
+});
+// The jobs list stays live for jobs made elsewhere too (the CLI, another tab): a look every 15 s while shown.
+setInterval(() => { if (session.key && document.visibilityState === "visible") loadJobs(); }, 15000);
+start();

@@ -23,6 +23,10 @@ STAGE_SPANS = {
                   "sample_images": (0.25, 0.33), "prior_images": (0.33, 0.35), "own_motion_adapter": (0.35, 0.45), "train": (0.45, 0.9),
                   "motion_check": (0.9, 0.93), "preview": (0.93, 0.98), "done": (0.98, 1.0)},
     "generate": {"load": (0.0, 0.1), "denoise": (0.1, 0.9), "export": (0.9, 1.0)},
+    # the ablation's training (`engine.evaluation`; skipped once stored), then one span per row
+    "evaluate": {"ablation_load": (0.0, 0.03), "ablation_sample_images": (0.03, 0.15), "ablation_train": (0.15, 0.55),
+                 "ablation_done": (0.55, 0.56), "render_base": (0.56, 0.66), "render_naive": (0.66, 0.76),
+                 "render_still-moving": (0.76, 0.86), "render_still-moving-no-motion-adapter": (0.86, 0.96)},
 }
 
 

@@ -30,6 +30,7 @@ from common.settings import Settings, get_settings
 from common.storage import CONTENT_TYPES, RetryingStorage
 from worker import telemetry, train_state
 from worker.cache import LRUCache
+from worker.evaluation import run_evaluation
 from worker.progress import Heartbeat, JobProgress
 
 log = logging.getLogger("stillmoving.worker")
@@ -133,20 +134,27 @@ class Runner:
             self.storage.get_file(key, path)
         return path
 
+    def fetch_prefix(self, prefix: str, target: Path, needed: set[str]) -> bool:
+        """Download everything under `prefix` into `target` (a staging dir renamed when whole) if the names
+        `needed` are all stored there; whether `target` holds it."""
+        if target.exists():
+            return True
+        names = {k[len(prefix):] for k in self.storage.list_keys(prefix)}
+        if not needed <= names:
+            return False
+        staging = target.parent / f".{target.name}.download"
+        shutil.rmtree(staging, ignore_errors=True)
+        for name in names:
+            self.storage.get_file(prefix + name, staging / name)
+        staging.rename(target)
+        return True
+
     def motion_cache(self, key: str) -> Path:
         """Local Motion Adapter cache dir; pulls ``motion-adapters/<key>/`` from storage when it is there."""
         prefix = keys.motion_adapter_prefix(key)
         target = self.workdir / prefix
-        root = target.parent
-        if not target.exists():
-            names = {k[len(prefix):] for k in self.storage.list_keys(prefix)}
-            if {engine.MOTION_ADAPTER_FILE, engine.MOTION_META_FILE} <= names:
-                staging = root / f".{key}.download"
-                shutil.rmtree(staging, ignore_errors=True)
-                for name in names:
-                    self.storage.get_file(prefix + name, staging / name)
-                staging.rename(target)
-        return root
+        self.fetch_prefix(prefix, target, {engine.MOTION_ADAPTER_FILE, engine.MOTION_META_FILE})
+        return target.parent
 
     def controlnet(self, name: str, base: engine.BaseModels):
         """The ControlNet the settings serve as `name`, loaded once per base (an LRU like the base models')."""
@@ -163,23 +171,32 @@ class Runner:
             local[name] = (self.storage.get_file(source["key"], directory / name), source.get("frames"))
         return local
 
+    def customization_files(self, customization_id: str, images: bool = False) -> Path:
+        """The local copy of a ready customization's artifact: adapters and manifest (with `images`: its stills)."""
+        prefix = keys.customization_prefix(customization_id)
+        directory = self.workdir / prefix
+        for name in (engine.SPATIAL_ADAPTER_FILE, engine.MANIFEST_FILE):
+            if not (directory / name).exists():
+                self.storage.get_file(prefix + name, directory / name)
+        manifest = engine.read_manifest(directory)
+        names = [(manifest.get("motion_adapter") or {}).get("file")]  # its own Motion Adapter, if it has one
+        names += [item["file"] for item in manifest.get("images", [])] if images else []
+        for name in filter(None, names):
+            if not (directory / name).exists():
+                self.storage.get_file(prefix + name, directory / name)
+        return directory
+
     def customization(self, customization_id: str, base: engine.BaseModels):
         record = self.store.get_customization(customization_id)
         if record is None:  # deleted since the job was queued
             raise CustomizationFailed(f"customization {customization_id!r} no longer exists")
 
         def load():
-            prefix = keys.customization_prefix(customization_id)
-            directory = self.workdir / prefix
-            for name in (engine.SPATIAL_ADAPTER_FILE, engine.MANIFEST_FILE):
-                if not (directory / name).exists():
-                    self.storage.get_file(prefix + name, directory / name)
+            directory = self.customization_files(customization_id)
             motion = engine.read_manifest(directory).get("motion_adapter") or {}
             motion_file = None  # the Motion Adapter it was trained with, for motion_adapter_scale != 0
             if motion.get("file"):  # its own, in the artifact
                 motion_file = directory / motion["file"]
-                if not motion_file.exists():
-                    self.storage.get_file(prefix + motion["file"], motion_file)
             elif motion.get("key"):  # the shared one, from the cache
                 motion_file = self.motion_cache(motion["key"]) / motion["key"] / engine.MOTION_ADAPTER_FILE
             return engine.load_customization(base, directory, self.checkpoint(record.checkpoint_sha256),
@@ -316,6 +333,7 @@ class Runner:
         self.run("generate", job_id, self._generate)
 
     def _generate(self, job: JobRecord, scratch: Path) -> None:
+        """A job of the generate queue: a generation or an evaluation, once its customization is ready."""
         if job.customization_id:
             record = self.store.get_customization(job.customization_id)
             if record is None:
@@ -332,7 +350,10 @@ class Runner:
                 raise WaitForCustomization(job.customization_id)
         reporter = self.start(job)
         with self.heartbeat(reporter):
-            self._generate_running(job, scratch, reporter)
+            if job.kind == "evaluate":
+                run_evaluation(self, job, scratch, reporter)
+            else:
+                self._generate_running(job, scratch, reporter)
 
     def _generate_running(self, job: JobRecord, scratch: Path, reporter: JobProgress) -> None:
         params = job.params

@@ -8,12 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep, WebhooksDep, owned_customization
-from api.enqueue import check_webhook, enqueue, new_id, rate_limit
+from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep, WebhooksDep
+from api.enqueue import check_webhook, enqueue, new_id, rate_limit, usable_customization
 from api.idempotency import Idempotency
 from api.inputs import check_control, needs, resolve
 from common import presets
-from common.errors import CustomizationFailed, UnsupportedMediaType
+from common.errors import UnsupportedMediaType
 from common.jobstore import now
 from common.schemas import GenerateRequest, JobAccepted, JobRecord
 
@@ -23,7 +23,7 @@ SCOPE = "generate"
 
 async def require_json(request: Request) -> None:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-        raise UnsupportedMediaType("POST /generate takes application/json")
+        raise UnsupportedMediaType(f"{request.method} {request.url.path} takes application/json")
 
 
 @router.post("/generate", status_code=202, response_model=JobAccepted, summary="Queue a video generation")
@@ -40,10 +40,7 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
             return claim.replay(fingerprint)
         rate_limit(store, settings, owner)  # a replay above costs no token
         if body.customization_id:
-            customization = owned_customization(body.customization_id, owner, store)
-            if customization.status in ("failed", "canceled"):
-                raise CustomizationFailed(f"customization {body.customization_id!r} is {customization.status}; "
-                                          "it cannot be used", field="customization_id")
+            usable_customization(body.customization_id, owner, store)
         inputs = resolve(body, owner, store)
         params = body.model_dump()
         if params["seed"] is None:

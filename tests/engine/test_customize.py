@@ -42,6 +42,9 @@ def test_motion_adapter_is_trained_once_per_base(base, checkpoints, tmp_path):
     expected = {"used": True, "source": "shared", "key": key, "file": None, "prompts": prompts}
     assert {k: first["motion_adapter"][k] for k in expected} == expected
     assert {k: second["motion_adapter"][k] for k in expected} == expected
+    # its training's loss curve, one value a step, recorded in the manifests of both (the second from the cache)
+    assert len(first["motion_adapter"]["loss_curve"]) == train.motion.train_steps
+    assert second["motion_adapter"]["loss_curve"] == first["motion_adapter"]["loss_curve"]
     assert first["motion_adapter"]["trained_now"] is True and second["motion_adapter"]["trained_now"] is False
     assert (tmp_path / "motion" / key / "motion_adapter.safetensors").exists()
     other = small_train(motion=engine.MotionAdapterSpec(train_steps=2, num_images=2, rank=4))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from engine import metrics
 from engine.evaluation import ROWS, evaluate
+from engine.export import read_video
 
 
 def _image(seed: int, size: int = 32) -> np.ndarray:
@@ -38,8 +40,14 @@ def test_video_of_the_reference_has_maximal_fidelity():
 
 def test_evaluate_writes_contact_sheet_and_metrics(base, trained, checkpoints, tmp_path):
     _, out_dir, _ = trained
-    report = evaluate(base, out_dir, checkpoints["lora"], "a sks toy", tmp_path / "eval", seed=1, steps=2)
+    stages: list[str] = []
+    report = evaluate(base, out_dir, checkpoints["lora"], "a sks toy", tmp_path / "eval", seed=1, steps=2,
+                      progress=lambda stage, step, total: stages.append(stage))
     assert list(report["metrics"]) == list(ROWS)
+    assert "ablation_train" in stages and "train" not in stages  # the ablation's stages are named as such
+    assert [s for s in dict.fromkeys(stages) if s.startswith("render_")] == [f"render_{row}" for row in ROWS]
+    frames_of = {name: read_video(Path(files["video"])).shape[0] for name, files in report["videos"].items()}
+    assert frames_of == {row: report["num_frames"] for row in ROWS} and report["ablation_trained"] is True
     sheet = Image.open(tmp_path / "eval" / "contact_sheet.png")
     frames = trained[0]["resolved"]["num_frames"]
     assert sheet.size[1] == 4 * 32 and sheet.size[0] >= frames * 32
@@ -49,6 +57,11 @@ def test_evaluate_writes_contact_sheet_and_metrics(base, trained, checkpoints, t
     for row in report["metrics"].values():
         assert 0 <= row["motion"] <= 1 and 0 <= row["fidelity_proxy"] <= 1
     assert report["metrics"]["base"] != report["metrics"]["naive"]
+    stages.clear()  # again in the same directory: the ablation there is reused, the rows are the same
+    again = evaluate(base, out_dir, checkpoints["lora"], "a sks toy", tmp_path / "eval", seed=1, steps=2,
+                     progress=lambda stage, step, total: stages.append(stage))
+    assert again["ablation_trained"] is False and not any(s.startswith("ablation_") for s in stages)
+    assert again["metrics"] == report["metrics"]
 
 
 def _tiny_clip(directory):
