@@ -2,9 +2,10 @@
 
 from common.celery_config import make_celery
 from common.settings import get_settings
-from worker import reaper, webhooks
+from worker import reaper, shutdown, webhooks
 
 settings = get_settings()
 app = make_celery(settings, include=["worker.tasks"])
 reaper.install(app, settings)
 webhooks.install(app, settings)
+shutdown.install(app, settings)
