@@ -17,6 +17,8 @@ Layout (prefix ``sm:``)::
     sm:running                 zset of running job ids by last heartbeat (epoch seconds; the reaper's index)
     sm:jobs:<kind>:<status>    zset of job ids by when they entered that status; sm:metrics: counters and
                                histograms (both written by the scripts below: `common.job_metrics`)
+    sm:drain:<host>:<pid>      epoch seconds by which the jobs of that worker (its main process) must end: it got
+                               SIGTERM and shuts down (`worker.shutdown`); expires after the grace
 
 Status changes go through one Lua script (`transition`) so that, e.g., a cancel and a start never both win.
 A customize job's customization changes with its job, in the same script (`CUSTOMIZATION_STATUS`): the
@@ -440,6 +442,20 @@ class JobStore:
 
     def forget_running(self, job_id: str) -> None:
         self.redis.zrem(RUNNING_KEY, job_id)
+
+    @staticmethod
+    def drain_key(worker: str) -> str:
+        return f"{PREFIX}drain:{worker}"
+
+    def request_drain(self, worker: str, deadline: float, ttl_s: int) -> None:
+        """Tell the jobs of `worker` (a worker's main process, ``<host>:<pid>``) that it is shutting down and
+        that each must have ended (finished or been given back) by `deadline` (epoch seconds)."""
+        self.redis.set(self.drain_key(worker), repr(deadline), ex=ttl_s)
+
+    def drain_deadline(self, worker: str) -> float | None:
+        """The deadline `request_drain` set for `worker`; None while it is not shutting down."""
+        raw = self.redis.get(self.drain_key(worker))
+        return float(raw) if raw else None
 
     def request_cancel(self, job_id: str) -> bool:
         """Flag a queued or running job to stop (its worker checks between steps); False once it ended."""

@@ -267,6 +267,7 @@ class JobRecord(BaseModel):
     result: dict[str, Any] | None = None
     customization_id: str | None = None
     attempts: int = 0
+    given_back: int = 0  # attempts that ended by giving the job back at their worker's shutdown (not a loss)
     cancel_requested: bool = False
     heartbeat_at: datetime | None = None
     worker: str | None = None  # "<host>:<pid>" of the attempt that holds a running job
@@ -377,7 +378,7 @@ class JobView(BaseModel):
     finished_at: datetime | None
     error: ErrorInfo | None
     customization_id: str | None = None
-    attempts: int = Field(0, description="runs so far (more than 1 after a worker was lost)")
+    attempts: int = Field(0, description="runs so far (more than 1 after a worker was lost or shut down)")
     eta_s: float | None = Field(None, description="seconds left, from this job's measured step rate; only while "
                                                   "running")
     params: dict[str, Any]

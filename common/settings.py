@@ -167,6 +167,12 @@ class Settings(BaseSettings):
     gc_grace_s: float = Field(3600.0, ge=0, description="objects younger than this are never collected")
     max_attempts: int = Field(3, ge=1, description="runs of one job (first + retries after a lost worker)")
     train_checkpoint_every: int = Field(50, ge=1, description="training steps between resume states in storage")
+    shutdown_grace_s: float = Field(25.0, gt=0, description="a worker's time from SIGTERM (scale-down, spot "
+                                    "preemption) to its exit: keep Kubernetes' terminationGracePeriodSeconds above "
+                                    "it; what still runs at its end is given back and the worker exits")
+    shutdown_reserve_s: float = Field(5.0, ge=0, description="the end of the grace kept for a job's last upload (its "
+                                      "result or resume state): a job finishes under SIGTERM only if its estimate "
+                                      "fits in shutdown_grace_s minus this")
     storage_retries: int = Field(5, ge=0, description="retries of a worker's failed storage operation before its "
                                                       "job fails with storage_unavailable")
     storage_backoff_s: float = Field(1.0, gt=0, description="wait before the first storage retry; doubles each retry")

@@ -13,7 +13,15 @@ from engine.artifact import SPATIAL_ADAPTER as SPATIAL_ADAPTER_FILE
 from engine.artifact import Customization, load_customization, read_manifest
 from engine.controlnets import load_controlnet
 from engine.customize import customize
-from engine.errors import AdapterError, CancelledError, CheckpointError, EngineError, ModelLoadError, SpecError
+from engine.errors import (
+    AdapterError,
+    CancelledError,
+    CheckpointError,
+    EngineError,
+    ModelLoadError,
+    SpecError,
+    SuspendedError,
+)
 from engine.models import BaseModels, load_base_models
 from engine.motion_adapter import ADAPTER_FILE as MOTION_ADAPTER_FILE
 from engine.motion_adapter import META_FILE as MOTION_META_FILE
@@ -26,7 +34,8 @@ from engine.training import STATE_META as TRAIN_STATE_META
 __all__ = [
     "AdapterError", "BaseModels", "CancelledError", "CheckpointError", "ControlSpec", "Customization",
     "EngineError", "InitSpec", "load_controlnet",
-    "ModelLoadError", "ModelSpec", "MotionAdapterSpec", "SampleSpec", "SpecError", "TrainSpec", "customize",
+    "ModelLoadError", "ModelSpec", "MotionAdapterSpec", "SampleSpec", "SpecError", "SuspendedError", "TrainSpec",
+    "customize",
     "generate", "load_base_models", "load_customization", "make_tiny_checkpoint",
     "MANIFEST_FILE", "MOTION_ADAPTER_FILE", "MOTION_META_FILE", "SPATIAL_ADAPTER_FILE", "TRAIN_STATE_META",
     "motion_adapter_key", "read_manifest",

@@ -76,6 +76,7 @@ def customize(
     state_dir: Path | None = None,
     on_checkpoint=None,
     on_loss=None,
+    should_suspend=None,
 ) -> dict:
     """Run a Still-Moving customization and write its artifact directory; return the manifest.
 
@@ -89,8 +90,10 @@ def customize(
         state_dir: resume state of spatial training, saved every ``train.checkpoint_every`` steps.
         on_checkpoint: called with ``state_dir`` after each save (e.g. to upload it).
         on_loss: ``on_loss(stage, step, total, loss)`` after each training step (Motion and Spatial Adapters).
+        should_suspend: polled between steps; True stops the run with `SuspendedError`, a Spatial Adapter
+            training saving its resume state (``state_dir``, then ``on_checkpoint``) at the step it is at first.
     """
-    reporter = Reporter(progress, should_cancel, on_loss)
+    reporter = Reporter(progress, should_cancel, on_loss, should_suspend)
     size = validate_train_spec(base, train)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +160,7 @@ def customize(
 
     check = None
     if motion_path is not None and train.check_motion_adapter:
-        check = _motion_check(base, components, unet, train, size, reporter, should_cancel)
+        check = _motion_check(base, components, unet, train, size, reporter)
         lap("motion_check")
     if motion_path is not None:
         unet.delete_adapters(adapters.MOTION)  # test time: the motion prior of the T2V model comes back
@@ -171,7 +174,7 @@ def customize(
                             height=size["height"], width=size["width"])
         from engine import export
 
-        frames, _ = render_frames(base, custom, sample, Reporter(_preview_progress(reporter), should_cancel))
+        frames, _ = render_frames(base, custom, sample, reporter.with_progress(_preview_progress(reporter)))
         export.write_video(export.to_uint8(frames), out_dir, "preview", "mp4", sample.fps)
         preview = {"video": "preview.mp4", "poster": "preview.png", "prompt": sample.prompt, "seed": sample.seed}
     lap("preview")
@@ -218,8 +221,7 @@ def _prior_videos(base: BaseModels, train: TrainSpec, size: dict, reporter: Repo
     return {"data": data, "images": [{"prompt": p, "seed": s} for p, s in zip(stills.prompts, stills.seeds)]}
 
 
-def _motion_check(base: BaseModels, components: dict, unet, train: TrainSpec, size: dict, reporter: Reporter,
-                  should_cancel) -> dict:
+def _motion_check(base: BaseModels, components: dict, unet, train: TrainSpec, size: dict, reporter: Reporter) -> dict:
     """Does the Motion Adapter still freeze motion over *these* spatial layers? One video at scale 1 and one at
     scale 0 (Spatial Adapters on), same prompt and seed; their mean frame-to-frame change (`metrics.motion`)."""
     from engine import metrics
@@ -230,7 +232,7 @@ def _motion_check(base: BaseModels, components: dict, unet, train: TrainSpec, si
     out = {"prompt": sample.prompt, "seed": sample.seed}
     for name, scale in (("motion_at_scale_1", 1.0), ("motion_at_scale_0", 0.0)):
         frames, _ = render_frames(base, custom, replace(sample, motion_adapter_scale=scale),
-                                  Reporter(_preview_progress(reporter, "motion_check"), should_cancel))
+                                  reporter.with_progress(_preview_progress(reporter, "motion_check")))
         out[name] = round(metrics.motion(frames), 6)
     adapters.activate(unet, [adapters.SPATIAL, adapters.MOTION])
     return out

@@ -32,6 +32,13 @@ class CancelledError(EngineError):
     code = "canceled"
 
 
+class SuspendedError(EngineError):
+    """The caller's suspend check asked to stop (its worker is shutting down); raised between steps, after a
+    training has saved its resume state (when it has a state directory), so that a later run continues it."""
+
+    code = "suspended"
+
+
 class AdapterError(EngineError):
     """An adapter file (Spatial or Motion Adapter) is unreadable or does not fit the model; names the file."""
 

@@ -143,18 +143,19 @@ def render_frames(base: BaseModels, custom: Customization | None, sample: Sample
 
 
 def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec, out_dir: Path,
-             progress=None, should_cancel=None, stem: str = "video", controlnet=None) -> dict:
+             progress=None, should_cancel=None, stem: str = "video", controlnet=None, should_suspend=None) -> dict:
     """Sample one video and write it (mp4 or gif) with a PNG poster into `out_dir`; with a control, the
     conditioning frames used too (``control.<format>``, the same size and frames as the video).
 
     Args:
         controlnet: the loaded ControlNet a `sample.control` needs (`engine.load_controlnet`).
+        should_cancel, should_suspend: polled between steps (`CancelledError`, `SuspendedError`).
 
     Returns:
         dict with ``video`` and ``poster`` paths (and ``control`` with a control), ``seed``, ``method``, size,
         ``fps``, ``format``, ``timings``.
     """
-    reporter = Reporter(progress, should_cancel)
+    reporter = Reporter(progress, should_cancel, should_suspend=should_suspend)
     values = resolve_sample(base, sample)
     reporter.check()
     t0 = time.perf_counter()

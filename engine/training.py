@@ -1,7 +1,8 @@
 """One training loop for both adapters: epsilon-prediction MSE on frozen videos, only LoRA tensors learn.
 
 Randomness is drawn from a generator seeded by (seed, step), so a run resumed from a saved state
-continues exactly as an uninterrupted one would.
+continues exactly as an uninterrupted one would. A state is saved every `checkpoint_every` steps, and at
+once when the caller suspends the run (`engine.SuspendedError`: its worker is shutting down).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from engine import adapters
+from engine.errors import SuspendedError
 from engine.progress import Reporter
 
 STATE_TENSORS = "adapter_state.safetensors"
@@ -62,6 +64,13 @@ def save_state(state_dir: Path, unet, name: str, optimizer, step: int, losses: l
     save_file(adapters.adapter_state(unet, name), str(state_dir / STATE_TENSORS))
     torch.save(optimizer.state_dict(), state_dir / STATE_OPTIMIZER)
     (state_dir / STATE_META).write_text(json.dumps({"adapter": name, "step": step, "losses": losses}))
+
+
+def _checkpoint(state_dir: Path, unet, name: str, optimizer, step: int, losses: list[float],
+                on_checkpoint: Callable[[Path], None] | None) -> None:
+    save_state(state_dir, unet, name, optimizer, step, losses)
+    if on_checkpoint is not None:
+        on_checkpoint(state_dir)
 
 
 def load_state(state_dir: Path | None, unet, name: str, optimizer) -> tuple[int, list[float]]:
@@ -124,12 +133,18 @@ def train_adapter(
         optimizer.zero_grad(set_to_none=True)
         result.losses.append(float(loss.detach()))
         done = step + 1
-        if state_dir is not None and checkpoint_every and done % checkpoint_every == 0 and done < steps:
-            save_state(state_dir, unet, name, optimizer, done, result.losses)
-            if on_checkpoint is not None:
-                on_checkpoint(state_dir)
+        periodic = state_dir is not None and checkpoint_every and done % checkpoint_every == 0 and done < steps
+        if periodic:
+            _checkpoint(state_dir, unet, name, optimizer, done, result.losses, on_checkpoint)
         reporter.loss(stage, done, steps, result.losses[-1])
-        reporter.step(stage, done, steps)
+        try:
+            reporter.step(stage, done, steps)
+        except SuspendedError:  # asked to stop for good (its worker shuts down): this step's state first
+            if state_dir is None:
+                raise
+            if not periodic:
+                _checkpoint(state_dir, unet, name, optimizer, done, result.losses, on_checkpoint)
+            raise SuspendedError(f"suspended at {stage} step {done}/{steps}, its resume state saved") from None
     unet.eval()
     adapters.trainable_only(unet, "__none__")
     return result

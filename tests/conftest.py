@@ -29,6 +29,16 @@ def redis_url(tmp_path_factory):
     stop_group(proc)
 
 
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of the test's own (AOF on, as in compose), for tests that fault or fill it."""
+    port, data = free_port(), tmp_path / "redis"
+    data.mkdir()
+    proc = start_redis(port, data, appendonly=True)
+    yield f"redis://127.0.0.1:{port}/0"
+    stop_group(proc)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory):
     port = free_port()

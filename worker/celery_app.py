@@ -5,12 +5,13 @@ from celery.signals import setup_logging, worker_init, worker_ready
 from common import logs
 from common.celery_config import make_celery
 from common.settings import get_settings
-from worker import metrics, reaper, webhooks
+from worker import metrics, reaper, shutdown, webhooks
 
 settings = get_settings()
 app = make_celery(settings, include=["worker.tasks"])
 reaper.install(app, settings)
 webhooks.install(app, settings)
+shutdown.install(app, settings)
 
 
 @setup_logging.connect(weak=False)

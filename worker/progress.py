@@ -1,5 +1,6 @@
 """Engine callbacks bound to a job record: progress (throttled writes, with `eta_s` and the job's events),
-training loss lines, cancel flag, heartbeat, and the timings of the job's `metrics`."""
+training loss lines, cancel flag, suspend check (the worker shuts down), heartbeat, and the timings of the job's
+`metrics`."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ STAGE_SPANS = {
                  "ablation_done": (0.55, 0.56), "render_base": (0.56, 0.66), "render_naive": (0.66, 0.76),
                  "render_still-moving": (0.76, 0.86), "render_still-moving-no-motion-adapter": (0.86, 0.96)},
 }
+# Stages whose progress survives a give-back (the engine saves a suspended training's resume state): a job in
+# one is given back at once when its worker shuts down; in any other it finishes if its estimate fits.
+RESUMABLE_STAGES = {"customize": ("train",), "generate": ()}
 
 
 class JobProgress:
@@ -37,14 +41,23 @@ class JobProgress:
     (re-queued by the reaper, canceled, finished elsewhere) writes stop and `should_cancel` says True.
     While Redis is unreachable the job goes on: writes are skipped and a cancel cannot be seen.
 
+    `should_suspend` watches the drain deadline of the worker's main process `drain_of` (``<host>:<pid>``,
+    written when it gets SIGTERM: `worker.shutdown`): from then on it says True (stop, to be given back) unless
+    the job's `eta_s` fits before that deadline less `reserve_s`, outside a `RESUMABLE_STAGES` stage.
+
     `eta_s` is the current stage's remaining steps at the step rate measured in it, plus the progress left
     after the stage at the rate this attempt has made progress so far.
     """
 
     def __init__(self, store: JobStore, job_id: str, kind: str, interval_s: float, attempt: int,
-                 loss_every: int = 10, started_at: datetime | None = None):
+                 loss_every: int = 10, started_at: datetime | None = None, drain_of: str | None = None,
+                 reserve_s: float = 0.0):
         self.store, self.job_id, self.interval_s, self.attempt = store, job_id, interval_s, attempt
         self.loss_every = loss_every
+        self.kind, self.drain_of, self.reserve_s = kind, drain_of, reserve_s
+        self.deadline: float | None = None  # the drain deadline, once seen
+        self.eta_s: float | None = None  # the last estimate `progress` made
+        self._finishing = False  # said in the log that it finishes within the grace
         self.spans = STAGE_SPANS[kind]
         self.value = 0.0
         self.stage: str | None = None
@@ -119,7 +132,7 @@ class JobProgress:
         event = self._enter(stage) if stage != self.stage else None
         if self.run is not None:
             self.run.step(stage, step, total)
-        eta = self.eta(stage, step, total)
+        eta = self.eta_s = self.eta(stage, step, total)
         clock = time.monotonic()
         if event or step >= total or clock - self._last_write >= self.interval_s:
             self._last_write = clock
@@ -166,6 +179,24 @@ class JobProgress:
         except redis.RedisError as exc:
             self._redis_down("cancel check", exc)
             return False
+
+    def should_suspend(self) -> bool:
+        """True once this job's worker is shutting down, unless the job can finish in time (see the class)."""
+        if self.deadline is None and self.drain_of is not None:
+            try:
+                self.deadline = self.store.drain_deadline(self.drain_of)
+            except redis.RedisError as exc:
+                self._redis_down("drain check", exc)
+        if self.deadline is None:
+            return False
+        left = self.deadline - self.reserve_s - time.time()
+        if self.stage in RESUMABLE_STAGES[self.kind] or self.eta_s is None or self.eta_s > left:
+            return True
+        if not self._finishing:
+            self._finishing = True
+            self.log(f"the worker is shutting down: the rest of this job (about {self.eta_s:.1f} s) fits in the "
+                     f"{left:.1f} s left, so it finishes here")
+        return False
 
 
 class Heartbeat:

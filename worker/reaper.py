@@ -15,13 +15,13 @@ import time
 from celery import Celery
 from celery.signals import worker_ready
 
-from common.celery_config import TASK_FOR_KIND, task_headers
 from common.jobstore import CANCELED, JobStore
 from common.schemas import ErrorInfo, JobRecord
 from common.settings import Settings
 from common.storage import Storage
 from worker.background import Background
 from worker.collector import collect
+from worker.requeue import requeue
 
 log = logging.getLogger("stillmoving.reaper")
 
@@ -54,10 +54,11 @@ class Reaper(Background):
             elif silent and job.cancel_requested:  # its worker died after the cancel: it ends canceled, not re-run
                 action = self._cancel(job)
             elif silent:
-                if job.attempts >= self.settings.max_attempts:
+                lost = job.attempts - job.given_back  # an attempt given back at its worker's shutdown is no loss
+                if lost >= self.settings.max_attempts:
                     action = self._fail(job, "worker_lost",
                                         f"the worker running this job stopped responding (no heartbeat for "
-                                        f"{self.settings.heartbeat_timeout_s:g} s) on each of {job.attempts} "
+                                        f"{self.settings.heartbeat_timeout_s:g} s) on each of {lost} "
                                         f"attempts; giving up")
                 else:
                     action = self._requeue(job)
@@ -83,17 +84,9 @@ class Reaper(Background):
     def _requeue(self, job: JobRecord) -> str | None:
         held = (job.heartbeat_at - job.started_at).total_seconds() if job.heartbeat_at and job.started_at else 0.0
         note = f"no heartbeat from attempt {job.attempts}'s worker {job.worker} for {self.settings.heartbeat_timeout_s:g} s"
-        if not self.store.requeue(job.id, job.attempts, note, reaped="requeued",
-                                  device_s=round(job.device_s + max(held, 0.0), 3)):
+        if not requeue(self.store, self.celery, self.settings, job, note, reaped="requeued",
+                       device_s=round(job.device_s + max(held, 0.0), 3)):
             return None
-        queue = self.store.job_queue(job.id) or self.settings.queue_for(job.kind)
-        try:
-            self.celery.send_task(TASK_FOR_KIND[job.kind], args=[job.id], queue=queue,
-                                  task_id=f"{job.id}.retry{job.attempts}", headers=task_headers(job))
-        except Exception:  # broker down: back to a dead running job (customization training); next pass retries
-            self.store.transition(job.id, ["queued"], attempt=job.attempts, note="its re-queue could not be sent",
-                                  counted=False, status="running", stage="lost")
-            raise
         log.warning("job %s: no heartbeat since attempt %d's worker went quiet; re-queued", job.id, job.attempts)
         return "requeued"
 

@@ -5,7 +5,9 @@ and writes the same storage keys; artifacts are uploaded first, the manifest aft
 result (the keys it names) is recorded last. Storage calls retry with backoff (`RetryingStorage`); an
 outage past the retry window fails the job with ``storage_unavailable``. A running job holds a lease
 (its attempt number) and keeps it alive with a heartbeat; training saves a resume state to storage every
-``train_checkpoint_every`` steps, and a retry continues from it.
+``train_checkpoint_every`` steps, and a retry continues from it. When the worker shuts down (SIGTERM:
+`worker.shutdown`), the engine run is suspended between two steps unless it can finish in time, and the job is
+given back: re-queued for another worker, a training with its resume state saved at the step it was at.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -32,6 +35,8 @@ from worker import telemetry, train_state
 from worker.cache import LRUCache
 from worker.evaluation import run_evaluation
 from worker.progress import Heartbeat, JobProgress
+from worker.requeue import requeue
+from worker.shutdown import worker_id
 
 log = logging.getLogger("stillmoving.worker")
 
@@ -216,10 +221,34 @@ class Runner:
             raise NotQueued(job.id)
         job.status, job.attempts = "running", attempt
         return JobProgress(self.store, job.id, job.kind, self.settings.progress_interval_s, attempt,
-                           self.settings.log_loss_every, started_at)
+                           self.settings.log_loss_every, started_at, drain_of=worker_id(os.getppid()),
+                           reserve_s=self.settings.shutdown_reserve_s)
 
-    def heartbeat(self, progress: JobProgress) -> Heartbeat:
-        return Heartbeat(progress, self.settings.heartbeat_interval_s)
+    @contextmanager
+    def holding(self, job: JobRecord, progress: JobProgress):
+        """While the job runs: its heartbeat; an engine run suspended for the worker's shutdown gives it back."""
+        try:
+            with Heartbeat(progress, self.settings.heartbeat_interval_s):
+                yield
+        except engine.SuspendedError as exc:
+            self.give_back(job, progress, exc.message)
+
+    def give_back(self, job: JobRecord, progress: JobProgress, why: str) -> None:
+        """Re-queue the job for another worker (the attempt is not counted against ``max_attempts``)."""
+        from worker.celery_app import app
+
+        note = f"attempt {job.attempts}'s worker is shutting down; {why}; given back"
+        device_s = progress.metrics(job.created_at, job.device_s)["device_s"]
+        try:
+            given = requeue(self.store, app, self.settings, job, note, given_back=job.given_back + 1,
+                            device_s=device_s)
+        except Exception:  # the broker is down: the job waits, running without a heartbeat, for a reaper
+            log.exception("job %s: its give-back could not be sent", job.id)
+            return
+        if given:
+            log.warning("job %s: %s", job.id, note)
+        else:
+            log.info("job %s: attempt %d no longer holds it; not given back", job.id, job.attempts)
 
     def finish(self, job: JobRecord, status: str, error: ErrorInfo | None = None, result: dict | None = None,
                customization: dict | None = None) -> None:
@@ -295,7 +324,7 @@ class Runner:
 
     def _customize(self, job: JobRecord, scratch: Path) -> None:
         reporter = self.start(job)
-        with self.heartbeat(reporter):
+        with self.holding(job, reporter):
             self._customize_running(job, scratch, reporter)
 
     def _customize_running(self, job: JobRecord, scratch: Path, reporter: JobProgress) -> None:
@@ -316,7 +345,7 @@ class Runner:
         manifest = engine.customize(base, checkpoint, train, out_dir, motion_root, progress=reporter.progress,
                                     should_cancel=reporter.should_cancel, state_dir=state_dir,
                                     on_checkpoint=lambda d: train_state.save(self.storage, customization_id, d),
-                                    on_loss=reporter.loss)
+                                    on_loss=reporter.loss, should_suspend=reporter.should_suspend)
         reporter.set_stage("upload")
         if manifest.get("motion_adapter", {}).get("trained_now"):
             self.upload_dir(motion_root / motion_key, keys.motion_adapter_prefix(motion_key),
@@ -349,7 +378,7 @@ class Runner:
                         f"waiting for customization {job.customization_id} ({record.status})"))
                 raise WaitForCustomization(job.customization_id)
         reporter = self.start(job)
-        with self.heartbeat(reporter):
+        with self.holding(job, reporter):
             if job.kind == "evaluate":
                 run_evaluation(self, job, scratch, reporter)
             else:
@@ -368,7 +397,8 @@ class Runner:
         sample = sample_spec(request, self.inputs(job, scratch / "inputs"))
         reporter.progress("load", 1, 1)
         out = engine.generate(base, custom, sample, scratch / "video", progress=reporter.progress,
-                              should_cancel=reporter.should_cancel, controlnet=controlnet)
+                              should_cancel=reporter.should_cancel, controlnet=controlnet,
+                              should_suspend=reporter.should_suspend)
         reporter.set_stage("upload")
         prefix = keys.video_prefix(job.id)
         stored = {"video_key": prefix + Path(out["video"]).name, "poster_key": prefix + "poster.png"}

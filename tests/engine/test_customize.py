@@ -101,6 +101,30 @@ def test_resumed_training_matches_an_uninterrupted_run(base, checkpoints, tmp_pa
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_a_suspended_training_saves_the_step_it_is_at_and_resumes_from_it(base, checkpoints, tmp_path):
+    """Suspended (its worker shuts down) after step 3 of 6, no periodic state due: the state of step 3 is saved
+    first; a run from it matches an uninterrupted one. Suspended before training: no state, nothing saved."""
+    train = small_train(train_steps=6, checkpoint_every=1000)
+    full = engine.customize(base, checkpoints["unet"], train, tmp_path / "full", tmp_path / "m")
+    seen, saves = [], []
+    with pytest.raises(engine.SuspendedError, match="suspended at train step 3/6, its resume state saved"):
+        engine.customize(base, checkpoints["unet"], train, tmp_path / "cut", tmp_path / "m",
+                         state_dir=tmp_path / "state", on_checkpoint=saves.append,
+                         progress=lambda s, i, n: seen.append((s, i)), should_suspend=lambda: ("train", 3) in seen)
+    assert seen[-1] == ("train", 3) and saves == [tmp_path / "state"]
+    assert json.loads((tmp_path / "state" / "state.json").read_text())["step"] == 3
+    resumed = engine.customize(base, checkpoints["unet"], train, tmp_path / "cut", tmp_path / "m",
+                               state_dir=tmp_path / "state")
+    assert resumed["resumed_from_step"] == 3 and resumed["loss_curve"] == full["loss_curve"]
+    assert resumed["spatial_adapter"]["sha256"] == full["spatial_adapter"]["sha256"]
+
+    with pytest.raises(engine.SuspendedError, match="suspended at sample_images step 1/"):
+        engine.customize(base, checkpoints["unet"], train, tmp_path / "early", tmp_path / "m",
+                         state_dir=tmp_path / "early-state", on_checkpoint=saves.append,
+                         progress=lambda s, i, n: seen.append((s, i)), should_suspend=lambda: seen[-1][0] != "load")
+    assert len(saves) == 1 and not (tmp_path / "early-state" / "state.json").exists()
+
+
 def test_same_settings_train_the_same_adapter(base, checkpoints, tmp_path):
     runs = [engine.customize(base, checkpoints["unet"], small_train(), tmp_path / d, tmp_path / "m")
             for d in ("a", "b")]

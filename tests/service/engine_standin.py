@@ -11,9 +11,12 @@ words in its prompt (a generation's, or a customization's first one); without th
     @hold=STAGE   at the engine's first progress report of STAGE ("denoise", "train", ...), or with
     @hold=STAGE:N at its first report of step N or later (training reports after saving that step's resume
                   state), the call waits, honouring cancel and the lease (the runner's heartbeat goes on) ...
-    @gate=NAME    ... until a test opens gate NAME (`tests.service.processes.open_gate`), then the real engine
-                  goes on; without a gate it waits until it is canceled, loses its lease or hits a time limit
+    @gate=NAME    ... until a test opens gate NAME (`tests.service.processes.open_gate`) or the job is to be
+                  suspended (its worker shuts down), then the real engine goes on (and suspends); without a
+                  gate it waits until it is canceled, suspended, loses its lease or hits a time limit
     @raise=STAGE  at the first progress report of STAGE the engine raises RuntimeError (an engine bug)
+    @stall=STAGE  at the first progress report of STAGE the call sleeps for ever, checking nothing (one engine
+                  step longer than any grace period); the runner's heartbeat goes on
 
 A held job is running in that stage for as long as the test wants, so a fault injected meanwhile (a worker
 killed, storage or Redis down) always lands there; when the gate opens, the real engine finishes the job.
@@ -41,7 +44,7 @@ def directives(prompt: str) -> dict[str, str]:
     return dict(word[1:].split("=", 1) for word in prompt.split() if word.startswith("@") and "=" in word)
 
 
-def _stopping(progress, should_cancel, asked: dict[str, str]):
+def _stopping(progress, should_cancel, should_suspend, asked: dict[str, str]):
     """`progress` that raises or waits at the stages `asked` names (once per stage)."""
     from engine import CancelledError
 
@@ -57,12 +60,19 @@ def _stopping(progress, should_cancel, asked: dict[str, str]):
         if stage == asked.get("raise"):
             done.add(stage)
             raise RuntimeError(f"engine stand-in: raised at {stage}")
+        if stage == asked.get("stall"):
+            log.info("engine stand-in: stalled at %s %d/%d", stage, step, total)
+            while True:
+                time.sleep(1)
         if stage == hold and step >= int(hold_step or 0):
             done.add(stage)
             log.info("engine stand-in: holding at %s %d/%d until %s", stage, step, total, gate or "stopped")
             while gate is None or not gate.exists():
                 if should_cancel is not None and should_cancel():
                     raise CancelledError("canceled by request")
+                if should_suspend is not None and should_suspend():
+                    log.info("engine stand-in: suspended at %s %d/%d, the engine goes on", stage, step, total)
+                    return
                 time.sleep(0.05)
             log.info("engine stand-in: gate %s open, the engine goes on", gate.name)
 
@@ -71,11 +81,11 @@ def _stopping(progress, should_cancel, asked: dict[str, str]):
 
 def _standin(real, prompt_of):
     @functools.wraps(real)
-    def call(*args, progress=None, should_cancel=None, **kwargs):
+    def call(*args, progress=None, should_cancel=None, should_suspend=None, **kwargs):
         asked = directives(prompt_of(args[2]))  # generate(base, custom, sample, ...), customize(base, ckpt, train, ...)
         if asked:
-            progress = _stopping(progress, should_cancel, asked)
-        return real(*args, progress=progress, should_cancel=should_cancel, **kwargs)
+            progress = _stopping(progress, should_cancel, should_suspend, asked)
+        return real(*args, progress=progress, should_cancel=should_cancel, should_suspend=should_suspend, **kwargs)
 
     return call
 

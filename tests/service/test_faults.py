@@ -26,25 +26,14 @@ from common.jobstore import JobStore, now
 from common.schemas import JobRecord
 from scripts.processes import free_port, in_group, kill_group, start_moto, start_redis, stop_group, wait_until
 from tests.conftest import KEY_A
-from tests.service.helpers import TERMINAL, TINY_CONFIG, upload, wait_job
+from tests.service.helpers import RESUMABLE, fault_settings, upload, wait_job, wait_stage, worker_pid
 from tests.service.processes import Moto, StorageProxy, open_gate, start_standin, start_worker
 
 A = {"Authorization": f"Bearer {KEY_A}"}
-# No Motion Adapter: its one-off training would dominate these tests' time; the spatial training is what resumes.
-RESUMABLE = {**TINY_CONFIG, "train_steps": 60, "use_motion_adapter": False}
 # A generation held in its denoise stage until the test opens gate "go" (time to inject a fault), and a quick one.
 HELD_VIDEO = {"prompt": "a held one @hold=denoise @gate=go", "num_frames": 8, "height": 32, "width": 32,
               "steps": 8, "seed": 5, "format": "gif"}
 QUICK_VIDEO = {"prompt": "x", "num_frames": 2, "height": 32, "width": 32, "steps": 1}
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    port, data = free_port(), tmp_path / "redis"
-    data.mkdir()
-    proc = start_redis(port, data, appendonly=True)
-    yield f"redis://127.0.0.1:{port}/0"
-    stop_group(proc)
 
 
 @pytest.fixture
@@ -54,35 +43,9 @@ def own_moto(tmp_path):
     moto.stop()
 
 
-def wait_stage(api, job_id: str, stage: str, timeout: float = 120) -> dict:
-    """Poll until the job is running in `stage`; fail at once if it ended first."""
-    def check():
-        job = api.get(f"/jobs/{job_id}", headers=A).json()
-        assert job["status"] not in TERMINAL, job
-        return job if job["status"] == "running" and job["stage"] == stage else None
-
-    deadline = time.monotonic() + timeout
-    while not (job := check()):
-        assert time.monotonic() < deadline, f"job {job_id} never reached stage {stage!r}"
-        time.sleep(0.05)
-    return job
-
-
-def worker_pid(redis_url: str, job_id: str) -> int:
-    """The pid of the pool process that holds (or last held) a job, from its record."""
-    return int(JobStore(redis_url).get_job(job_id).worker.rsplit(":", 1)[1])
-
-
 def seconds(job: dict, since: str = "started_at", until: str = "finished_at") -> float:
     """Seconds between two of a job's timestamps (as the API gives them)."""
     return (datetime.fromisoformat(job[until]) - datetime.fromisoformat(job[since])).total_seconds()
-
-
-def fault_settings(settings, redis_url: str, tmp_path, **update):
-    return settings.model_copy(update={
-        "redis_url": redis_url, "s3_bucket": "stillmoving-faults", "workdir": tmp_path / "worker",
-        "heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 8.0, "reaper_interval_s": 1.0, "max_attempts": 2,
-        "train_checkpoint_every": 5, **update})
 
 
 # ---- lease and reaper on a real Redis, no worker ---------------------------------------------------
@@ -141,6 +104,27 @@ def test_reaper_requeues_a_silent_job_then_fails_it_after_the_retry_limit(settin
     assert reaper.reap_once() == {} or job.id not in reaper.reap_once()
 
 
+def test_reaper_does_not_count_attempts_given_back_at_a_shutdown(settings):
+    """Attempt 1 gave the job back when its worker shut down (SIGTERM); attempt 2's worker then died. With a
+    limit of 2 attempts the job is re-queued once more, not failed: only one attempt was lost."""
+    from worker.reaper import Reaper
+
+    queue = f"reaper-{time.time_ns()}"
+    conf = settings.model_copy(update={"generate_queue": queue, "heartbeat_timeout_s": 0.5, "max_attempts": 2})
+    store = JobStore(conf.redis_url)
+    reaper = Reaper(store, make_celery(conf), conf)
+    job = running_job(store, queue, attempts=2)
+    store.update_job(job.id, given_back=1)
+    time.sleep(0.7)
+    assert reaper.reap_once()[job.id] == "requeued"
+    record = store.get_job(job.id)
+    assert record.status == "queued" and record.attempts == 2 and record.given_back == 1
+    assert store.transition(job.id, ["queued"], attempt=2, status="running", attempts=3, started_at=now())
+    time.sleep(0.7)
+    assert reaper.reap_once()[job.id] == "worker_lost"  # the second attempt lost: now the limit is reached
+    assert "each of 2 attempts" in store.get_job(job.id).error.message
+
+
 def test_reaper_fails_a_job_past_its_hard_time_limit(settings):
     from worker.reaper import Reaper
 
@@ -185,7 +169,7 @@ def test_worker_killed_during_training_resumes_from_checkpoint_on_another_worker
             body = upload(api, A, checkpoints["lora"], config).json()
             job_id, cus_id = body["job_id"], body["customization_id"]
             state = f"customizations/{cus_id}/train-state/"
-            wait_stage(api, job_id, "train")
+            wait_stage(api, A, job_id, "train")
             wait_until(lambda: "holding at train 5/10" in "".join(w.log_path.read_text() for w in workers), 120,
                        "the training held after its step-5 resume state")
             assert storage.exists(state + "latest.json")
@@ -235,7 +219,7 @@ def test_worker_killed_during_sampling_is_rerun_by_a_live_worker(settings, own_r
     try:
         with TestClient(create_app(conf)) as api:
             job_id = api.post("/generate", headers=A, json=HELD_VIDEO).json()["job_id"]
-            wait_stage(api, job_id, "denoise")
+            wait_stage(api, A, job_id, "denoise")
             holder = worker_pid(own_redis, job_id)
             victim, survivor = workers if in_group(workers[0], holder) else workers[::-1]
             assert in_group(victim, holder)
@@ -316,7 +300,7 @@ def test_redis_restart_503_then_recovers_and_queued_jobs_survive(settings, tmp_p
     try:
         with TestClient(create_app(conf)) as api:
             busy = api.post("/generate", headers=A, json=HELD_VIDEO).json()["job_id"]
-            wait_stage(api, busy, "denoise")
+            wait_stage(api, A, busy, "denoise")
             job_id = api.post("/generate", headers=A, json=gen).json()["job_id"]
             assert api.get(f"/jobs/{job_id}", headers=A).json()["queue_position"] == 1
             time.sleep(1.5)  # appendfsync everysec
@@ -410,7 +394,7 @@ def test_storage_restarted_within_the_retry_window_the_job_still_succeeds(settin
     try:
         with TestClient(create_app(conf)) as api:
             job_id = api.post("/generate", headers=A, json=HELD_VIDEO).json()["job_id"]
-            wait_stage(api, job_id, "denoise")
+            wait_stage(api, A, job_id, "denoise")
             own_moto.kill()
             open_gate(tmp_path)  # the video is sampled, then its upload fails
             retrying = f"storage: upload of videos/{job_id}/"
@@ -445,10 +429,10 @@ def test_storage_down_fails_the_job_clearly_and_the_worker_goes_on(settings, che
             held = {**RESUMABLE, "prompts": ["a photo of sks dog @hold=train @gate=go"], "train_steps": 8}
             body = upload(api, A, checkpoints["lora"], held).json()
             job_id, cus_id = body["job_id"], body["customization_id"]
-            wait_stage(api, job_id, "train")
+            wait_stage(api, A, job_id, "train")
             own_moto.freeze()
             open_gate(tmp_path)  # training ends, then its upload hangs
-            wait_stage(api, job_id, "upload")
+            wait_stage(api, A, job_id, "upload")
             upload_started = time.monotonic()
             job = wait_job(api, A, job_id, timeout=120)
             assert time.monotonic() - upload_started < window + 5, "the job outlived its storage retry window"
