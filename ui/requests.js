@@ -17,7 +17,8 @@ const GENERATE_GROUPS = [
 ];
 const INPUTS = { control: "Control video (ControlNet)", init: "Initial video (video-to-video)" };
 const WEBHOOK = ["webhook", "webhook_events_filter"];
-const PRESET_DEFAULTS = { num_frames: "num_frames", height: "height", width: "width", steps: "sample_steps" };
+const PRESET_DEFAULTS = { num_frames: "num_frames", height: "height", width: "width", steps: "sample_steps",
+  guidance_scale: "guidance_scale" };
 const CUSTOMIZE_FIRST = ["prompts", "name", "num_images", "train_steps"];
 const MEDIA = "video/mp4,video/webm,image/gif,image/png,image/jpeg";
 

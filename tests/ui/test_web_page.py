@@ -146,7 +146,8 @@ def test_generate_has_every_field_the_api_takes_with_the_servers_defaults_and_in
         label = page.evaluate(f"document.querySelector(`#generate-form [data-field='{name}']`).labels[0].textContent")
         assert label.strip(), name
     assert page.get_attribute("[data-field='num_frames']", "placeholder") == f"default {limits['num_frames']} (the preset's)"
-    assert page.get_attribute("[data-field='guidance_scale']", "placeholder") == "default 7.5"
+    assert page.get_attribute("[data-field='guidance_scale']", "placeholder") == \
+        f"default {limits['guidance_scale']} (the preset's)"
     options = page.eval_on_selector_all("[data-field='scheduler'] option", "o => o.map(x => x.value)")
     assert options == ["", "ddim", "euler", "dpm++"]
 
