@@ -45,6 +45,16 @@ def start_standin(settings, tmp_path: Path, name: str):
     return proc
 
 
+def start_standins(settings, tmp_path: Path, names: tuple[str, ...] = ("w1", "w2")) -> list:
+    """`start_standin` for each name, each in its own work directory (``tmp_path/<name>``: no shared disk), all
+    started at once (worker start-up is the slow part)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        return list(pool.map(lambda name: start_standin(settings.model_copy(update={"workdir": tmp_path / name}),
+                                                        tmp_path, name), names))
+
+
 def open_gate(tmp_path: Path, name: str = "go") -> None:
     """Let the stand-in's jobs held on gate `name` go on (``@gate=NAME``)."""
     (tmp_path / "gates" / name).touch()

@@ -13,7 +13,6 @@ Lease, reaper and storage-retry logic against real servers is checked without a 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import httpx
@@ -27,7 +26,7 @@ from common.schemas import JobRecord
 from scripts.processes import free_port, in_group, kill_group, start_moto, start_redis, stop_group, wait_until
 from tests.conftest import KEY_A
 from tests.service.helpers import RESUMABLE, fault_settings, upload, wait_job, wait_stage, worker_pid
-from tests.service.processes import Moto, StorageProxy, open_gate, start_standin, start_worker
+from tests.service.processes import Moto, StorageProxy, open_gate, start_standin, start_standins, start_worker
 
 A = {"Authorization": f"Bearer {KEY_A}"}
 # A generation held in its denoise stage until the test opens gate "go" (time to inject a fault), and a quick one.
@@ -160,9 +159,7 @@ def test_worker_killed_during_training_resumes_from_checkpoint_on_another_worker
     weights, bit for bit, as the same customization run without a fault."""
     conf = fault_settings(settings, own_redis, tmp_path)
     config = {**RESUMABLE, "prompts": ["a photo of sks dog @hold=train:5 @gate=go"], "train_steps": 10}
-    with ThreadPoolExecutor(2) as pool:  # start both at once: worker start-up is the slow part
-        workers = list(pool.map(lambda name: start_standin(conf.model_copy(update={"workdir": tmp_path / name}),
-                                                           tmp_path, name), ("w1", "w2")))
+    workers = start_standins(conf, tmp_path)
     try:
         with TestClient(create_app(conf)) as api:
             storage = api.app.state.storage
@@ -213,9 +210,7 @@ def test_worker_killed_during_sampling_is_rerun_by_a_live_worker(settings, own_r
     """Two workers; the one sampling the video is SIGKILLed mid-denoise. The other's reaper sees the
     heartbeat stop, re-queues the job, and runs it again from the start to `succeeded`."""
     conf = fault_settings(settings, own_redis, tmp_path, heartbeat_timeout_s=3.0)
-    with ThreadPoolExecutor(2) as pool:  # start both at once: worker start-up is the slow part
-        workers = list(pool.map(lambda name: start_standin(conf.model_copy(update={"workdir": tmp_path / name}),
-                                                           tmp_path, name), ("w1", "w2")))
+    workers = start_standins(conf, tmp_path)
     try:
         with TestClient(create_app(conf)) as api:
             job_id = api.post("/generate", headers=A, json=HELD_VIDEO).json()["job_id"]

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -26,7 +25,7 @@ from common.jobstore import JobStore
 from scripts.processes import in_group, stop_group, wait_until
 from tests.conftest import KEY_A
 from tests.service.helpers import RESUMABLE, fault_settings, upload, wait_job, wait_stage, worker_pid
-from tests.service.processes import open_gate, start_standin
+from tests.service.processes import open_gate, start_standin, start_standins
 from tests.service.test_faults import adapter_tensors
 
 A = {"Authorization": f"Bearer {KEY_A}"}
@@ -60,9 +59,7 @@ def test_sigterm_during_training_saves_the_step_and_another_worker_resumes_it(se
     conf = fault_settings(settings, own_redis, tmp_path, train_checkpoint_every=1000, shutdown_grace_s=grace,
                           shutdown_reserve_s=1.0)
     config = {**RESUMABLE, "prompts": ["a photo of sks dog @hold=train:3 @gate=go"], "train_steps": 8}
-    with ThreadPoolExecutor(2) as pool:  # start both at once: worker start-up is the slow part
-        workers = list(pool.map(lambda name: start_standin(conf.model_copy(update={"workdir": tmp_path / name}),
-                                                           tmp_path, name), ("w1", "w2")))
+    workers = start_standins(conf, tmp_path)
     try:
         with TestClient(create_app(conf)) as api:
             storage, store = api.app.state.storage, JobStore(own_redis)
