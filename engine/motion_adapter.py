@@ -39,8 +39,8 @@ def motion_prompts(base: BaseModels, train: TrainSpec) -> tuple[str, ...]:
     return train.motion.prompts or base.defaults.motion_prompts
 
 
-def resolved_size(base: BaseModels, train: TrainSpec) -> dict[str, int]:
-    """Training video size with the preset's defaults filled in."""
+def resolved_size(base: BaseModels, train: TrainSpec) -> dict:
+    """Training video size, image steps and stills' guidance with the preset's defaults filled in."""
     return base.defaults.fill(height=train.height, width=train.width, num_frames=train.num_frames,
                               image_steps=train.image_steps, image_guidance_scale=train.image_guidance_scale)
 

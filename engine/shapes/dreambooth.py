@@ -92,11 +92,8 @@ def finetune(parts: dict, instance: tuple, prior: tuple | None, lora: bool, step
     noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
     opt, sched = loop.optimizer(params, lr, steps, warmup=20)
     log = loop.Log("dreambooth-" + ("lora" if lora else "full") + ("" if prior else "-no-prior"), steps)
-    if prior is not None and prior_empty_p:
-        empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
-                          return_tensors="pt").input_ids
-        latents, ids = encoded[1]
-        encoded[1] = (latents, ids, empty)
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
+                      return_tensors="pt").input_ids if prior is not None and prior_empty_p else None
     gen = torch.Generator().manual_seed(seed)
 
     def condition(ids, empty=None):
@@ -108,8 +105,8 @@ def finetune(parts: dict, instance: tuple, prior: tuple | None, lora: bool, step
         return embed
 
     for step in range(steps):
-        loss = sum(weight * loop.epsilon_loss(unet, parts_[0], condition(*parts_[1:]), noise_scheduler, batch, gen)
-                   for weight, parts_ in zip((1.0, prior_weight), encoded))
+        loss = sum(weight * loop.epsilon_loss(unet, latents, condition(ids, drop), noise_scheduler, batch, gen)
+                   for weight, drop, (latents, ids) in zip((1.0, prior_weight), (None, empty), encoded))
         loop.update(opt, sched, loss)
         log(step, float(loss.detach()))
     unet.eval()
