@@ -180,7 +180,8 @@ class InitSpec:
 @dataclass(frozen=True)
 class SampleSpec:
     """One video to sample. Size/frames/steps of None mean "the preset's default" (as in the API). With
-    `control` the sampler needs a ControlNet (`engine.load_controlnet`); with `init` it is video-to-video."""
+    `control` the sampler needs a ControlNet (`engine.load_controlnet`); with `init` it is video-to-video; with
+    `motion_lora` it reads that LoRA (`engine.read_motion_lora`) unless the caller passes it loaded."""
 
     prompt: str
     negative_prompt: str = ""
@@ -198,3 +199,6 @@ class SampleSpec:
     scheduler: SchedulerName = "ddim"
     control: ControlSpec | None = None
     init: InitSpec | None = None
+    # an AnimateDiff motion LoRA (hub id or local directory; `engine.motion_loras`) on the motion modules, at scale
+    motion_lora: str | None = None
+    motion_lora_scale: float = 1.0

@@ -20,4 +20,4 @@ def limits(_owner: OwnerDep, settings: SettingsDep) -> LimitsView:
     return LimitsView(preset=settings.model_preset, **facts,
                       train_sizes=None if sizes is None else [dict(zip(("height", "width", "num_frames"), s))
                                                               for s in sizes],
-                      controlnets=sorted(settings.controlnets()))
+                      controlnets=sorted(settings.controlnets()), motion_loras=settings.motion_loras())
