@@ -155,9 +155,9 @@ def shapes(tmp_path_factory) -> engine.BaseModels:
 def test_shapes_generate_with_the_committed_lora_end_to_end(shapes, tmp_path):
     """`engine.generate` on the shapes preset naming the committed LoRA: every tensor of the file lands on a motion
     module through diffusers' loader, the video is written and records it, and it moves differently."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # several threads on shared cores cost many times more
     source = str(SHAPES_MOTION_LORA_RIGHT)
-    spec = engine.SampleSpec(prompt="a red square", method="base", steps=8, seed=3)
+    spec = engine.SampleSpec(prompt="a red square", method="base", steps=6, seed=3, format="gif")
     out = engine.generate(shapes, None, replace(spec, motion_lora=source), tmp_path / "with")
     assert out["motion_lora"] == source and out["motion_lora_scale"] == 1.0 and out["video"].exists()
     lora = engine.read_motion_lora(shapes, source)
@@ -165,6 +165,23 @@ def test_shapes_generate_with_the_committed_lora_end_to_end(shapes, tmp_path):
     assert len(attached) == len(lora.state_dict)
     plain = engine.generate(shapes, None, spec, tmp_path / "without")
     assert "motion_lora" not in plain
-    with_frames = render(shapes, None, replace(spec, motion_lora=source), lora)
-    without_frames = render(shapes, None, spec)
-    assert np.abs(with_frames - without_frames).max() > 0.05, "the committed LoRA is not a no-op"
+    import imageio.v3 as iio
+
+    with_frames, without_frames = (np.asarray(iio.imread(o["video"], index=None))[..., :3].astype(int)
+                                   for o in (out, plain))
+    assert np.abs(with_frames - without_frames).max() > 12, "the committed LoRA is not a no-op"
+
+
+def test_the_training_script_runs_a_few_steps_and_saves_the_hub_layout(shapes, tmp_path):
+    from engine.shapes import train_motion_lora
+
+    torch.set_num_threads(1)
+    frozen = {k: v.clone() for k, v in shapes.sampling_motion_unet().state_dict().items()}
+    state, record = train_motion_lora.train(shapes, steps=2, num_videos=8)
+    assert record["steps"] == 2 and record["timesteps"] == [400, 1000]
+    assert all(v.abs().sum() > 0 for k, v in state.items() if "lora_B" in k), "B moved off its zero init"
+    path = motion_loras.save_motion_lora(state, tmp_path / "lora")
+    assert all(HUB_KEY.match(k) for k in load_file(str(path)))
+    assert len(engine.read_motion_lora(shapes, str(tmp_path / "lora")).state_dict) == len(state)
+    after = shapes.sampling_motion_unet().state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items()), "the base T2V stays as it was"
