@@ -52,7 +52,7 @@ def high_noise_loss(unet, latents: torch.Tensor, condition, noise_scheduler, bat
                     t_min: int) -> torch.Tensor:
     """`loop.epsilon_loss` with timesteps drawn from [t_min, T) only: where a video's motion is decided (its layout
     over the frames); the low-noise steps only sharpen each frame, and at uniform timesteps they drown the motion
-    signal (measured: a first LoRA trained at uniform timesteps left the direction as it was)."""
+    signal (measured: a first LoRA trained at uniform timesteps left the direction as it was; docs/shapes-world.md)."""
     idx = torch.randint(0, len(latents), (batch,), generator=gen)
     x0 = latents[idx]
     noise = torch.randn(x0.shape, generator=gen)
@@ -61,7 +61,7 @@ def high_noise_loss(unet, latents: torch.Tensor, condition, noise_scheduler, bat
     return torch.nn.functional.mse_loss(pred, noise)
 
 
-def train(base: engine.BaseModels, steps: int = 300, batch: int = 4, lr: float = 5e-3, rank: int = RANK,
+def train(base: engine.BaseModels, steps: int = 600, batch: int = 4, lr: float = 1e-2, rank: int = RANK,
           num_videos: int = 256, seed: int = 11, t_min: int = 400) -> tuple[dict[str, torch.Tensor], dict]:
     """Train the LoRA on a private copy of the base T2V; return its peft tensors and the training record."""
     torch.manual_seed(seed)
@@ -134,8 +134,8 @@ def evaluate(base: engine.BaseModels, lora_dir: Path, num_videos: int = 40, step
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--videos", type=int, default=40, help="videos per scale in the evaluation")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--report", type=Path, default=DOCS / "motion-lora.json")
