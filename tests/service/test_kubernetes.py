@@ -73,6 +73,9 @@ def test_one_gpu_worker_deployment_per_queue_with_probes_volumes_and_grace(rende
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             ping = worker[probe]["exec"]["command"]
             assert ping[:2] == ["sh", "-c"] and "inspect ping" in ping[2] and '-d "celery@$HOSTNAME"' in ping[2]
+        env = {e["name"]: e.get("value") for e in worker["env"]}
+        grace_s = float(env["STILLMOVING_SHUTDOWN_GRACE_S"])  # the worker's own: finish or give back within it
+        assert SETTINGS.shutdown_reserve_s < grace_s <= pod["terminationGracePeriodSeconds"] - 30, grace_s
         liveness = worker["livenessProbe"]
         assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 300  # rides out a Redis restart
         labels = deployment["spec"]["template"]["metadata"]["labels"]
