@@ -128,3 +128,22 @@ def build_tiny_motion_adapter() -> MotionAdapter:
     """Random-weight motion adapter shaped for the tiny UNet (seeded)."""
     torch.manual_seed(TINY_SEED + 3)
     return MotionAdapter(**MOTION_CONFIG).eval()
+
+
+# A DPT depth estimator (the architecture of Intel/dpt-hybrid-midas without its BiT stem) at 32x32: a tiny ViT
+# whose four layers feed DPT's reassemble/fusion neck and depth head.
+DEPTH_CONFIG = dict(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=32,
+                    patch_size=8, neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=8,
+                    backbone_out_indices=[0, 1, 2, 3])
+
+
+def save_tiny_depth_estimator(directory: Path | str) -> Path:
+    """Write a random-weight (seeded) DPT depth estimator and its image processor to `directory`, in the layout
+    `from_pretrained` reads (a `depth` annotator's weights for tests: ``annotator_models={"depth": directory}``)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessorPil
+
+    directory = Path(directory)
+    torch.manual_seed(TINY_SEED + 6)
+    DPTForDepthEstimation(DPTConfig(**DEPTH_CONFIG)).save_pretrained(directory)
+    DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(directory)
+    return directory
