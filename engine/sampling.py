@@ -88,7 +88,7 @@ PIPELINES = {  # (with a ControlNet, with an init video) -> the diffusers pipeli
 def reference_frames(sample: SampleSpec, values: dict, annotator=None) -> dict:
     """The control's conditioning frames and the init video, resampled to the video's frames and size:
     ``{"control": (F, H, W, 3) uint8, "init": ...}`` for those the spec has (canny: the edges of the reference;
-    depth: `annotator`'s maps of it, `engine.load_annotator`)."""
+    depth, openpose: `annotator`'s maps of it, `engine.load_annotator`)."""
     out, size = {}, (values["num_frames"], values["height"], values["width"])
     if sample.control is not None:
         control = sample.control
@@ -160,7 +160,7 @@ def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec,
 
     Args:
         controlnet: the loaded ControlNet a `sample.control` needs (`engine.load_controlnet`).
-        annotator: the loaded annotator a depth control needs (`engine.load_annotator`).
+        annotator: the loaded annotator a depth or openpose control needs (`engine.load_annotator`).
         should_cancel, should_suspend: polled between steps (`CancelledError`, `SuspendedError`).
 
     Returns:

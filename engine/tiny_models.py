@@ -147,3 +147,22 @@ def save_tiny_depth_estimator(directory: Path | str) -> Path:
     DPTForDepthEstimation(DPTConfig(**DEPTH_CONFIG)).save_pretrained(directory)
     DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(directory)
     return directory
+
+
+# A ViTPose pose estimator (COCO's 17 keypoints, the simple decoder of usyd-community/vitpose-base-simple) on
+# 64x48 crops: two ViT layers.
+POSE_BACKBONE_CONFIG = dict(image_size=[64, 48], patch_size=[16, 16], hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, mlp_ratio=2, out_indices=[2])
+
+
+def save_tiny_pose_estimator(directory: Path | str) -> Path:
+    """Write a random-weight (seeded) ViTPose estimator and its image processor to `directory` (an `openpose`
+    annotator's weights for tests: ``annotator_models={"openpose": directory}``)."""
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessorPil
+
+    directory = Path(directory)
+    torch.manual_seed(TINY_SEED + 7)
+    config = VitPoseConfig(backbone_config=VitPoseBackboneConfig(**POSE_BACKBONE_CONFIG), num_labels=17)
+    VitPoseForPoseEstimation(config).save_pretrained(directory)
+    VitPoseImageProcessorPil(size={"height": 64, "width": 48}).save_pretrained(directory)
+    return directory

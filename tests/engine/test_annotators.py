@@ -1,6 +1,7 @@
-"""Annotated controls on the tiny base: a depth estimator in the real transformers layout (random weights, saved
-with save_pretrained) computes the conditioning frames of a known reference at the video's size and frame count,
-as transformers' own depth pipeline computes them, and they reach the ControlNet and change the video."""
+"""Annotated controls on the tiny base: a depth estimator and a pose estimator in the real transformers layouts
+(random weights, saved with save_pretrained) compute the conditioning frames of a known reference at the video's
+size and frame count (depth: as transformers' own depth pipeline computes them; openpose: OpenPose's drawing of
+known keypoints), and they reach the ControlNet and change the video."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from PIL import Image
 from transformers import pipeline
 
 import engine
-from engine import annotators, conditioning, export
+from engine import annotators, conditioning, export, pose_maps
 from engine.specs import ControlSpec, SampleSpec
-from engine.tiny_models import save_tiny_depth_estimator
+from engine.tiny_models import save_tiny_depth_estimator, save_tiny_pose_estimator
 from tests.engine.test_control import FAST, square_frames
 
 
@@ -26,6 +27,11 @@ def depth_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def depth(base, depth_dir):
     return engine.load_annotator(base, "depth", str(depth_dir))
+
+
+@pytest.fixture(scope="module")
+def pose(base, tmp_path_factory):
+    return engine.load_annotator(base, "openpose", str(save_tiny_pose_estimator(tmp_path_factory.mktemp("pose"))))
 
 
 @pytest.fixture(scope="module")
@@ -62,23 +68,62 @@ def render(base, sample, controlnet=None, annotator=None):
     return frames
 
 
-def test_depth_control_resamples_the_reference_reaches_the_controlnet_and_is_stored(base, depth, controlnet,
-                                                                                    reference, tmp_path):
-    control = ControlSpec(video=str(reference), type="depth", source_frames=6)
-    sample = SampleSpec(prompt="a toy", method="base", control=control, format="gif", **FAST)
-    out = engine.generate(base, None, sample, tmp_path / "out", controlnet=controlnet, annotator=depth)
-    stored = export.read_video(out["control"])
-    expected = depth(conditioning.read_reference(reference, 4, 32, 32, total=6))
-    assert stored.shape == expected.shape == (4, 32, 32, 3)
-    assert np.abs(stored.astype(int) - expected.astype(int)).max() <= 8, "the depth maps used, stored (GIF palette)"
-    plain = render(base, dataclasses.replace(sample, control=None))
-    with_depth = render(base, sample, controlnet, depth)
-    canny = render(base, dataclasses.replace(sample, control=dataclasses.replace(control, type="canny")), controlnet)
+def test_openpose_maps_draw_known_keypoints_as_openpose_does():
+    coco = np.full((17, 2), 5.0)
+    coco[5], coco[6] = (26, 16), (6, 16)  # left and right shoulder: the neck is (16, 16)
+    scores = np.full(17, 0.1)
+    scores[[5, 6]] = 0.9
+    keypoints = pose_maps.openpose_from_coco(coco, scores, threshold=0.3)
+    assert keypoints.shape == (18, 2) and keypoints[1].tolist() == [16, 16] and keypoints[2].tolist() == [6, 16]
+    assert np.isnan(keypoints[0]).all(), "the nose scored below the threshold: not drawn"
+    canvas = pose_maps.draw_body(keypoints, 32, 32)
+    assert canvas.shape == (32, 32, 3) and canvas.dtype == np.uint8
+    assert canvas[16, 16].tolist() == [255, 85, 0] and canvas[16, 6].tolist() == [255, 170, 0], "keypoint discs"
+    assert canvas[16, 11].tolist() == [153, 0, 0] and canvas[16, 21].tolist() == [153, 51, 0], "the limbs, at 60%"
+    drawn = np.argwhere(canvas.any(axis=-1))
+    assert drawn[:, 0].min() >= 14 and drawn[:, 0].max() <= 18, "nothing but the shoulders' two limbs"
+
+
+def test_openpose_annotator_draws_its_keypoints_in_openposes_palette(pose):
+    frames = square_frames(4, size=32)
+    maps = pose(frames)
+    assert maps.shape == (4, 32, 32, 3) and maps.dtype == np.uint8
+    palette = {(0, 0, 0), *pose_maps.COLORS, *(tuple(int(c * 0.6) for c in color) for color in pose_maps.COLORS)}
+    assert {tuple(p) for p in maps.reshape(-1, 3).tolist()} <= palette, "only OpenPose's colours on black"
+    points, scores = pose.keypoints(frames)
+    assert points.shape == (4, 17, 2) and scores.shape == (4, 17)
+    expected = [pose_maps.draw_body(pose_maps.openpose_from_coco(p, s, annotators.POSE_THRESHOLD), 32, 32)
+                for p, s in zip(points, scores)]
+    np.testing.assert_array_equal(maps, np.stack(expected))
+    assert maps.any(), "the seeded estimator scores some keypoints above the threshold: they are drawn"
+
+
+SAMPLE = dict(prompt="a toy", method="base", **FAST)
+
+
+@pytest.fixture(scope="module")
+def plain_and_canny(base, controlnet, reference):
+    """The video without a control, and under the canny control of the same reference."""
+    canny = ControlSpec(video=str(reference), type="canny", source_frames=6)
+    return render(base, SampleSpec(**SAMPLE)), render(base, SampleSpec(**SAMPLE, control=canny), controlnet)
+
+
+@pytest.mark.parametrize("kind", ["depth", "openpose"])
+def test_annotated_control_reaches_the_controlnet(request, base, controlnet, reference, plain_and_canny, kind):
+    annotator = request.getfixturevalue("depth" if kind == "depth" else "pose")
+    control = ControlSpec(video=str(reference), type=kind, source_frames=6)
+    sample = SampleSpec(**SAMPLE, control=control)
+    used = engine.sampling.reference_frames(sample, engine.sampling.resolve_sample(base, sample), annotator)
+    expected = annotator(conditioning.read_reference(reference, 4, 32, 32, total=6))
+    assert used["control"].shape == (4, 32, 32, 3), "the reference resampled to the video's frames and size"
+    np.testing.assert_array_equal(used["control"], expected)
+    plain, canny = plain_and_canny
+    controlled = render(base, sample, controlnet, annotator)
     zero = render(base, dataclasses.replace(sample, control=dataclasses.replace(control, scale=0.0)), controlnet,
-                  depth)
-    assert export.read_video(out["video"]).shape == plain.shape == (4, 32, 32, 3)
-    assert np.abs(with_depth - plain).max() > 1e-3, "the depth control changes the video"
-    assert np.abs(with_depth - canny).max() > 1e-3, "the depth maps, not the edges, condition it"
+                  annotator)
+    assert controlled.shape == plain.shape == (4, 32, 32, 3)
+    assert np.abs(controlled - plain).max() > 1e-3, f"the {kind} control changes the video"
+    assert np.abs(controlled - canny).max() > 1e-3, f"the {kind} maps, not the edges, condition it"
     np.testing.assert_allclose(zero, plain, atol=1e-6)
 
 
@@ -91,4 +136,6 @@ def test_annotated_control_needs_its_annotator_and_a_known_type(base, controlnet
         engine.load_annotator(base, "lineart", str(depth_dir))
     with pytest.raises(engine.ModelLoadError, match="depth annotator"):
         engine.load_annotator(base, "depth", str(tmp_path / "missing"))
-    assert set(annotators.LOADERS) == {"depth"}
+    with pytest.raises(engine.ModelLoadError, match="keypoints"):  # a depth model is no pose estimator
+        engine.load_annotator(base, "openpose", str(depth_dir))
+    assert set(annotators.LOADERS) == {"depth", "openpose"}
