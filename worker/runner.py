@@ -180,13 +180,18 @@ class Runner:
                                            lambda: engine.load_annotator(base, control_type, source))
 
     def inputs(self, job: JobRecord, directory: Path) -> dict[str, tuple[Path, int | None]]:
-        """Download the generation's control and init videos: {name: (local path, frame count)}."""
+        """Download the generation's control and init videos: {name: (local path, frame count)}; `InputMissing`
+        when one is gone (its source job deleted, or its record expired and the collector took its video)."""
         local = {}
         for name, source in (job.inputs or {}).items():
-            if not self.storage.exists(source["key"]):
+            try:
+                local[name] = (self.storage.get_file(source["key"], directory / name), source.get("frames"))
+            except Exception as exc:
+                if not keys.is_not_found(exc):
+                    raise
                 raise InputMissing(f"the {name} video ({source['key']}) is gone from storage: the job it came from "
-                                   "was deleted after this generation was queued (a file is kept while one reads it)")
-            local[name] = (self.storage.get_file(source["key"], directory / name), source.get("frames"))
+                                   "was deleted (or its record expired and its video was collected) after this "
+                                   "generation was queued; a file is kept while one reads it") from exc
         return local
 
     def customization_files(self, customization_id: str, images: bool = False) -> Path:
