@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from api.app import create_app
+from common.presets import ANNOTATORS, WEIGHTED_ANNOTATOR_TYPES
 from common.settings import Settings
 from scripts.processes import PYTHON, ROOT, stop_group
 from tests.service.helpers import assert_error
@@ -21,7 +22,7 @@ from tests.service.processes import start_worker
 from tests.service.test_control_flow import GEN, frames_of, run
 from tests.service.test_files import encode, moving_square
 
-ANNOTATED = ("depth", "openpose")
+ANNOTATED = WEIGHTED_ANNOTATOR_TYPES
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +59,10 @@ def reference_of(client, auth) -> str:
 def test_settings_refuse_an_annotator_for_a_type_without_one():
     with pytest.raises(ValidationError, match="lineart"):
         Settings(annotator_models={"lineart": "lllyasviel/Annotators"}, _env_file=None)
-    assert Settings(model_preset="sd15", _env_file=None).annotators() == {
-        "depth": "Intel/dpt-hybrid-midas", "openpose": "usyd-community/vitpose-base-simple"}
-    assert set(Settings(model_preset="sd15", _env_file=None).controlnets()) == {"canny", *ANNOTATED, "lineart"}
+    sd15 = Settings(model_preset="sd15", _env_file=None)
+    assert sd15.annotators() == ANNOTATORS["sd15"] and set(sd15.annotators()) == set(WEIGHTED_ANNOTATOR_TYPES)
+    assert set(sd15.controlnets()) == {"canny", *WEIGHTED_ANNOTATOR_TYPES, "lineart"}, "a v1.1 ControlNet per type"
+    assert Settings(model_preset="shapes", _env_file=None).annotators() == {}
 
 
 def test_an_unconfigured_annotator_or_controlnet_is_a_422_naming_control_type(settings, auth_a):
