@@ -139,3 +139,36 @@ def test_annotated_control_needs_its_annotator_and_a_known_type(base, controlnet
     with pytest.raises(engine.ModelLoadError, match="keypoints"):  # a depth model is no pose estimator
         engine.load_annotator(base, "openpose", str(depth_dir))
     assert set(annotators.LOADERS) == {"depth", "openpose"}
+
+
+# The architectures of the sd15 defaults (common/presets.py ANNOTATORS), as their hub configs give them.
+DPT_HYBRID_MIDAS = dict(is_hybrid=True, image_size=384, neck_hidden_sizes=[256, 512, 768, 768],
+                        backbone_featmap_shape=[1, 1024, 24, 24], backbone_out_indices=[2, 5, 8, 11],
+                        neck_ignore_stages=[0, 1], reassemble_factors=[1, 1, 1, 0.5], readout_type="project")
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_real_size_annotators_make_sd15_sized_maps():
+    """MiDaS v3 DPT-hybrid (122M parameters) and ViTPose-B (86M), random weights, on two 512x512 frames."""
+    import torch
+    from transformers import (
+        DPTConfig,
+        DPTForDepthEstimation,
+        DPTImageProcessorPil,
+        VitPoseConfig,
+        VitPoseForPoseEstimation,
+        VitPoseImageProcessorPil,
+    )
+
+    torch.manual_seed(0)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 512, 512, 3), dtype=np.uint8)
+    depth = annotators.DepthEstimator(DPTForDepthEstimation(DPTConfig(**DPT_HYBRID_MIDAS)).eval(),
+                                      DPTImageProcessorPil(size={"height": 384, "width": 384}))
+    maps = depth(frames)
+    assert maps.shape == (2, 512, 512, 3) and maps.min() == 0 and maps.max() == 255
+    pose = annotators.PoseEstimator(VitPoseForPoseEstimation(VitPoseConfig(num_labels=17)).eval(),
+                                    VitPoseImageProcessorPil())
+    points, scores = pose.keypoints(frames)
+    assert points.shape == (2, 17, 2) and scores.shape == (2, 17)
+    assert pose(frames).shape == (2, 512, 512, 3)
