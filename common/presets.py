@@ -21,9 +21,24 @@ CONTROLNET_COST = (3, 2)  # work x 3 / 2
 # tests see the control act; elsewhere untrained, its zero-convs make it a no-op).
 SHAPES_CONTROLNET_CANNY = Path(__file__).resolve().parents[1] / "models" / "shapes" / "controlnet-canny"
 CONTROLNETS: dict[str, dict[str, str]] = {
-    "sd15": {"canny": "lllyasviel/control_v11p_sd15_canny"},
+    "sd15": {"canny": "lllyasviel/control_v11p_sd15_canny", "depth": "lllyasviel/control_v11f1p_sd15_depth",
+             "openpose": "lllyasviel/control_v11p_sd15_openpose", "lineart": "lllyasviel/control_v11p_sd15_lineart"},
     "shapes": {"canny": str(SHAPES_CONTROLNET_CANNY)},
     "tiny": {"canny": "builtin"},
+}
+# Control types whose conditioning the worker computes with annotator weights (engine/annotators.py), served where
+# the settings configure them (`Settings.annotators`); canny needs none, precomputed none at all. lineart has no
+# annotator yet: the field's (controlnet_aux, lllyasviel/Annotators' sk_model.pth) imports torchvision, and no
+# torchvision build for the CPU torch pin installs from the package registry (its wheels need CUDA torch).
+WEIGHTED_ANNOTATOR_TYPES = ("depth", "openpose")
+# The annotator weights each preset serves per control type when the settings name none (a type without one is
+# refused: 422 naming control.type). sd15: MiDaS v3 DPT-hybrid, the depth estimator lllyasviel's depth annotator
+# runs (in its transformers form), and ViTPose-B (COCO body keypoints, drawn as OpenPose's); shapes and tiny: none
+# (their worlds have no depth or people).
+ANNOTATORS: dict[str, dict[str, str]] = {
+    "sd15": {"depth": "Intel/dpt-hybrid-midas", "openpose": "usyd-community/vitpose-base-simple"},
+    "shapes": {},
+    "tiny": {},
 }
 
 

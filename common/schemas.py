@@ -13,7 +13,6 @@ CustomizationStatus = Literal["queued", "training", "ready", "failed", "canceled
 TERMINAL = ("succeeded", "failed", "canceled")
 Method = Literal["still-moving", "naive", "base"]
 ControlType = Literal["canny", "depth", "openpose", "lineart", "precomputed"]
-ANNOTATOR_TYPES = ("canny",)  # computed in the worker; depth, openpose and lineart have no annotator yet
 CANNY_THRESHOLDS = (100, 200)  # OpenCV Canny's (low, high) hysteresis thresholds by default
 
 MAX_PROMPTS = 16
@@ -129,8 +128,9 @@ class MediaRef(BaseModel):
 class ControlRequest(MediaRef):
     """A ControlNet driven by a reference video, resampled to the request's num_frames and size."""
 
-    type: ControlType = Field(description="canny: edges computed in the worker (OpenCV Canny); precomputed: the "
-                              "file holds the conditioning frames; depth/openpose/lineart need annotators")
+    type: ControlType = Field(description="canny: edges computed in the worker (OpenCV Canny); depth/openpose: a "
+                              "depth estimator's or a pose estimator's maps, computed in the worker where its weights "
+                              "are configured (GET /limits: control_types); lineart: not served yet; precomputed: the file holds the conditioning frames")
     controlnet: str | None = Field(None, min_length=1, max_length=32, description="which configured ControlNet "
                                    "(GET /limits: controlnets); default: the type's, canny for precomputed")
     scale: float = Field(1.0, ge=0, le=2, description="controlnet_conditioning_scale; 0 = no effect")
@@ -462,3 +462,5 @@ class LimitsView(BaseModel):
     max_train_work: int
     train_sizes: list[dict[str, int]] | None = Field(description="the sizes a customization trains at; null = any")
     controlnets: list[str] = Field(default_factory=list, description="the ControlNets a control may name")
+    control_types: list[str] = Field(default_factory=list, description="the control types served here: canny and "
+                                     "precomputed, and those whose annotator weights are configured")

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from common.presets import CONTROLNETS, PRESETS, Preset
+from common.presets import ANNOTATORS, CONTROLNETS, PRESETS, WEIGHTED_ANNOTATOR_TYPES, Preset
 
 DEV_API_KEY = "sm-dev-key"
 TRACE_EXPORTERS = ("otlp", "console")  # the OTEL_TRACES_EXPORTER values served (opentelemetry-sdk, OTLP over HTTP)
@@ -100,6 +100,10 @@ class Settings(BaseSettings):
                                                      "`controlnet`, default its type): hub id or local directory, "
                                                      "or builtin (from_unet of the base); default: the preset's "
                                                      "(common/presets.py CONTROLNETS)")
+    annotator_models: dict[str, str] | None = Field(None, description="annotator weights per control type ("
+                                                    f"{', '.join(WEIGHTED_ANNOTATOR_TYPES)}): hub id or local "
+                                                    "directory; a type without one is refused (422); default: the "
+                                                    "preset's (common/presets.py ANNOTATORS)")
     compile_unet: bool = Field(False, description="torch.compile the sampling UNets (GPU; each loaded model's first "
                                                   "video pays the compile time)")
 
@@ -114,6 +118,7 @@ class Settings(BaseSettings):
     base_cache_size: int = Field(1, ge=1)
     customization_cache_size: int = Field(4, ge=1)
     controlnet_cache_size: int = Field(2, ge=1, description="worker LRU of loaded ControlNets")
+    annotator_cache_size: int = Field(2, ge=1, description="worker LRU of loaded annotators (depth estimators)")
     wait_poll_s: float = Field(5.0, gt=0, description="how often a generation re-checks a customization in training")
     progress_interval_s: float = Field(0.5, ge=0)
     log_loss_every: int = Field(10, ge=1, description="training steps between two loss lines of a job's log")
@@ -190,6 +195,15 @@ class Settings(BaseSettings):
             raise ValueError("at least one API key is required")
         return keys
 
+    @field_validator("annotator_models")
+    @classmethod
+    def _annotator_types(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        unknown = sorted(set(value or {}) - set(WEIGHTED_ANNOTATOR_TYPES))
+        if unknown:
+            raise ValueError(f"annotator_models: {unknown[0]!r} has no annotator here (served: "
+                             f"{', '.join(WEIGHTED_ANNOTATOR_TYPES)})")
+        return value
+
     @field_validator("otel_traces_exporter")
     @classmethod
     def _exporters(cls, value: str | None) -> str | None:
@@ -225,6 +239,10 @@ class Settings(BaseSettings):
     def controlnets(self) -> dict[str, str]:
         """The ControlNets served, by name: the settings', else the preset's."""
         return dict(CONTROLNETS[self.model_preset] if self.controlnet_models is None else self.controlnet_models)
+
+    def annotators(self) -> dict[str, str]:
+        """The annotator weights configured, by control type: the settings', else the preset's."""
+        return dict(ANNOTATORS[self.model_preset] if self.annotator_models is None else self.annotator_models)
 
     def queue_for(self, kind: str) -> str:
         """Celery queue of a job kind: "customize" trains; "generate" and "evaluate" sample."""

@@ -109,6 +109,12 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (BotoConnectionError, HTTPClientError, RetriesExceededError))
 
 
+def is_not_found(exc: BaseException) -> bool:
+    """Whether a storage error says the object is not there."""
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey",
+                                                                                          "NotFound")
+
+
 class Storage:
     """The bucket of one deployment."""
 
@@ -144,7 +150,7 @@ class Storage:
             self.client.head_object(Bucket=self.bucket, Key=key)
             return True
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_not_found(exc):
                 return False
             raise
 

@@ -16,7 +16,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from engine import adapters, conditioning, export
+from engine import adapters, annotators, conditioning, export
 from engine.artifact import Customization
 from engine.errors import SpecError
 from engine.models import BaseModels, check_num_frames
@@ -40,8 +40,9 @@ def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
         raise SpecError("motion_adapter_scale needs a customization (its Motion Adapter); the base method has none",
                         field="motion_adapter_scale")
     control, init = sample.control, sample.init
-    if control is not None and control.type not in ("canny", "precomputed"):
-        raise SpecError(f"control.type={control.type!r}; expected canny or precomputed", field="control.type")
+    if control is not None and control.type not in ("canny", *annotators.LOADERS, "precomputed"):
+        raise SpecError(f"control.type={control.type!r}; expected canny, {', '.join(annotators.LOADERS)} or "
+                        "precomputed", field="control.type")
     if control is not None and not 0 <= control.start < control.end <= 1:
         raise SpecError(f"control start={control.start}, end={control.end}: need 0 <= start < end <= 1",
                         field="control.start")
@@ -84,15 +85,23 @@ PIPELINES = {  # (with a ControlNet, with an init video) -> the diffusers pipeli
 }
 
 
-def reference_frames(sample: SampleSpec, values: dict) -> dict:
+def reference_frames(sample: SampleSpec, values: dict, annotator=None) -> dict:
     """The control's conditioning frames and the init video, resampled to the video's frames and size:
-    ``{"control": (F, H, W, 3) uint8, "init": ...}`` for those the spec has (canny: the edges of the reference)."""
+    ``{"control": (F, H, W, 3) uint8, "init": ...}`` for those the spec has (canny: the edges of the reference;
+    depth, openpose: `annotator`'s maps of it, `engine.load_annotator`)."""
     out, size = {}, (values["num_frames"], values["height"], values["width"])
     if sample.control is not None:
         control = sample.control
         frames = conditioning.read_reference(control.video, *size, total=control.source_frames)
-        out["control"] = conditioning.canny(frames, control.low_threshold, control.high_threshold) \
-            if control.type == "canny" else frames
+        if control.type == "canny":
+            out["control"] = conditioning.canny(frames, control.low_threshold, control.high_threshold)
+        elif control.type == "precomputed":
+            out["control"] = frames
+        elif annotator is None:
+            raise SpecError(f"control.type={control.type!r} needs its annotator (engine.load_annotator)",
+                            field="control.type")
+        else:
+            out["control"] = annotator(frames)
     if sample.init is not None:
         out["init"] = conditioning.read_reference(sample.init.video, *size, total=sample.init.source_frames)
     return out
@@ -103,16 +112,17 @@ def _images(frames: np.ndarray) -> list[Image.Image]:
 
 
 def render_frames(base: BaseModels, custom: Customization | None, sample: SampleSpec, reporter: Reporter,
-                  values: dict | None = None, controlnet=None, references: dict | None = None):
+                  values: dict | None = None, controlnet=None, references: dict | None = None, annotator=None):
     """Denoise and decode one video -> ((F, H, W, 3) float frames in [0, 1], method used).
 
     One path for all four pipelines (`PIPELINES`): the same UNet (with the method's adapters), scheduler and
     seeded generator; a control adds `controlnet` and its conditioning frames, an init its video and strength.
-    `references`: `reference_frames` of the spec, when the caller already read them."""
+    `references`: `reference_frames` of the spec, when the caller already read them (else read here, with
+    `annotator` for an annotated control type)."""
     values = values or resolve_sample(base, sample)
     if sample.control is not None and controlnet is None:
         raise SpecError("control needs a ControlNet (engine.load_controlnet)", field="control")
-    references = reference_frames(sample, values) if references is None else references
+    references = reference_frames(sample, values, annotator) if references is None else references
     components, unet, method = _pick_model(base, custom, sample)
     from engine.models import make_scheduler
 
@@ -143,12 +153,14 @@ def render_frames(base: BaseModels, custom: Customization | None, sample: Sample
 
 
 def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec, out_dir: Path,
-             progress=None, should_cancel=None, stem: str = "video", controlnet=None, should_suspend=None) -> dict:
+             progress=None, should_cancel=None, stem: str = "video", controlnet=None, should_suspend=None,
+             annotator=None) -> dict:
     """Sample one video and write it (mp4 or gif) with a PNG poster into `out_dir`; with a control, the
     conditioning frames used too (``control.<format>``, the same size and frames as the video).
 
     Args:
         controlnet: the loaded ControlNet a `sample.control` needs (`engine.load_controlnet`).
+        annotator: the loaded annotator a depth or openpose control needs (`engine.load_annotator`).
         should_cancel, should_suspend: polled between steps (`CancelledError`, `SuspendedError`).
 
     Returns:
@@ -159,7 +171,7 @@ def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec,
     values = resolve_sample(base, sample)
     reporter.check()
     t0 = time.perf_counter()
-    references = reference_frames(sample, values)
+    references = reference_frames(sample, values, annotator)
     frames, method = render_frames(base, custom, sample, reporter, values, controlnet, references)
     t1 = time.perf_counter()
     reporter.step("export", 0, 1)

@@ -151,15 +151,16 @@ class ControlSpec:
 
     Args:
         video: path of the reference (any container ffmpeg reads: MP4, WebM, GIF, PNG, JPEG).
-        type: "canny" (edges of the reference, OpenCV Canny with the two thresholds) or "precomputed" (the
-            reference already holds the conditioning frames).
+        type: "canny" (edges of the reference, OpenCV Canny with the two thresholds), "depth" or "openpose" (an
+            annotator's maps of the reference: `engine.annotators`) or "precomputed" (the reference already holds the
+            conditioning frames).
         source_frames: frames of the reference when known (then only the frames used are kept while decoding).
         scale: ``controlnet_conditioning_scale``; 0 = no effect.
         start, end: fractions of the denoising steps the control acts within.
     """
 
     video: str
-    type: Literal["canny", "precomputed"] = "canny"
+    type: Literal["canny", "depth", "openpose", "precomputed"] = "canny"
     source_frames: int | None = None
     scale: float = 1.0
     start: float = 0.0

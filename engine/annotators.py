@@ -1,0 +1,135 @@
+"""Annotators: a control's conditioning frames computed from the reference video by a model, loaded from a hub id
+or a local directory (like a ControlNet: `engine.controlnets`) and cached by the worker.
+
+``depth``: a transformers depth estimator (`AutoModelForDepthEstimation`: DPT/MiDaS such as Intel/dpt-hybrid-midas,
+the MiDaS v3 model lllyasviel's depth annotator runs, or Depth Anything) with its own image processor. Its relative
+inverse depth (near = bright) is min-max scaled to 0..255 as transformers' ``pipeline("depth-estimation")`` scales
+one image's, but over the whole clip rather than each frame *(ours)*, so that a video's maps keep one scale and do not
+flicker; grey RGB maps, as SD 1.5's depth ControlNet reads them.
+
+``openpose``: a transformers top-down pose estimator (`VitPoseForPoseEstimation`, COCO's 17 body keypoints, such as
+usyd-community/vitpose-base-simple) over one person box filling each frame *(ours: the subject of a reference video;
+several people would need a person detector first)*; its keypoints are mapped to OpenPose's 18 (the neck: the
+shoulders' midpoint) and drawn as OpenPose draws a body, the maps SD 1.5's openpose ControlNet was trained on
+(`engine.pose_maps`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine import pose_maps
+from engine.errors import ModelLoadError, SpecError
+from engine.models import BaseModels
+
+DEPTH_BATCH = 8  # frames per depth-estimator call: bounds its activations on a 32-frame video
+POSE_BATCH = 8  # frames per pose-estimator call
+POSE_THRESHOLD = 0.3  # a keypoint scored below this is not drawn (ours; VitPose's examples use 0.3)
+COCO_KEYPOINTS = 17
+
+
+@dataclass
+class DepthEstimator:
+    """A loaded transformers depth estimator and its image processor, on the base's device (float32)."""
+
+    model: Any  # transformers' `*ForDepthEstimation`
+    processor: Any  # its `AutoImageProcessor`
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(F, H, W, 3) uint8 frames -> (F, H, W, 3) uint8 grey depth maps, scaled over the clip (module docstring)."""
+        height, width = frames.shape[1:3]
+        depths = []
+        for start in range(0, len(frames), DEPTH_BATCH):
+            images = [Image.fromarray(frame) for frame in frames[start:start + DEPTH_BATCH]]
+            inputs = self.processor(images=images, return_tensors="pt").to(self.model.device)
+            with torch.inference_mode():
+                outputs = self.model(**inputs)
+            sized = self.processor.post_process_depth_estimation(outputs, target_sizes=[(height, width)] * len(images))
+            depths += [item["predicted_depth"].float().cpu() for item in sized]
+        depth = torch.stack(depths)
+        low, high = depth.min(), depth.max()
+        scaled = (depth - low) / (high - low) if high > low else torch.zeros_like(depth)
+        grey = (scaled * 255).round().to(torch.uint8).numpy()
+        return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def load_depth_estimator(base: BaseModels, source: str) -> DepthEstimator:
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    spec = base.spec
+    where = dict(cache_dir=spec.cache_dir, local_files_only=spec.local_files_only)
+    try:
+        processor = AutoImageProcessor.from_pretrained(source, **where)
+        model = AutoModelForDepthEstimation.from_pretrained(source, **where)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load the depth annotator {source!r}: {exc}") from exc
+    return DepthEstimator(model.to(base.device, torch.float32).eval().requires_grad_(False), processor)
+
+
+@dataclass
+class PoseEstimator:
+    """A loaded transformers VitPose model and its image processor, on the base's device (float32)."""
+
+    model: Any  # `VitPoseForPoseEstimation`
+    processor: Any  # its `AutoImageProcessor`
+
+    def keypoints(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(F, H, W, 3) uint8 -> COCO keypoints (F, 17, 2) as (x, y) pixels and their scores (F, 17)."""
+        height, width = frames.shape[1:3]
+        experts = getattr(self.model.config.backbone_config, "num_experts", 1) > 1  # ViTPose+: its COCO expert (0)
+        points, scores = [], []
+        for start in range(0, len(frames), POSE_BATCH):
+            images = [Image.fromarray(frame) for frame in frames[start:start + POSE_BATCH]]
+            boxes = [[[0.0, 0.0, float(width), float(height)]] for _ in images]  # COCO (x, y, w, h): the frame
+            inputs = self.processor(images=images, boxes=boxes, return_tensors="pt").to(self.model.device)
+            extra = {"dataset_index": torch.zeros(len(images), dtype=torch.long, device=self.model.device)} \
+                if experts else {}
+            with torch.inference_mode():
+                outputs = self.model(**inputs, **extra)
+            for (person,) in self.processor.post_process_pose_estimation(outputs, boxes=boxes):
+                points.append(person["keypoints"].float().cpu().numpy())
+                scores.append(person["scores"].float().cpu().numpy())
+        return np.stack(points), np.stack(scores)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(F, H, W, 3) uint8 frames -> (F, H, W, 3) uint8 OpenPose body maps (module docstring)."""
+        height, width = frames.shape[1:3]
+        points, scores = self.keypoints(frames)
+        return np.stack([pose_maps.draw_body(pose_maps.openpose_from_coco(p, s, POSE_THRESHOLD), height, width)
+                         for p, s in zip(points, scores)])
+
+
+def load_pose_estimator(base: BaseModels, source: str) -> PoseEstimator:
+    from transformers import AutoImageProcessor, VitPoseForPoseEstimation
+
+    spec = base.spec
+    where = dict(cache_dir=spec.cache_dir, local_files_only=spec.local_files_only)
+    try:
+        processor = AutoImageProcessor.from_pretrained(source, **where)
+        model = VitPoseForPoseEstimation.from_pretrained(source, **where)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load the openpose annotator {source!r}: {exc}") from exc
+    if model.config.num_labels != COCO_KEYPOINTS:
+        raise ModelLoadError(f"the openpose annotator {source!r} predicts {model.config.num_labels} keypoints; "
+                             f"expected COCO's {COCO_KEYPOINTS} body keypoints")
+    return PoseEstimator(model.to(base.device, torch.float32).eval().requires_grad_(False), processor)
+
+
+LOADERS: dict[str, Callable[[BaseModels, str], Callable[[np.ndarray], np.ndarray]]] = {
+    "depth": load_depth_estimator,
+    "openpose": load_pose_estimator,
+}
+
+
+def load_annotator(base: BaseModels, control_type: str, source: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The annotator of `control_type` with the weights at `source` (hub id or local directory), on the base's
+    device: a callable from (F, H, W, 3) uint8 reference frames to (F, H, W, 3) uint8 conditioning frames."""
+    if control_type not in LOADERS:
+        raise SpecError(f"control.type={control_type!r} has no annotator (served: {', '.join(LOADERS)})",
+                        field="control.type")
+    return LOADERS[control_type](base, source)
