@@ -80,6 +80,8 @@ def test_the_loader_refuses_what_is_not_the_generators_state_dict(base, lineart_
         engine.load_annotator(base, "lineart", str(tmp_path / "pickle"))
     with pytest.raises(engine.ModelLoadError, match="holds none of sk_model.safetensors, sk_model.pth"):
         engine.load_annotator(base, "lineart", str(tmp_path))
+    with pytest.raises(engine.ModelLoadError, match="could not load the lineart annotator"):  # no dir, no repo id
+        engine.load_annotator(base, "lineart", str(tmp_path / "absent"))
 
 
 def test_maps_are_controlnet_aux_lineart_detectors(lineart):
@@ -126,3 +128,19 @@ def test_lineart_control_reaches_the_controlnet(base, controlnet, reference, pla
     assert np.abs(controlled - plain).max() > 1e-3, "the lineart control changes the video"
     assert np.abs(controlled - canny).max() > 1e-3, "the lineart maps, not the edges, condition it"
     np.testing.assert_allclose(zero, plain, atol=1e-6)
+
+
+def test_a_hub_id_reads_sk_model_pth_from_the_hugging_face_cache(base, lineart_dir, tmp_path):
+    """`lllyasviel/Annotators` has no safetensors: offline, the cached sk_model.pth is found after it."""
+    snapshot = tmp_path / "models--lllyasviel--Annotators" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "sk_model.pth").write_bytes((lineart_dir / "sk_model.pth").read_bytes())
+    (tmp_path / "models--lllyasviel--Annotators" / "refs").mkdir()
+    (tmp_path / "models--lllyasviel--Annotators" / "refs" / "main").write_text("0" * 40)
+    offline = dataclasses.replace(base, spec=dataclasses.replace(base.spec, cache_dir=str(tmp_path),
+                                                                 local_files_only=True))
+    loaded = engine.load_annotator(offline, "lineart", "lllyasviel/Annotators").model.state_dict()
+    saved = torch.load(lineart_dir / "sk_model.pth", weights_only=True)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    with pytest.raises(engine.ModelLoadError, match="none of sk_model.safetensors, sk_model.pth is on the hub"):
+        engine.load_annotator(offline, "lineart", "nobody/nothing")
