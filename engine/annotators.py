@@ -162,8 +162,8 @@ def lineart_weights(base: BaseModels, source: str) -> str:
             continue
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load the lineart annotator {source!r}: {exc}") from exc
-    raise ModelLoadError(f"the lineart annotator {source!r}: none of {', '.join(LINEART_FILES)} is on the hub "
-                         "(or in the cache, offline)")
+    raise ModelLoadError(f"the lineart annotator {source!r}: none of {', '.join(LINEART_FILES)} was found on the "
+                         "hub or, offline or unreachable, in its cache")
 
 
 def load_lineart_detector(base: BaseModels, source: str) -> LineartDetector:

@@ -142,5 +142,5 @@ def test_a_hub_id_reads_sk_model_pth_from_the_hugging_face_cache(base, lineart_d
     loaded = engine.load_annotator(offline, "lineart", "lllyasviel/Annotators").model.state_dict()
     saved = torch.load(lineart_dir / "sk_model.pth", weights_only=True)
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
-    with pytest.raises(engine.ModelLoadError, match="none of sk_model.safetensors, sk_model.pth is on the hub"):
+    with pytest.raises(engine.ModelLoadError, match="none of sk_model.safetensors, sk_model.pth was found"):
         engine.load_annotator(offline, "lineart", "nobody/nothing")
