@@ -41,8 +41,7 @@ def check_control(body: GenerateRequest, settings: Settings) -> None:
     if control is None:
         return
     if control.type not in control_types(settings):
-        why = ("its annotator weights are not configured on this deployment (annotator_models)"
-               if control.type in WEIGHTED_ANNOTATOR_TYPES else "no annotator for it is available yet")
+        why = "its annotator weights are not configured on this deployment (annotator_models)"
         raise InvalidArgument(f"control.type={control.type!r}: {why}; served: {', '.join(control_types(settings))}. "
                               "Send the conditioning frames yourself with type=precomputed and a controlnet that "
                               "reads them", field="control.type", code="control_type_unavailable")

@@ -182,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument(f"--{role}-file", metavar="FILE_ID_OR_PATH",
                             help=f"an uploaded file whose video {what}; a local file is uploaded first")
         source.add_argument(f"--{role}-job", metavar="JOB_ID", help=f"a succeeded generation whose video {what}")
-    g.add_argument("--control-type", help="canny (default), depth, openpose or precomputed; GET /limits lists the "
-                   "control_types the server computes and its ControlNets")
+    g.add_argument("--control-type", help="canny (default), depth, openpose, lineart or precomputed; GET /limits "
+                   "lists the control_types the server computes and its ControlNets")
     g.add_argument("--control-scale", type=float, help="ControlNet conditioning scale, 0..2")
     g.add_argument("--init-strength", type=float, help="how much of the init video is re-noised, (0, 1]")
 

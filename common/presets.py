@@ -27,16 +27,16 @@ CONTROLNETS: dict[str, dict[str, str]] = {
     "tiny": {"canny": "builtin"},
 }
 # Control types whose conditioning the worker computes with annotator weights (engine/annotators.py), served where
-# the settings configure them (`Settings.annotators`); canny needs none, precomputed none at all. lineart has no
-# annotator yet: the field's (controlnet_aux, lllyasviel/Annotators' sk_model.pth) imports torchvision, and no
-# torchvision build for the CPU torch pin installs from the package registry (its wheels need CUDA torch).
-WEIGHTED_ANNOTATOR_TYPES = ("depth", "openpose")
+# the settings configure them (`Settings.annotators`); canny needs none, precomputed none at all.
+WEIGHTED_ANNOTATOR_TYPES = ("depth", "openpose", "lineart")
 # The annotator weights each preset serves per control type when the settings name none (a type without one is
 # refused: 422 naming control.type). sd15: MiDaS v3 DPT-hybrid, the depth estimator lllyasviel's depth annotator
-# runs (in its transformers form), and ViTPose-B (COCO body keypoints, drawn as OpenPose's); shapes and tiny: none
-# (their worlds have no depth or people).
+# runs (in its transformers form), ViTPose-B (COCO body keypoints, drawn as OpenPose's), and lllyasviel/Annotators'
+# sk_model.pth (controlnet_aux's LineartDetector, vendored: engine/lineart_model.py); shapes and tiny: none (their
+# worlds have no depth or people, and no lineart ControlNet).
 ANNOTATORS: dict[str, dict[str, str]] = {
-    "sd15": {"depth": "Intel/dpt-hybrid-midas", "openpose": "usyd-community/vitpose-base-simple"},
+    "sd15": {"depth": "Intel/dpt-hybrid-midas", "openpose": "usyd-community/vitpose-base-simple",
+             "lineart": "lllyasviel/Annotators"},
     "shapes": {},
     "tiny": {},
 }

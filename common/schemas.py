@@ -128,9 +128,10 @@ class MediaRef(BaseModel):
 class ControlRequest(MediaRef):
     """A ControlNet driven by a reference video, resampled to the request's num_frames and size."""
 
-    type: ControlType = Field(description="canny: edges computed in the worker (OpenCV Canny); depth/openpose: a "
-                              "depth estimator's or a pose estimator's maps, computed in the worker where its weights "
-                              "are configured (GET /limits: control_types); lineart: not served yet; precomputed: the file holds the conditioning frames")
+    type: ControlType = Field(description="canny: edges computed in the worker (OpenCV Canny); depth/openpose/"
+                              "lineart: a depth estimator's, a pose estimator's or a line-drawing network's maps, "
+                              "computed in the worker where its weights are configured (GET /limits: control_types); "
+                              "precomputed: the file holds the conditioning frames")
     controlnet: str | None = Field(None, min_length=1, max_length=32, description="which configured ControlNet "
                                    "(GET /limits: controlnets); default: the type's, canny for precomputed")
     scale: float = Field(1.0, ge=0, le=2, description="controlnet_conditioning_scale; 0 = no effect")

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     base_cache_size: int = Field(1, ge=1)
     customization_cache_size: int = Field(4, ge=1)
     controlnet_cache_size: int = Field(2, ge=1, description="worker LRU of loaded ControlNets")
-    annotator_cache_size: int = Field(2, ge=1, description="worker LRU of loaded annotators (depth estimators)")
+    annotator_cache_size: int = Field(2, ge=1, description="worker LRU of loaded annotators (depth, pose, lineart)")
     wait_poll_s: float = Field(5.0, gt=0, description="how often a generation re-checks a customization in training")
     progress_interval_s: float = Field(0.5, ge=0)
     log_loss_every: int = Field(10, ge=1, description="training steps between two loss lines of a job's log")

@@ -12,23 +12,32 @@ usyd-community/vitpose-base-simple) over one person box filling each frame *(our
 several people would need a person detector first)*; its keypoints are mapped to OpenPose's 18 (the neck: the
 shoulders' midpoint) and drawn as OpenPose draws a body, the maps SD 1.5's openpose ControlNet was trained on
 (`engine.pose_maps`).
+
+``lineart``: controlnet_aux's LineartDetector (the informative-drawings generator, `engine.lineart_model`, vendored),
+with the weights of lllyasviel/Annotators' ``sk_model.pth`` (a hub id or local directory holding that file, or
+``sk_model.safetensors`` of the same state dict, preferred when present): each frame at its detect resolution (short
+side 512), inverted to white lines on black, the maps the v1.1 lineart ControlNet was trained on; resized to the
+video's size *(ours: controlnet_aux returns them at the detect resolution; identical at 512x512)*.
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from engine import pose_maps
+from engine import lineart_model, pose_maps
 from engine.errors import ModelLoadError, SpecError
 from engine.models import BaseModels
 
 DEPTH_BATCH = 8  # frames per depth-estimator call: bounds its activations on a 32-frame video
 POSE_BATCH = 8  # frames per pose-estimator call
+LINEART_BATCH = 8  # frames per lineart Generator call (at 512x512 one 64-channel activation is 64 MB a frame)
 POSE_THRESHOLD = 0.3  # a keypoint scored below this is not drawn (ours; VitPose's examples use 0.3)
 COCO_KEYPOINTS = 17
 
@@ -120,9 +129,64 @@ def load_pose_estimator(base: BaseModels, source: str) -> PoseEstimator:
     return PoseEstimator(model.to(base.device, torch.float32).eval().requires_grad_(False), processor)
 
 
+@dataclass
+class LineartDetector:
+    """A loaded lineart Generator on the base's device (float32) and its detect resolution (short side)."""
+
+    model: lineart_model.Generator
+    resolution: int = lineart_model.DETECT_RESOLUTION
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(F, H, W, 3) uint8 frames -> (F, H, W, 3) uint8 lineart maps, white on black (module docstring)."""
+        return lineart_model.detect(self.model, frames, self.resolution, LINEART_BATCH)
+
+
+LINEART_FILES = ("sk_model.safetensors", "sk_model.pth")  # preferred first; the .pth is lllyasviel/Annotators'
+
+
+def lineart_weights(base: BaseModels, source: str) -> str:
+    """The path of `source`'s lineart weights: a local directory's file, else the hub repo's (downloaded)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    if Path(source).is_dir():
+        for name in LINEART_FILES:
+            if (Path(source) / name).is_file():
+                return str(Path(source) / name)
+        raise ModelLoadError(f"the lineart annotator {source!r} holds none of {', '.join(LINEART_FILES)}")
+    spec = base.spec
+    for name in LINEART_FILES:
+        try:
+            return hf_hub_download(source, name, cache_dir=spec.cache_dir, local_files_only=spec.local_files_only)
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            continue
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not load the lineart annotator {source!r}: {exc}") from exc
+    raise ModelLoadError(f"the lineart annotator {source!r}: none of {', '.join(LINEART_FILES)} was found on the "
+                         "hub or, offline or unreachable, in its cache")
+
+
+def load_lineart_detector(base: BaseModels, source: str) -> LineartDetector:
+    path = lineart_weights(base, source)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:  # a state dict: weights_only refuses any other pickled object
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+        model = lineart_model.load_generator(state, path)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ModelLoadError(f"could not load the lineart annotator {source!r}: {exc}") from exc
+    return LineartDetector(model.to(base.device, torch.float32))
+
+
 LOADERS: dict[str, Callable[[BaseModels, str], Callable[[np.ndarray], np.ndarray]]] = {
     "depth": load_depth_estimator,
     "openpose": load_pose_estimator,
+    "lineart": load_lineart_detector,
 }
 
 

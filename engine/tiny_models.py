@@ -166,3 +166,22 @@ def save_tiny_pose_estimator(directory: Path | str) -> Path:
     VitPoseForPoseEstimation(config).save_pretrained(directory)
     VitPoseImageProcessorPil(size={"height": 64, "width": 48}).save_pretrained(directory)
     return directory
+
+
+def save_tiny_lineart(directory: Path | str, safetensors: bool = False) -> Path:
+    """Write a random-weight (seeded) lineart Generator's state dict to `directory` as lllyasviel/Annotators lays it
+    out (``sk_model.pth``; ``sk_model.safetensors`` with `safetensors`): a `lineart` annotator's weights for tests,
+    ``annotator_models={"lineart": directory}``. Its architecture is fixed (4.3M parameters, 17 MB)."""
+    from engine.lineart_model import Generator
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(TINY_SEED + 8)
+    state = Generator().state_dict()
+    if safetensors:
+        from safetensors.torch import save_file
+
+        save_file(state, directory / "sk_model.safetensors")
+    else:
+        torch.save(state, directory / "sk_model.pth")
+    return directory

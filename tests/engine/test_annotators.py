@@ -133,12 +133,12 @@ def test_annotated_control_needs_its_annotator_and_a_known_type(base, controlnet
         render(base, sample, controlnet)
     assert info.value.field == "control.type"
     with pytest.raises(engine.SpecError, match="no annotator"):
-        engine.load_annotator(base, "lineart", str(depth_dir))
+        engine.load_annotator(base, "canny", str(depth_dir))
     with pytest.raises(engine.ModelLoadError, match="depth annotator"):
         engine.load_annotator(base, "depth", str(tmp_path / "missing"))
     with pytest.raises(engine.ModelLoadError, match="keypoints"):  # a depth model is no pose estimator
         engine.load_annotator(base, "openpose", str(depth_dir))
-    assert set(annotators.LOADERS) == {"depth", "openpose"}
+    assert set(annotators.LOADERS) == {"depth", "openpose", "lineart"}
 
 
 # The architectures of the sd15 defaults (common/presets.py ANNOTATORS), as their hub configs give them.
