@@ -17,7 +17,9 @@ from engine.progress import Reporter
 from engine.sampling import render_frames
 
 pytestmark = pytest.mark.slow
-SMALL = dict(height=16, width=16, steps=1, seed=3, method="base")
+# Two steps: DDIM's single "linspace" step is at t=0 and returns its input unchanged, whatever the UNet predicts
+# (`test_one_ddim_step_ignores_the_unet`), so a one-step video could not show a prompt or an adapter at all.
+SMALL = dict(height=16, width=16, steps=2, seed=3, method="base")
 
 
 def _state(unet) -> tuple[list[int], dict]:
@@ -113,18 +115,42 @@ def test_a_prompt_map_changes_the_frames_after_its_key_far_more_than_those_befor
     assert change[:12].mean() < 0.25 * change[48:].mean(), change.round(4)
 
 
+def test_one_ddim_step_ignores_the_unet(base):
+    """Why the tests here sample two steps: one DDIM step ("linspace" spacing) denoises from t=0 to t=0, so the
+    video is the decoded initial noise whatever the prompt (if this fails, one step became meaningful)."""
+    spec = engine.SampleSpec(prompt="a toy", num_frames=8, **{**SMALL, "steps": 1})
+    toy, _ = render_frames(base, None, spec, Reporter())
+    ball, _ = render_frames(base, None, replace(spec, prompt="a red ball"), Reporter())
+    np.testing.assert_allclose(toy, ball, atol=1e-5)
+
+
 def test_free_noise_keeps_the_customizations_adapters(base, trained, checkpoints):
-    """The Motion Adapter (peft LoRA inside the motion blocks) acts in the FreeNoise windows too; diffusers' own
-    `enable_free_noise` cannot take a UNet with LoRA layers (it reloads each block's state dict into a new one)."""
+    """Both adapters act in the FreeNoise windows at their scales: one window of every frame (forced by a one-key
+    prompt map) equals the plain path at every (spatial, motion) scale, and past the context each scale changes
+    the video about as much as it does within it. diffusers' own `enable_free_noise` cannot take a UNet with
+    LoRA layers (it reloads each block's state dict, strictly, into a new one): `free_noise` shares the layers."""
     manifest, out_dir, motion_cache = trained
     motion_file = motion_cache / manifest["motion_adapter"]["key"] / engine.MOTION_ADAPTER_FILE
     custom = engine.load_customization(base, out_dir, checkpoints["lora"], motion_file)
     before = _state(custom.unet)
-    spec = engine.SampleSpec(prompt="a sks toy", num_frames=40, height=16, width=16, steps=1, seed=1)
-    removed, _ = render_frames(base, custom, spec, Reporter())
-    static, _ = render_frames(base, custom, replace(spec, motion_adapter_scale=1.0), Reporter())
-    assert np.abs(static - removed).max() > 1e-4
-    assert [id(m) for m in custom.unet.modules()] == before[0]
+    spec = engine.SampleSpec(prompt="a sks toy", num_frames=16, height=16, width=16, steps=2, seed=1)
+    scales = {"spatial": dict(spatial_adapter_scale=0.0), "none": {}, "motion": dict(motion_adapter_scale=1.0),
+              "double": dict(motion_adapter_scale=2.0)}  # "none": the Spatial Adapters at 1, no Motion Adapter
+    runs = {"plain": (16, "a sks toy"), "one window": (16, {0: "a sks toy"}), "windows": (40, "a sks toy")}
+    videos = {run: {k: render_frames(base, custom, replace(spec, num_frames=frames, prompt=prompt, **v),
+                                     Reporter())[0] for k, v in scales.items()}
+              for run, (frames, prompt) in runs.items()}
+    for k in scales:  # one FreeNoise window: the plain path's videos, up to float rounding
+        np.testing.assert_allclose(videos["one window"][k], videos["plain"][k], atol=1e-5, err_msg=k)
+    change = {run: {k: float(np.abs(videos[run][k] - videos[run]["none"]).mean()) for k in ("spatial", "motion",
+                                                                                          "double")}
+              for run in ("plain", "windows")}
+    for run, by in change.items():
+        assert min(by.values()) > 1e-4, (run, by)
+        assert by["double"] > by["motion"], (run, by)  # the Motion Adapter's scale is applied, not just on/off
+    for k in ("spatial", "motion"):
+        assert change["windows"][k] > 0.3 * change["plain"][k], change  # as strong in the windows as in one pass
+    assert _same(custom.unet, before), "the customization's UNet holds its own blocks and adapters again"
     c = base.components
     pipe = AnimateDiffPipeline(vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"],
                                unet=engine.load_customization(base, out_dir, checkpoints["lora"], motion_file).unet,
