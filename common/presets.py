@@ -5,7 +5,9 @@ Costs are counted in pixel-frames (frames x height x width) and pixel-frame step
 memory grows with the first, time with the second. A limit is written as the largest job it admits.
 A video longer than its context window samples with FreeNoise (`common.long_video`): its memory limit applies
 to one window (context_length x height x width), its time limit to the whole video, and its length to
-`max_video_frames` (bench/README.md, "Long videos", measures what grows with the length).
+`max_video_frames`. The window bounds attention and each layer's activations, not the tensors passed between
+blocks, which still grow with the length (~27 MB a frame at 512x512 fp16, an estimate; bench/README.md, "Long
+videos", measures it).
 """
 
 from __future__ import annotations
