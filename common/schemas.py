@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from common.long_video import MAX_TRAVEL_PROMPTS, parse_prompt
 
 JobKind = Literal["customize", "generate", "evaluate"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -17,6 +19,8 @@ CANNY_THRESHOLDS = (100, 200)  # OpenCV Canny's (low, high) hysteresis threshold
 
 MAX_PROMPTS = 16
 MAX_PROMPT_CHARS = 500
+MAX_VIDEO_FRAMES = 1024  # the schema's ceiling; a deployment serves up to its `max_video_frames` (GET /limits)
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)]
 SEED_MAX = 2**32 - 1
 
 
@@ -171,10 +175,19 @@ class GenerateRequest(WebhookFields):
 
     customization_id: str | None = Field(None, min_length=1, max_length=64, description="null or absent means the "
                                          "base model")
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: Prompt | dict[int, Prompt] = Field(description="a prompt, or {frame: prompt} (prompt travel): frames "
+                                               "in [0, num_frames), 0 among them, at most "
+                                               f"{MAX_TRAVEL_PROMPTS}; the text embedding moves linearly from each "
+                                               "key frame's prompt to the next one's (FreeNoise)")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    num_frames: int | None = Field(None, ge=2, le=64, description="default: the preset's; at most its motion "
-                                   "modules' frame positions, within its cost limits (GET /limits)")
+    num_frames: int | None = Field(None, ge=2, le=MAX_VIDEO_FRAMES, description="default: the preset's; at most "
+                                   "GET /limits max_video_frames; past context_length, FreeNoise samples it in "
+                                   "windows; within the preset's cost limits")
+    context_length: int | None = Field(None, ge=2, le=MAX_VIDEO_FRAMES, description="frames the motion modules "
+                                       "see at once (FreeNoise's window); default and most: their frame positions "
+                                       "(GET /limits max_frames)")
+    context_stride: int | None = Field(None, ge=1, le=MAX_VIDEO_FRAMES, description="frames between the starts "
+                                       "of two windows, 1..context_length; default: context_length / 4")
     height: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
     width: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
     steps: int | None = Field(None, ge=1, le=150)
@@ -196,12 +209,10 @@ class GenerateRequest(WebhookFields):
     def _size(cls, value, info):
         return _multiple_of_8(info.field_name, value)
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _prompt(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt is empty")
-        return value
+    def _prompt(cls, value):
+        return parse_prompt(value, MAX_PROMPT_CHARS)  # one error naming `prompt` (not one per union member)
 
     @model_validator(mode="after")
     def _method(self):
@@ -445,7 +456,8 @@ class CustomizationList(BaseModel):
 class LimitsView(BaseModel):
     """``GET /limits``: the served preset's defaults and the largest jobs it accepts (422 beyond them).
 
-    Costs: `max_video_pixels` bounds num_frames x height x width, `max_video_work` that times steps;
+    Costs: `max_video_pixels` bounds num_frames x height x width (of one context window for a video longer than
+    its context_length), `max_video_work` the whole video's num_frames x height x width x steps;
     `max_train_pixels` bounds a customization's num_frames x height x width and `max_train_work` a customization's (stills + prior stills) x image steps x height x width
     plus 3 x train_steps x num_frames x height x width (x 2 with prior preservation)."""
 
@@ -456,7 +468,9 @@ class LimitsView(BaseModel):
     image_steps: int
     sample_steps: int
     guidance_scale: float = Field(description="classifier-free guidance of stills and videos when a request sets none")
-    max_frames: int = Field(description="frame positions of the motion modules: the longest video")
+    max_frames: int = Field(description="frame positions of the motion modules: the longest video sampled in one "
+                            "pass, and the longest (and default) context_length")
+    max_video_frames: int = Field(description="the longest video (sampled with FreeNoise in context windows)")
     max_video_pixels: int
     max_video_work: int
     max_train_pixels: int

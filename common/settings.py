@@ -88,8 +88,11 @@ class Settings(BaseSettings):
     image_batch_size: int = Field(1, ge=1, description="stills per T2I call when making frozen videos")
     gradient_checkpointing: bool = Field(False, description="recompute activations in training (sd15 at 512x512x16 "
                                                              "within 24 GB of GPU memory)")
-    max_video_pixels: int | None = Field(None, ge=1, description="num_frames x height x width of one video "
-                                                               "(default: the preset's, common/presets.py)")
+    max_video_pixels: int | None = Field(None, ge=1, description="num_frames x height x width of one video, or of "
+                                         "one context window of a longer one (default: the preset's, "
+                                         "common/presets.py)")
+    max_video_frames: int | None = Field(None, ge=2, description="the longest video, sampled with FreeNoise past "
+                                         "the motion modules' frame positions (default: the preset's, 256)")
     max_video_work: int | None = Field(None, ge=1, description="num_frames x height x width x steps of one video "
                                                              "(default: the preset's)")
     max_train_pixels: int | None = Field(None, ge=1, description="num_frames x height x width of a customization's "
@@ -233,7 +236,7 @@ class Settings(BaseSettings):
     def preset(self) -> Preset:
         """The served preset's facts with this deployment's cost limits applied."""
         limits = {k: getattr(self, k) for k in ("max_video_pixels", "max_video_work", "max_train_pixels",
-                                                  "max_train_work")}
+                                                  "max_train_work", "max_video_frames")}
         return replace(PRESETS[self.model_preset], **{k: v for k, v in limits.items() if v is not None})
 
     def controlnets(self) -> dict[str, str]:

@@ -4,6 +4,7 @@ under a ControlNet, video-to-video, or both (the four AnimateDiff pipelines of d
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +20,21 @@ from PIL import Image
 from engine import adapters, annotators, conditioning, export
 from engine.artifact import Customization
 from engine.errors import SpecError
-from engine.models import BaseModels, check_num_frames
+from engine.free_noise import free_noise, resolve_context
+from engine.models import BaseModels
 from engine.progress import Reporter
 from engine.specs import SampleSpec
 
 
 def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
-    """The spec's size/frames/steps with the preset's defaults filled in, validated."""
-    values = base.defaults.fill(num_frames=sample.num_frames, height=sample.height, width=sample.width,
-                                steps=sample.steps, guidance_scale=sample.guidance_scale)
-    check_num_frames(base, values["num_frames"])
+    """The spec's size/frames/steps with the preset's defaults filled in, validated; ``context``: the FreeNoise
+    windows of a video longer than the motion modules' context or with a prompt map (else None)."""
+    values: dict = base.defaults.fill(num_frames=sample.num_frames, height=sample.height, width=sample.width,
+                                      steps=sample.steps, guidance_scale=sample.guidance_scale)
+    if values["num_frames"] < 1:
+        raise SpecError(f"num_frames={values['num_frames']} must be at least 1", field="num_frames")
+    values["context"] = resolve_context(base.motion_adapter.config.motion_max_seq_length, values["num_frames"],
+                                        sample.prompt, sample.context_length, sample.context_stride)
     if values["height"] % 8 or values["width"] % 8:
         raise SpecError(f"height/width must be multiples of 8, got {values['height']}x{values['width']}",
                         field="height" if values["height"] % 8 else "width")
@@ -126,8 +132,10 @@ def render_frames(base: BaseModels, custom: Customization | None, sample: Sample
     components, unet, method = _pick_model(base, custom, sample)
     from engine.models import make_scheduler
 
+    context = values["context"]  # FreeNoise reads the motion modules' positions from the pipeline's adapter
     modules = dict(vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
-                   unet=unet, motion_adapter=None, scheduler=make_scheduler(base, sample.scheduler))
+                   unet=unet, motion_adapter=base.motion_adapter if context else None,
+                   scheduler=make_scheduler(base, sample.scheduler))
     kwargs = dict(negative_prompt=sample.negative_prompt or None, height=values["height"], width=values["width"],
                   num_inference_steps=values["steps"], guidance_scale=values["guidance_scale"],
                   generator=torch.Generator("cpu").manual_seed(sample.seed), output_type="np")
@@ -147,7 +155,7 @@ def render_frames(base: BaseModels, custom: Customization | None, sample: Sample
         reporter.step("denoise", step + 1, _pipe.num_timesteps)  # fewer than `steps` video-to-video
         return callback_kwargs
 
-    with torch.inference_mode():
+    with torch.inference_mode(), free_noise(pipe, **context) if context else nullcontext():
         out = pipe(prompt=sample.prompt, callback_on_step_end=on_step, **kwargs)
     return out.frames[0], method
 
@@ -186,4 +194,5 @@ def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec,
             "motion_adapter_scale": sample.motion_adapter_scale, "fps": sample.fps,
             "format": sample.format, "num_frames": values["num_frames"], "height": values["height"],
             "width": values["width"], "steps": values["steps"], "guidance_scale": values["guidance_scale"],
+            **(values["context"] or {}),
             "timings": {"sample": round(t1 - t0, 4), "export": round(time.perf_counter() - t1, 4)}}

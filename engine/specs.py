@@ -181,9 +181,13 @@ class InitSpec:
 @dataclass(frozen=True)
 class SampleSpec:
     """One video to sample. Size/frames/steps of None mean "the preset's default" (as in the API). With
-    `control` the sampler needs a ControlNet (`engine.load_controlnet`); with `init` it is video-to-video."""
+    `control` the sampler needs a ControlNet (`engine.load_controlnet`); with `init` it is video-to-video.
 
-    prompt: str
+    A video longer than `context_length` frames (None: the motion modules' frame positions), or a `prompt` given
+    as a ``{frame: prompt}`` map (prompt travel), samples with FreeNoise (`engine.free_noise`) in windows of
+    `context_length` frames `context_stride` apart (None: a quarter of the window)."""
+
+    prompt: str | dict[int, str]
     negative_prompt: str = ""
     num_frames: int | None = None
     height: int | None = None
@@ -199,3 +203,5 @@ class SampleSpec:
     scheduler: SchedulerName = "ddim"
     control: ControlSpec | None = None
     init: InitSpec | None = None
+    context_length: int | None = None
+    context_stride: int | None = None

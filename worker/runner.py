@@ -428,7 +428,8 @@ class Runner:
             self.storage.put_file(path, key, CONTENT_TYPES.get(path.suffix))
         result = {**stored,
                   **{k: out[k] for k in ("seed", "num_frames", "height", "width", "fps", "format", "scheduler",
-                                         "motion_adapter_scale", "timings") if k in out}, "method": out.get("method", params["method"]),
+                                         "motion_adapter_scale", "context_length", "context_stride", "timings")
+                     if k in out}, "method": out.get("method", params["method"]),
                   "metrics": reporter.metrics(job.created_at, job.device_s)}
         self.finish(job, "succeeded", result=result)
 
