@@ -19,6 +19,8 @@ CANNY_THRESHOLDS = (100, 200)  # OpenCV Canny's (low, high) hysteresis threshold
 MAX_PROMPTS = 16
 MAX_PROMPT_CHARS = 500
 SEED_MAX = 2**32 - 1
+# A customization's exports (`engine.exports`): diffusers LoRA + README, kohya/A1111 LoRA, ComfyUI bundle.
+ExportFormat = Literal["diffusers", "kohya", "comfyui"]
 
 
 WebhookEventType = Literal["start", "progress", "completed"]
@@ -434,6 +436,21 @@ class CustomizationView(BaseModel):
     manifest: dict[str, Any] | None
     preview_url: str | None = None
     image_urls: list[str] = Field(default_factory=list)
+
+
+class ExportView(BaseModel):
+    """``GET /customizations/{id}/export``: a presigned URL to the export, built once as training ended."""
+
+    customization_id: str
+    format: ExportFormat
+    url: str
+    filename: str = Field(description="the name the download is saved under")
+    size: int = Field(description="bytes")
+    sha256: str
+    expires_in_s: int
+    checkpoint_url: str | None = Field(None, description="with include_checkpoint: your uploaded checkpoint, which "
+                                                         "the bundle names but does not hold")
+    checkpoint_filename: str | None = None
 
 
 class CustomizationList(BaseModel):
