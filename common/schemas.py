@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.exports import ExportFormat
+
 JobKind = Literal["customize", "generate", "evaluate"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 CustomizationStatus = Literal["queued", "training", "ready", "failed", "canceled"]
@@ -19,8 +21,6 @@ CANNY_THRESHOLDS = (100, 200)  # OpenCV Canny's (low, high) hysteresis threshold
 MAX_PROMPTS = 16
 MAX_PROMPT_CHARS = 500
 SEED_MAX = 2**32 - 1
-# A customization's exports (`engine.exports`): diffusers LoRA + README, kohya/A1111 LoRA, ComfyUI bundle.
-ExportFormat = Literal["diffusers", "kohya", "comfyui"]
 
 
 WebhookEventType = Literal["start", "progress", "completed"]

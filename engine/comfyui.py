@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.exports import checkpoint_file_name, spatial_file_name
 from engine.models import SCHEDULERS
 
 WORKFLOW_FILE = "workflow_api.json"
@@ -27,10 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def file_names(manifest: dict) -> dict[str, str]:
-    """The file names the bundle and the workflow use: content-addressed, so several customizations' files
-    sit side by side in ComfyUI's folders."""
-    return {"spatial": f"stillmoving-spatial-{manifest['spatial_adapter']['sha256'][:12]}.safetensors",
-            "checkpoint": f"stillmoving-customization-{manifest['checkpoint']['sha256'][:12]}.safetensors",
+    """The file names the bundle and the workflow use (`common.exports`: the API names the checkpoint too)."""
+    return {"spatial": spatial_file_name(manifest["spatial_adapter"]["sha256"]),
+            "checkpoint": checkpoint_file_name(manifest["checkpoint"]["sha256"]),
             "base": SD15_CHECKPOINT, "motion": MOTION_MODULE}
 
 

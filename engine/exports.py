@@ -20,17 +20,16 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import get_args
 
 from safetensors.torch import save_file
 
-from common.schemas import ExportFormat
+from common.exports import EXPORT_FORMATS
 from engine import adapters, comfyui
 from engine.checkpoint_formats import peft_lora_to_kohya
 from engine.checkpoints import file_sha256
 
 EXPORTS_DIR = "exports"
-FORMATS: tuple[str, ...] = get_args(ExportFormat)
+FORMATS = EXPORT_FORMATS
 FILES = {"diffusers": f"{EXPORTS_DIR}/diffusers.zip", "kohya": f"{EXPORTS_DIR}/kohya.safetensors",
          "comfyui": f"{EXPORTS_DIR}/comfyui.zip"}
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
