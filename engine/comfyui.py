@@ -161,5 +161,6 @@ def comfyui_readme(manifest: dict, sample: dict, names: dict[str, str]) -> str:
         "4. Install ComfyUI-AnimateDiff-Evolved, then load `workflow_api.json` (ComfyUI's API format; "
         "`POST /prompt` takes it as `prompt`).\n\n"
         f"`{MODELS_FILE}` lists every model file the workflow loads and where it comes from. ComfyUI's noise and\n"
-        "samplers are not diffusers': the video matches the service's in look and motion, not pixel for pixel.\n"
+        "samplers are not diffusers': the same seed gives another video than the service's (for the service's\n"
+        "own frames, use the `diffusers` export).\n"
     )

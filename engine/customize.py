@@ -205,8 +205,9 @@ def customize(
         "timings": timings,
         "versions": versions(),
     }
-    manifest["exports"] = _write_exports(base, train, size, out_dir, manifest)
-    lap("exports")
+    if train.exports:
+        manifest["exports"] = _write_exports(base, train, size, out_dir, manifest)
+        lap("exports")
     write_manifest(out_dir, manifest)
     reporter.step("done", 1, 1)
     return manifest
