@@ -37,16 +37,21 @@ def shapes(tmp_path_factory) -> engine.BaseModels:
     return engine.load_base_models(engine.ModelSpec(preset="shapes"), tmp_path_factory.mktemp("shapes"))
 
 
+def _customize(base, root: Path, fmt: str, train_steps: int = 3):
+    """A Still-Moving customization of the shapes world's DreamBooth checkpoint in upload format `fmt`, trained
+    a few steps at a large learning rate so that its Spatial Adapter moves the video well past the comparison's
+    tolerance. Returns (manifest, artifact directory, checkpoint)."""
+    checkpoint = make_shapes_checkpoint(fmt, root / f"{fmt}.safetensors")
+    train = engine.TrainSpec(prompts=("a sks red square moving right",), num_images=1, train_steps=train_steps,
+                             rank=4, learning_rate=0.05, seed=3, use_motion_adapter=False, preview=False,
+                             checkpoint_every=0)
+    manifest = engine.customize(base, checkpoint, train, root / "cus", root / "motion")
+    return manifest, root / "cus", checkpoint
+
+
 @pytest.fixture(scope="module")
 def customized(shapes, tmp_path_factory):
-    """A Still-Moving customization of the shapes world's DreamBooth LoRA, trained a few steps at a large
-    learning rate so that its Spatial Adapter moves the video well past the comparison's tolerance."""
-    root = tmp_path_factory.mktemp("customized")
-    checkpoint = make_shapes_checkpoint("lora", root / "lora.safetensors")
-    train = engine.TrainSpec(prompts=("a sks red square moving right",), num_images=1, train_steps=3, rank=4,
-                             learning_rate=0.05, seed=3, use_motion_adapter=False, preview=False, checkpoint_every=0)
-    manifest = engine.customize(shapes, checkpoint, train, root / "cus", root / "motion")
-    return manifest, root / "cus", checkpoint
+    return _customize(shapes, tmp_path_factory.mktemp("customized"), "lora")
 
 
 def test_every_export_is_built_with_the_artifact_and_recorded(customized):
@@ -62,10 +67,9 @@ def _readme_code(readme: str) -> str:
     return re.search(r"```python\n(.*?)```", readme, re.S).group(1)
 
 
-@pytest.mark.slow
-def test_diffusers_export_in_a_plain_pipeline_samples_the_service_video(customized, shapes, tmp_path, monkeypatch):
-    """The README's Python, run as written (the paths of the user's files set, and 10 steps for time), against
-    the engine at the same settings."""
+def _readme_frames(customized, tmp_path: Path, monkeypatch, steps: int) -> tuple[np.ndarray, dict]:
+    """Run the diffusers export's README as written (the paths of the user's files set, fewer steps for time):
+    its frames and the settings it samples at."""
     manifest, directory, checkpoint = customized
     with zipfile.ZipFile(directory / manifest["exports"]["diffusers"]["file"]) as archive:
         archive.extractall(tmp_path / "export")
@@ -76,27 +80,49 @@ def test_diffusers_export_in_a_plain_pipeline_samples_the_service_video(customiz
     code = _readme_code(readme)
     code = re.sub(r"^CHECKPOINT = .*$", f"CHECKPOINT = {str(checkpoint)!r}", code, flags=re.M)
     code = re.sub(r"^EXPORT = .*$", f"EXPORT = {str(tmp_path / 'export')!r}", code, flags=re.M)
-    code, steps = re.subn(r"num_inference_steps=\d+", "num_inference_steps=10", code)
-    assert steps == 1
+    code, replaced = re.subn(r"num_inference_steps=\d+", f"num_inference_steps={steps}", code)
+    assert replaced == 1
     written = {}
     monkeypatch.setattr("diffusers.utils.export_to_video", lambda frames, path, fps: written.update(frames=frames))
     monkeypatch.chdir(REPO)  # the README names the shapes world's directories relative to the repository
     exec(compile(code, "README.md", "exec"), {})
-    theirs = np.stack(written["frames"])
-
     settings = dict(re.findall(r"(num_frames|height|width|num_inference_steps|guidance_scale)=([\d.]+)", code))
-    custom = engine.load_customization(shapes, directory, checkpoint)
+    return np.stack(written["frames"]), settings
+
+
+def _compare_with_engine(base, customized, theirs: np.ndarray, settings: dict) -> tuple[float, float]:
+    """(max |README frames - engine frames|, max |engine Still-Moving - engine naive|) at the README's settings."""
+    manifest, directory, checkpoint = customized
+    custom = engine.load_customization(base, directory, checkpoint)
     sample = engine.SampleSpec(prompt=manifest["settings"]["prompts"][0], seed=manifest["settings"]["seed"],
                                num_frames=int(settings["num_frames"]), height=int(settings["height"]),
                                width=int(settings["width"]), steps=int(settings["num_inference_steps"]),
                                guidance_scale=float(settings["guidance_scale"]))
-    ours, method = render_frames(shapes, custom, sample, Reporter())
-    naive, _ = render_frames(shapes, custom, replace(sample, method="naive"), Reporter())
+    ours, method = render_frames(base, custom, sample, Reporter())
+    naive, _ = render_frames(base, custom, replace(sample, method="naive"), Reporter())
     assert method == "still-moving" and theirs.shape == ours.shape == (8, 32, 32, 3)
-    gap, effect = float(np.abs(theirs - ours).max()), float(np.abs(naive - ours).max())
+    return float(np.abs(theirs - ours).max()), float(np.abs(naive - ours).max())
+
+
+@pytest.mark.slow
+def test_diffusers_export_in_a_plain_pipeline_samples_the_service_video(customized, shapes, tmp_path, monkeypatch):
+    """The README's Python in a plain diffusers AnimateDiffPipeline against the engine at the same settings."""
+    theirs, settings = _readme_frames(customized, tmp_path, monkeypatch, steps=10)
+    gap, effect = _compare_with_engine(shapes, customized, theirs, settings)
     print(f"diffusers export vs engine: max |diff| {gap:.2e}; the adapter's effect {effect:.3f}")
     assert gap < 1e-3, gap
     assert effect > 50 * max(gap, 1e-4)  # the adapter matters: equality is no accident
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("fmt", ["unet", "ldm"])
+def test_diffusers_readme_loads_a_full_unet_or_single_file_checkpoint(fmt, shapes, tmp_path, monkeypatch):
+    """The README's other ways to build the customized T2I (a full UNet, a single-file checkpoint)."""
+    customized_ = _customize(shapes, tmp_path / "train", fmt, train_steps=2)
+    theirs, settings = _readme_frames(customized_, tmp_path, monkeypatch, steps=4)
+    gap, effect = _compare_with_engine(shapes, customized_, theirs, settings)
+    print(f"{fmt}: max |diff| {gap:.2e}; the adapter's effect {effect:.3f}")
+    assert gap < 1e-3 and effect > 50 * max(gap, 1e-4), (gap, effect)
 
 
 def test_kohya_export_converts_back_to_the_adapter_with_diffusers_kohya_loader(customized):
