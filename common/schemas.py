@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from common.long_video import MAX_TRAVEL_PROMPTS, parse_prompt
 
+from common.exports import ExportFormat
+
 JobKind = Literal["customize", "generate", "evaluate"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 CustomizationStatus = Literal["queued", "training", "ready", "failed", "canceled"]
@@ -446,6 +448,21 @@ class CustomizationView(BaseModel):
     manifest: dict[str, Any] | None
     preview_url: str | None = None
     image_urls: list[str] = Field(default_factory=list)
+
+
+class ExportView(BaseModel):
+    """``GET /customizations/{id}/export``: a presigned URL to the export, built once as training ended."""
+
+    customization_id: str
+    format: ExportFormat
+    url: str
+    filename: str = Field(description="the name the download is saved under")
+    size: int = Field(description="bytes")
+    sha256: str
+    expires_in_s: int
+    checkpoint_url: str | None = Field(None, description="with include_checkpoint: your uploaded checkpoint, which "
+                                                         "the bundle names but does not hold")
+    checkpoint_filename: str | None = None
 
 
 class CustomizationList(BaseModel):

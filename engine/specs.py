@@ -142,6 +142,7 @@ class TrainSpec:
     negative_prompt: str = ""
     checkpoint_every: int = 50
     preview: bool = True
+    exports: bool = True  # the Spatial Adapter's diffusers, kohya and ComfyUI exports (`exports.py`)
     motion: MotionAdapterSpec = field(default_factory=MotionAdapterSpec)
 
 
