@@ -7,9 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from common.long_video import MAX_TRAVEL_PROMPTS, parse_prompt
-
 from common.exports import ExportFormat
+from common.long_video import MAX_TRAVEL_PROMPTS, parse_prompt
 
 JobKind = Literal["customize", "generate", "evaluate"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
