@@ -16,7 +16,19 @@ from starlette.routing import BaseRoute
 from api import errors
 from api.event_stream import EventStream
 from api.guard import RequestGuard
-from api.routes import customizations, evaluations, files, generate, health, job_events, jobs, limits, metrics, webhooks
+from api.routes import (
+    customizations,
+    evaluations,
+    exports,
+    files,
+    generate,
+    health,
+    job_events,
+    jobs,
+    limits,
+    metrics,
+    webhooks,
+)
 from api.telemetry import HttpMetrics, RequestTelemetry
 from common import logs, tracing
 from common.celery_config import make_celery
@@ -70,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry.register(metrics.ServiceCollector(app))
     app.state.metrics_registry = registry
     tracing.setup(settings, "stillmoving-api")
-    modules = (health, customizations, files, generate, evaluations, jobs, job_events, limits, metrics, webhooks)
+    modules = (health, customizations, exports, files, generate, evaluations, jobs, job_events, limits, metrics, webhooks)
     for module in modules:
         app.include_router(module.router)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from common.errors import Conflict, InvalidArgument, NotFound
 from common.files import file_key, get_file
 from common.jobstore import JobStore
-from common.schemas import ANNOTATOR_TYPES, GenerateRequest, MediaRef
+from common.presets import WEIGHTED_ANNOTATOR_TYPES
+from common.schemas import GenerateRequest, MediaRef
 from common.settings import Settings
 
 
@@ -27,16 +28,23 @@ def source(ref: MediaRef, owner: str, store: JobStore, field: str) -> dict:
     return {"key": job.result["video_key"], "frames": job.result["num_frames"]}
 
 
+def control_types(settings: Settings) -> list[str]:
+    """The control types served here: canny and precomputed, and each whose annotator weights are configured."""
+    annotated = [t for t in WEIGHTED_ANNOTATOR_TYPES if t in settings.annotators()]
+    return ["canny", *annotated, "precomputed"]
+
+
 def check_control(body: GenerateRequest, settings: Settings) -> None:
-    """422 unless the control's type has its annotator here (or is precomputed) and its ControlNet is served."""
+    """422 unless the control's type is computed here (canny, or its annotator is configured) or precomputed, and
+    its ControlNet is served."""
     control = body.control
     if control is None:
         return
-    if control.type not in (*ANNOTATOR_TYPES, "precomputed"):
-        raise InvalidArgument(f"control.type={control.type!r}: no {control.type} annotator is configured on this "
-                              "deployment (only canny is computed here); send the conditioning frames yourself "
-                              "with type=precomputed and a controlnet that reads them", field="control.type",
-                              code="control_type_unavailable")
+    if control.type not in control_types(settings):
+        why = "its annotator weights are not configured on this deployment (annotator_models)"
+        raise InvalidArgument(f"control.type={control.type!r}: {why}; served: {', '.join(control_types(settings))}. "
+                              "Send the conditioning frames yourself with type=precomputed and a controlnet that "
+                              "reads them", field="control.type", code="control_type_unavailable")
     served = settings.controlnets()
     name = control.controlnet_name()
     if name not in served:

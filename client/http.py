@@ -135,6 +135,11 @@ class Client:
     def customizations(self, limit: int = 20, cursor: str | None = None) -> dict:
         return self._page("/customizations", limit, cursor)
 
+    def export(self, customization_id: str, fmt: str, include_checkpoint: bool = False) -> dict:
+        """``GET /customizations/{id}/export``: the presigned URL of one export, its filename, size and sha256."""
+        params = {"format": fmt, **({"include_checkpoint": "true"} if include_checkpoint else {})}
+        return self._request("GET", f"/customizations/{customization_id}/export", params=params)
+
     def wait(self, job_id: str, on_update: Callable[[dict], None] | None = None, poll_s: float = 0.5,
              timeout_s: float | None = None) -> dict:
         """Follow a job until it is terminal, from its live status stream (polling if the stream fails);

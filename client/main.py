@@ -1,8 +1,9 @@
-"""`stillmoving` console script: customize, generate, jobs, job, cancel, customizations, files."""
+"""`stillmoving` console script: customize, generate, export, jobs, job, cancel, customizations, files."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -142,6 +143,33 @@ def cmd_files(client: Client, args) -> int:
     return 0
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cmd_export(client: Client, args) -> int:
+    """Download an export (checked against its sha256) into `--output` (a directory: under the server's name)."""
+    export = client.export(args.customization_id, args.format, args.include_checkpoint)
+    if args.url_only:
+        _print(export)
+        return 0
+    out = args.output
+    target = out / export["filename"] if out.is_dir() else out
+    client.download(export["url"], target)
+    if _sha256(target) != export["sha256"]:
+        raise ApiError(0, "download_corrupt", f"{target} does not match the export's sha256 {export['sha256']}")
+    print(str(target))
+    if export.get("checkpoint_url"):
+        checkpoint = target.parent / export["checkpoint_filename"]
+        client.download(export["checkpoint_url"], checkpoint)
+        print(str(checkpoint))
+    return 0
+
+
 def _size_args(parser: argparse.ArgumentParser) -> None:
     """What both jobs take: the video's size and the seed (absent: the server's defaults, a random seed for videos)."""
     for name in ("--seed", "--num-frames", "--height", "--width"):
@@ -182,9 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument(f"--{role}-file", metavar="FILE_ID_OR_PATH",
                             help=f"an uploaded file whose video {what}; a local file is uploaded first")
         source.add_argument(f"--{role}-job", metavar="JOB_ID", help=f"a succeeded generation whose video {what}")
-    g.add_argument("--control-type", help="canny (default) or precomputed; the server lists its ControlNets")
+    g.add_argument("--control-type", help="canny (default), depth, openpose, lineart or precomputed; GET /limits "
+                   "lists the control_types the server computes and its ControlNets")
     g.add_argument("--control-scale", type=float, help="ControlNet conditioning scale, 0..2")
     g.add_argument("--init-strength", type=float, help="how much of the init video is re-noised, (0, 1]")
+
+    e = sub.add_parser("export", help="download a customization's Spatial Adapter for diffusers, A1111 or ComfyUI")
+    e.add_argument("customization_id")
+    e.add_argument("--format", choices=["diffusers", "kohya", "comfyui"], required=True,
+                   help="diffusers: LoRA + README (zip); kohya: A1111/kohya LoRA (.safetensors); comfyui: bundle (zip)")
+    e.add_argument("-o", "--output", type=Path, default=Path("."), help="a file, or a directory (default: here)")
+    e.add_argument("--include-checkpoint", action="store_true",
+                   help="also download your uploaded checkpoint, under the name the export gives it")
+    e.add_argument("--url-only", action="store_true", help="print the presigned URL and the export's facts")
 
     sub.add_parser("jobs", help="your jobs, newest first").add_argument("--limit", type=int, default=20)
     sub.add_parser("job", help="one job").add_argument("job_id")
@@ -226,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_generate(client, args)
         if args.command == "files":
             return cmd_files(client, args)
+        if args.command == "export":
+            return cmd_export(client, args)
         if args.command == "jobs":
             _print(client.jobs(limit=args.limit))
         elif args.command == "job":

@@ -3,6 +3,11 @@ customization may train at, and the cost limits a job must fit (API and worker r
 
 Costs are counted in pixel-frames (frames x height x width) and pixel-frame steps (x denoising steps):
 memory grows with the first, time with the second. A limit is written as the largest job it admits.
+A video longer than its context window samples with FreeNoise (`common.long_video`): its memory limit applies
+to one window (context_length x height x width), its time limit to the whole video, and its length to
+`max_video_frames`. The window bounds attention and each layer's activations, not the tensors passed between
+blocks, which still grow with the length (~27 MB a frame at 512x512 fp16, an estimate; bench/README.md, "Long
+videos", measures it).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import InvalidArgument
+from common.long_video import LongVideoError, check_prompt_frames, context_window
 
 TRAIN_STEP_PASSES = 3  # a training step (forward + backward) costs about three sampling forwards
 # A ControlNet is a copy of the UNet's encoder and middle block: about half a UNet forward more per step.
@@ -21,9 +27,24 @@ CONTROLNET_COST = (3, 2)  # work x 3 / 2
 # tests see the control act; elsewhere untrained, its zero-convs make it a no-op).
 SHAPES_CONTROLNET_CANNY = Path(__file__).resolve().parents[1] / "models" / "shapes" / "controlnet-canny"
 CONTROLNETS: dict[str, dict[str, str]] = {
-    "sd15": {"canny": "lllyasviel/control_v11p_sd15_canny"},
+    "sd15": {"canny": "lllyasviel/control_v11p_sd15_canny", "depth": "lllyasviel/control_v11f1p_sd15_depth",
+             "openpose": "lllyasviel/control_v11p_sd15_openpose", "lineart": "lllyasviel/control_v11p_sd15_lineart"},
     "shapes": {"canny": str(SHAPES_CONTROLNET_CANNY)},
     "tiny": {"canny": "builtin"},
+}
+# Control types whose conditioning the worker computes with annotator weights (engine/annotators.py), served where
+# the settings configure them (`Settings.annotators`); canny needs none, precomputed none at all.
+WEIGHTED_ANNOTATOR_TYPES = ("depth", "openpose", "lineart")
+# The annotator weights each preset serves per control type when the settings name none (a type without one is
+# refused: 422 naming control.type). sd15: MiDaS v3 DPT-hybrid, the depth estimator lllyasviel's depth annotator
+# runs (in its transformers form), ViTPose-B (COCO body keypoints, drawn as OpenPose's), and lllyasviel/Annotators'
+# sk_model.pth (controlnet_aux's LineartDetector, vendored: engine/lineart_model.py); shapes and tiny: none (their
+# worlds have no depth or people, and no lineart ControlNet).
+ANNOTATORS: dict[str, dict[str, str]] = {
+    "sd15": {"depth": "Intel/dpt-hybrid-midas", "openpose": "usyd-community/vitpose-base-simple",
+             "lineart": "lllyasviel/Annotators"},
+    "shapes": {},
+    "tiny": {},
 }
 # The AnimateDiff motion LoRAs each preset serves when the settings name none (a request's `motion_lora` is one of
 # these strings): sd15, AnimateDiff's camera motions for motion adapter v1-5-2; shapes, its own (every object moving
@@ -69,6 +90,7 @@ class Preset:
     max_train_pixels: int  # num_frames x height x width of the training videos: bounds training memory
     max_train_work: int
     train_sizes: tuple[tuple[int, int, int], ...] | None  # (height, width, num_frames)
+    max_video_frames: int = 256  # the longest video (FreeNoise past max_frames)
 
     def fill(self, **asked: float | None) -> dict:
         """The asked sizes and step counts with each None (everywhere: "the preset's default") replaced by this
@@ -115,22 +137,39 @@ def _check_frames(preset: Preset, num_frames: int, prefix: str = "") -> None:
 
 
 def _check_pixels(preset: Preset, size: dict[str, int], limit: int, what: str, prefix: str = "") -> None:
-    """num_frames x height x width of `size` within `limit` (memory), else 422 naming the largest of them."""
-    pixels = size["num_frames"] * size["height"] * size["width"]
+    """frames x height x width of `size` within `limit` (memory), else 422 naming the largest of them; the frames
+    are `num_frames`, or `context_length` for a video sampled in windows."""
+    frames = "num_frames" if "num_frames" in size else "context_length"
+    pixels = size[frames] * size["height"] * size["width"]
     if pixels > limit:
-        field = _largest(size, {"height": preset.height, "width": preset.width, "num_frames": preset.num_frames})
-        raise InvalidArgument(f"{prefix}num_frames x height x width = {pixels} pixel-frames is over this deployment's "
+        default = preset.num_frames if frames == "num_frames" else preset.max_frames
+        field = _largest(size, {"height": preset.height, "width": preset.width, frames: default})
+        raise InvalidArgument(f"{prefix}{frames} x height x width = {pixels} pixel-frames is over this deployment's "
                               f"{what} of {limit}", field=prefix + field)
 
 
 def check_video(preset: Preset, num_frames: int | None, height: int | None, width: int | None,
-                steps: int | None, controlnet: bool = False, init_strength: float | None = None) -> None:
-    """Refuse a video the preset cannot run (frame positions), that is over its memory or time limit (a
-    ControlNet costs `CONTROLNET_COST` times the work), or, video-to-video, whose strength runs no step."""
+                steps: int | None, controlnet: bool = False, init_strength: float | None = None,
+                context_length: int | None = None, context_stride: int | None = None,
+                prompt: str | dict[int, str] = "") -> None:
+    """Refuse a video longer than `max_video_frames` or with a bad FreeNoise window or prompt map, over the
+    memory limit (one window's pixel-frames) or the time limit (the whole video's work; a ControlNet costs
+    `CONTROLNET_COST` times the work), or, video-to-video, whose strength runs no step."""
     defaults = preset.fill(num_frames=None, height=None, width=None, steps=None)
     asked = preset.fill(num_frames=num_frames, height=height, width=width, steps=steps)
-    _check_frames(preset, asked["num_frames"])
-    _check_pixels(preset, {k: asked[k] for k in ("num_frames", "height", "width")}, preset.max_video_pixels, "limit")
+    if asked["num_frames"] > preset.max_video_frames:
+        raise InvalidArgument(f"num_frames={asked['num_frames']} is more than this deployment's longest video, "
+                              f"{preset.max_video_frames} frames", field="num_frames")
+    try:
+        if isinstance(prompt, dict):
+            check_prompt_frames(prompt, asked["num_frames"])
+        window = context_window(preset.max_frames, asked["num_frames"], context_length, context_stride,
+                                isinstance(prompt, dict))
+    except LongVideoError as exc:
+        raise InvalidArgument(exc.message, field=exc.field) from None
+    frames = "num_frames" if window is None else "context_length"  # what holds the frames in memory at once
+    _check_pixels(preset, {frames: asked["num_frames"] if window is None else window[0], "height": asked["height"],
+                           "width": asked["width"]}, preset.max_video_pixels, "limit")
     if init_strength is not None and int(asked["steps"] * init_strength) < 1:
         raise InvalidArgument(f"init.strength={init_strength} x steps={asked['steps']} runs no denoising step "
                               "(video-to-video denoises int(steps x strength) steps)", field="init.strength")

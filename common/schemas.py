@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from common.exports import ExportFormat
+from common.long_video import MAX_TRAVEL_PROMPTS, parse_prompt
 
 JobKind = Literal["customize", "generate", "evaluate"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -13,11 +16,12 @@ CustomizationStatus = Literal["queued", "training", "ready", "failed", "canceled
 TERMINAL = ("succeeded", "failed", "canceled")
 Method = Literal["still-moving", "naive", "base"]
 ControlType = Literal["canny", "depth", "openpose", "lineart", "precomputed"]
-ANNOTATOR_TYPES = ("canny",)  # computed in the worker; depth, openpose and lineart have no annotator yet
 CANNY_THRESHOLDS = (100, 200)  # OpenCV Canny's (low, high) hysteresis thresholds by default
 
 MAX_PROMPTS = 16
 MAX_PROMPT_CHARS = 500
+MAX_VIDEO_FRAMES = 1024  # the schema's ceiling; a deployment serves up to its `max_video_frames` (GET /limits)
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)]
 SEED_MAX = 2**32 - 1
 MAX_MOTION_LORA_CHARS = 300
 
@@ -130,8 +134,10 @@ class MediaRef(BaseModel):
 class ControlRequest(MediaRef):
     """A ControlNet driven by a reference video, resampled to the request's num_frames and size."""
 
-    type: ControlType = Field(description="canny: edges computed in the worker (OpenCV Canny); precomputed: the "
-                              "file holds the conditioning frames; depth/openpose/lineart need annotators")
+    type: ControlType = Field(description="canny: edges computed in the worker (OpenCV Canny); depth/openpose/"
+                              "lineart: a depth estimator's, a pose estimator's or a line-drawing network's maps, "
+                              "computed in the worker where its weights are configured (GET /limits: control_types); "
+                              "precomputed: the file holds the conditioning frames")
     controlnet: str | None = Field(None, min_length=1, max_length=32, description="which configured ControlNet "
                                    "(GET /limits: controlnets); default: the type's, canny for precomputed")
     scale: float = Field(1.0, ge=0, le=2, description="controlnet_conditioning_scale; 0 = no effect")
@@ -171,10 +177,19 @@ class GenerateRequest(WebhookFields):
 
     customization_id: str | None = Field(None, min_length=1, max_length=64, description="null or absent means the "
                                          "base model")
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: Prompt | dict[int, Prompt] = Field(description="a prompt, or {frame: prompt} (prompt travel): frames "
+                                               "in [0, num_frames), 0 among them, at most "
+                                               f"{MAX_TRAVEL_PROMPTS}; the text embedding moves linearly from each "
+                                               "key frame's prompt to the next one's (FreeNoise)")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    num_frames: int | None = Field(None, ge=2, le=64, description="default: the preset's; at most its motion "
-                                   "modules' frame positions, within its cost limits (GET /limits)")
+    num_frames: int | None = Field(None, ge=2, le=MAX_VIDEO_FRAMES, description="default: the preset's; at most "
+                                   "GET /limits max_video_frames; past context_length, FreeNoise samples it in "
+                                   "windows; within the preset's cost limits")
+    context_length: int | None = Field(None, ge=2, le=MAX_VIDEO_FRAMES, description="frames the motion modules "
+                                       "see at once (FreeNoise's window); default and most: their frame positions "
+                                       "(GET /limits max_frames)")
+    context_stride: int | None = Field(None, ge=1, le=MAX_VIDEO_FRAMES, description="frames between the starts "
+                                       "of two windows, 1..context_length; default: context_length / 4")
     height: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
     width: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
     steps: int | None = Field(None, ge=1, le=150)
@@ -208,12 +223,10 @@ class GenerateRequest(WebhookFields):
             raise ValueError("needs a motion_lora")
         return value
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _prompt(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt is empty")
-        return value
+    def _prompt(cls, value):
+        return parse_prompt(value, MAX_PROMPT_CHARS)  # one error naming `prompt` (not one per union member)
 
     @model_validator(mode="after")
     def _method(self):
@@ -449,6 +462,21 @@ class CustomizationView(BaseModel):
     image_urls: list[str] = Field(default_factory=list)
 
 
+class ExportView(BaseModel):
+    """``GET /customizations/{id}/export``: a presigned URL to the export, built once as training ended."""
+
+    customization_id: str
+    format: ExportFormat
+    url: str
+    filename: str = Field(description="the name the download is saved under")
+    size: int = Field(description="bytes")
+    sha256: str
+    expires_in_s: int
+    checkpoint_url: str | None = Field(None, description="with include_checkpoint: your uploaded checkpoint, which "
+                                                         "the bundle names but does not hold")
+    checkpoint_filename: str | None = None
+
+
 class CustomizationList(BaseModel):
     items: list[CustomizationView]
     next_cursor: str | None
@@ -457,7 +485,8 @@ class CustomizationList(BaseModel):
 class LimitsView(BaseModel):
     """``GET /limits``: the served preset's defaults and the largest jobs it accepts (422 beyond them).
 
-    Costs: `max_video_pixels` bounds num_frames x height x width, `max_video_work` that times steps;
+    Costs: `max_video_pixels` bounds num_frames x height x width (of one context window for a video longer than
+    its context_length), `max_video_work` the whole video's num_frames x height x width x steps;
     `max_train_pixels` bounds a customization's num_frames x height x width and `max_train_work` a customization's (stills + prior stills) x image steps x height x width
     plus 3 x train_steps x num_frames x height x width (x 2 with prior preservation)."""
 
@@ -468,11 +497,15 @@ class LimitsView(BaseModel):
     image_steps: int
     sample_steps: int
     guidance_scale: float = Field(description="classifier-free guidance of stills and videos when a request sets none")
-    max_frames: int = Field(description="frame positions of the motion modules: the longest video")
+    max_frames: int = Field(description="frame positions of the motion modules: the longest video sampled in one "
+                            "pass, and the longest (and default) context_length")
+    max_video_frames: int = Field(description="the longest video (sampled with FreeNoise in context windows)")
     max_video_pixels: int
     max_video_work: int
     max_train_pixels: int
     max_train_work: int
     train_sizes: list[dict[str, int]] | None = Field(description="the sizes a customization trains at; null = any")
     controlnets: list[str] = Field(default_factory=list, description="the ControlNets a control may name")
+    control_types: list[str] = Field(default_factory=list, description="the control types served here: canny and "
+                                     "precomputed, and those whose annotator weights are configured")
     motion_loras: list[str] = Field(default_factory=list, description="the motion LoRAs a generation may name")

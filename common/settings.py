@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from common.presets import CONTROLNETS, MOTION_LORAS, PRESETS, Preset
+from common.presets import ANNOTATORS, CONTROLNETS, MOTION_LORAS, PRESETS, WEIGHTED_ANNOTATOR_TYPES, Preset
 
 DEV_API_KEY = "sm-dev-key"
 TRACE_EXPORTERS = ("otlp", "console")  # the OTEL_TRACES_EXPORTER values served (opentelemetry-sdk, OTLP over HTTP)
@@ -88,8 +88,11 @@ class Settings(BaseSettings):
     image_batch_size: int = Field(1, ge=1, description="stills per T2I call when making frozen videos")
     gradient_checkpointing: bool = Field(False, description="recompute activations in training (sd15 at 512x512x16 "
                                                              "within 24 GB of GPU memory)")
-    max_video_pixels: int | None = Field(None, ge=1, description="num_frames x height x width of one video "
-                                                               "(default: the preset's, common/presets.py)")
+    max_video_pixels: int | None = Field(None, ge=1, description="num_frames x height x width of one video, or of "
+                                         "one context window of a longer one (default: the preset's, "
+                                         "common/presets.py)")
+    max_video_frames: int | None = Field(None, ge=2, description="the longest video, sampled with FreeNoise past "
+                                         "the motion modules' frame positions (default: the preset's, 256)")
     max_video_work: int | None = Field(None, ge=1, description="num_frames x height x width x steps of one video "
                                                              "(default: the preset's)")
     max_train_pixels: int | None = Field(None, ge=1, description="num_frames x height x width of a customization's "
@@ -100,6 +103,10 @@ class Settings(BaseSettings):
                                                      "`controlnet`, default its type): hub id or local directory, "
                                                      "or builtin (from_unet of the base); default: the preset's "
                                                      "(common/presets.py CONTROLNETS)")
+    annotator_models: dict[str, str] | None = Field(None, description="annotator weights per control type ("
+                                                    f"{', '.join(WEIGHTED_ANNOTATOR_TYPES)}): hub id or local "
+                                                    "directory; a type without one is refused (422); default: the "
+                                                    "preset's (common/presets.py ANNOTATORS)")
     motion_lora_models: Annotated[list[str] | None, NoDecode] = Field(
         None, description="the motion LoRAs a generation's motion_lora may name (its allow-list): hub ids or local "
                           "directories, comma-separated; empty = none; default: the preset's (common/presets.py "
@@ -119,6 +126,7 @@ class Settings(BaseSettings):
     base_cache_size: int = Field(1, ge=1)
     customization_cache_size: int = Field(4, ge=1)
     controlnet_cache_size: int = Field(2, ge=1, description="worker LRU of loaded ControlNets")
+    annotator_cache_size: int = Field(2, ge=1, description="worker LRU of loaded annotators (depth, pose, lineart)")
     wait_poll_s: float = Field(5.0, gt=0, description="how often a generation re-checks a customization in training")
     progress_interval_s: float = Field(0.5, ge=0)
     log_loss_every: int = Field(10, ge=1, description="training steps between two loss lines of a job's log")
@@ -195,6 +203,15 @@ class Settings(BaseSettings):
             raise ValueError("at least one API key is required")
         return keys
 
+    @field_validator("annotator_models")
+    @classmethod
+    def _annotator_types(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        unknown = sorted(set(value or {}) - set(WEIGHTED_ANNOTATOR_TYPES))
+        if unknown:
+            raise ValueError(f"annotator_models: {unknown[0]!r} has no annotator here (served: "
+                             f"{', '.join(WEIGHTED_ANNOTATOR_TYPES)})")
+        return value
+
     @field_validator("motion_lora_models", mode="before")
     @classmethod
     def _split_sources(cls, value):
@@ -231,12 +248,16 @@ class Settings(BaseSettings):
     def preset(self) -> Preset:
         """The served preset's facts with this deployment's cost limits applied."""
         limits = {k: getattr(self, k) for k in ("max_video_pixels", "max_video_work", "max_train_pixels",
-                                                  "max_train_work")}
+                                                  "max_train_work", "max_video_frames")}
         return replace(PRESETS[self.model_preset], **{k: v for k, v in limits.items() if v is not None})
 
     def controlnets(self) -> dict[str, str]:
         """The ControlNets served, by name: the settings', else the preset's."""
         return dict(CONTROLNETS[self.model_preset] if self.controlnet_models is None else self.controlnet_models)
+
+    def annotators(self) -> dict[str, str]:
+        """The annotator weights configured, by control type: the settings', else the preset's."""
+        return dict(ANNOTATORS[self.model_preset] if self.annotator_models is None else self.annotator_models)
 
     def motion_loras(self) -> list[str]:
         """The motion LoRAs served (a request's `motion_lora` must be one of these strings): the settings', else

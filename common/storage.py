@@ -45,7 +45,8 @@ VIDEOS_PREFIX = "videos/"
 FILES_PREFIX = "files/"
 UPLOADS_PREFIX = "uploads/"
 # by file suffix: what the worker's artifacts are served as
-CONTENT_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".png": "image/png", ".json": "application/json"}
+CONTENT_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".png": "image/png", ".json": "application/json",
+                 ".zip": "application/zip", ".safetensors": "application/octet-stream"}
 
 
 def checkpoint_key(sha256: str) -> str:
@@ -109,6 +110,12 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (BotoConnectionError, HTTPClientError, RetriesExceededError))
 
 
+def is_not_found(exc: BaseException) -> bool:
+    """Whether a storage error says the object is not there."""
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey",
+                                                                                          "NotFound")
+
+
 class Storage:
     """The bucket of one deployment."""
 
@@ -144,7 +151,7 @@ class Storage:
             self.client.head_object(Bucket=self.bucket, Key=key)
             return True
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_not_found(exc):
                 return False
             raise
 
@@ -192,11 +199,14 @@ class Storage:
             if errors:
                 raise StorageUnavailable(f"storage refused to delete {errors[0].get('Key')}: {errors[0].get('Code')}")
 
-    def presign(self, key: str, expires_s: int | None = None) -> str:
-        """A GET URL for one object, valid for `expires_s` (default: the presign_expiry_s setting)."""
-        return self.presign_client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key},
-            ExpiresIn=expires_s or self.settings.presign_expiry_s)
+    def presign(self, key: str, expires_s: int | None = None, filename: str | None = None) -> str:
+        """A GET URL for one object, valid for `expires_s` (default: the presign_expiry_s setting); with
+        `filename`, the download is saved under that name (Content-Disposition: attachment)."""
+        params = {"Bucket": self.bucket, "Key": key}
+        if filename is not None:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        return self.presign_client.generate_presigned_url("get_object", Params=params,
+                                                          ExpiresIn=expires_s or self.settings.presign_expiry_s)
 
     def upload_stream(self) -> "StreamingUpload":
         return StreamingUpload(self)

@@ -8,6 +8,7 @@ A plain library: it imports neither FastAPI nor Celery and never reads the envir
     result = generate(base, custom, SampleSpec(prompt="a sks dog running"), video_dir)
 """
 
+from engine.annotators import load_annotator
 from engine.artifact import MANIFEST as MANIFEST_FILE
 from engine.artifact import SPATIAL_ADAPTER as SPATIAL_ADAPTER_FILE
 from engine.artifact import Customization, load_customization, read_manifest
@@ -34,7 +35,7 @@ from engine.training import STATE_META as TRAIN_STATE_META
 
 __all__ = [
     "AdapterError", "BaseModels", "CancelledError", "CheckpointError", "ControlSpec", "Customization",
-    "EngineError", "InitSpec", "load_controlnet",
+    "EngineError", "InitSpec", "load_annotator", "load_controlnet",
     "ModelLoadError", "ModelSpec", "MotionAdapterSpec", "SampleSpec", "SpecError", "SuspendedError", "TrainSpec",
     "customize",
     "generate", "load_base_models", "load_customization", "make_tiny_checkpoint",

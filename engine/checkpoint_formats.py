@@ -1,6 +1,7 @@
 """Converters between checkpoint key layouts: diffusers UNet -> original LDM, peft LoRA -> kohya.
 
-They make the upload formats of the tiny and shapes worlds (`tiny_checkpoints`, `shapes.checkpoints`).
+They make the upload formats of the tiny and shapes worlds (`tiny_checkpoints`, `shapes.checkpoints`) and the
+kohya exports of Spatial Adapters (`exports`); uploads in kohya layout are read by diffusers' own loader.
 """
 
 from __future__ import annotations
@@ -56,12 +57,12 @@ def diffusers_unet_to_ldm(state: dict[str, torch.Tensor], layers_per_block: int)
     return {"model.diffusion_model." + mapping[k]: v for k, v in state.items()}
 
 
-def peft_lora_to_kohya(lora: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
-    """Rename peft LoRA keys (``…to_q.lora_A.weight``) to kohya/A1111 ones (``lora_unet_…lora_down.weight``)."""
-    out = {}
-    for key, tensor in lora.items():
-        module, kind = key.rsplit(".lora_", 1)
-        stem = "lora_unet_" + module.replace(".", "_")
-        out[f"{stem}.lora_down.weight" if kind.startswith("A") else f"{stem}.lora_up.weight"] = tensor
-        out[f"{stem}.alpha"] = torch.tensor(float(rank))
-    return out
+def peft_lora_to_kohya(lora: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """Rename peft LoRA keys of a UNet (``…to_q.lora_A.weight``, without ``unet.``) to kohya/A1111 ones
+    (``lora_unet_…lora_down.weight``, ``.lora_up.weight``, ``.alpha``): diffusers' own
+    ``convert_state_dict_to_kohya``, with each ``.alpha`` the LoRA's ``lora_alpha`` as a float32 scalar
+    (diffusers writes the rank, as an integer: the same scale only when alpha equals the rank)."""
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    out = convert_state_dict_to_kohya({f"unet.{key}": tensor for key, tensor in lora.items()})
+    return {key: torch.tensor(float(alpha)) if key.endswith(".alpha") else tensor for key, tensor in out.items()}

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from engine import adapters, frozen_videos
+from engine import adapters, exports, frozen_videos
 from engine.artifact import MOTION_ADAPTER, SPATIAL_ADAPTER, Customization, versions, write_manifest
 from engine.checkpoints import file_sha256, load_customized_t2i
 from engine.errors import SpecError
@@ -205,9 +205,21 @@ def customize(
         "timings": timings,
         "versions": versions(),
     }
+    if train.exports:
+        manifest["exports"] = _write_exports(base, train, size, out_dir, manifest)
+        lap("exports")
     write_manifest(out_dir, manifest)
     reporter.step("done", 1, 1)
     return manifest
+
+
+def _write_exports(base: BaseModels, train: TrainSpec, size: dict, out_dir: Path, manifest: dict) -> dict:
+    """The Spatial Adapter's exports (`engine.exports`), their README and workflow sampling the first prompt
+    at the training size and the preset's steps and guidance."""
+    sample = {"prompt": train.prompts[0], "negative_prompt": train.negative_prompt, "seed": train.seed,
+              **base.defaults.fill(num_frames=size["num_frames"], height=size["height"], width=size["width"],
+                                   steps=None, guidance_scale=None)}
+    return exports.write_exports(out_dir, manifest, sample, base.spec.sources())
 
 
 def _prior_videos(base: BaseModels, train: TrainSpec, size: dict, reporter: Reporter) -> dict:

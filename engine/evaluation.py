@@ -49,7 +49,8 @@ def ablation(base: BaseModels, custom: Customization, checkpoint: Path, work_dir
     """The same customization trained without the Motion Adapter (trained once, then reused)."""
     target = work_dir / ABLATION_DIR
     if not (target / MANIFEST).exists():
-        spec = replace(_train_spec(custom.manifest), use_motion_adapter=False, preview=False)
+        spec = replace(_train_spec(custom.manifest), use_motion_adapter=False, preview=False,
+                       exports=False)
         customize(base, checkpoint, spec, target, work_dir / "unused-motion-cache",
                   progress=_renamed(reporter, "ablation_{}"), should_cancel=reporter.should_cancel)
     return load_customization(base, target, checkpoint)

@@ -4,6 +4,7 @@ under a ControlNet, video-to-video, or both (the four AnimateDiff pipelines of d
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -16,19 +17,24 @@ from diffusers import (
 )
 from PIL import Image
 
-from engine import adapters, conditioning, export, motion_loras
+from engine import adapters, annotators, conditioning, export, motion_loras
 from engine.artifact import Customization
 from engine.errors import SpecError
-from engine.models import BaseModels, check_num_frames
+from engine.free_noise import free_noise, resolve_context
+from engine.models import BaseModels
 from engine.progress import Reporter
 from engine.specs import SampleSpec
 
 
 def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
-    """The spec's size/frames/steps with the preset's defaults filled in, validated."""
-    values = base.defaults.fill(num_frames=sample.num_frames, height=sample.height, width=sample.width,
-                                steps=sample.steps, guidance_scale=sample.guidance_scale)
-    check_num_frames(base, values["num_frames"])
+    """The spec's size/frames/steps with the preset's defaults filled in, validated; ``context``: the FreeNoise
+    windows of a video longer than the motion modules' context or with a prompt map (else None)."""
+    values: dict = base.defaults.fill(num_frames=sample.num_frames, height=sample.height, width=sample.width,
+                                      steps=sample.steps, guidance_scale=sample.guidance_scale)
+    if values["num_frames"] < 1:
+        raise SpecError(f"num_frames={values['num_frames']} must be at least 1", field="num_frames")
+    values["context"] = resolve_context(base.motion_adapter.config.motion_max_seq_length, values["num_frames"],
+                                        sample.prompt, sample.context_length, sample.context_stride)
     if values["height"] % 8 or values["width"] % 8:
         raise SpecError(f"height/width must be multiples of 8, got {values['height']}x{values['width']}",
                         field="height" if values["height"] % 8 else "width")
@@ -40,8 +46,9 @@ def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
         raise SpecError("motion_adapter_scale needs a customization (its Motion Adapter); the base method has none",
                         field="motion_adapter_scale")
     control, init = sample.control, sample.init
-    if control is not None and control.type not in ("canny", "precomputed"):
-        raise SpecError(f"control.type={control.type!r}; expected canny or precomputed", field="control.type")
+    if control is not None and control.type not in ("canny", *annotators.LOADERS, "precomputed"):
+        raise SpecError(f"control.type={control.type!r}; expected canny, {', '.join(annotators.LOADERS)} or "
+                        "precomputed", field="control.type")
     if control is not None and not 0 <= control.start < control.end <= 1:
         raise SpecError(f"control start={control.start}, end={control.end}: need 0 <= start < end <= 1",
                         field="control.start")
@@ -94,15 +101,23 @@ PIPELINES = {  # (with a ControlNet, with an init video) -> the diffusers pipeli
 }
 
 
-def reference_frames(sample: SampleSpec, values: dict) -> dict:
+def reference_frames(sample: SampleSpec, values: dict, annotator=None) -> dict:
     """The control's conditioning frames and the init video, resampled to the video's frames and size:
-    ``{"control": (F, H, W, 3) uint8, "init": ...}`` for those the spec has (canny: the edges of the reference)."""
+    ``{"control": (F, H, W, 3) uint8, "init": ...}`` for those the spec has (canny: the edges of the reference;
+    depth, openpose: `annotator`'s maps of it, `engine.load_annotator`)."""
     out, size = {}, (values["num_frames"], values["height"], values["width"])
     if sample.control is not None:
         control = sample.control
         frames = conditioning.read_reference(control.video, *size, total=control.source_frames)
-        out["control"] = conditioning.canny(frames, control.low_threshold, control.high_threshold) \
-            if control.type == "canny" else frames
+        if control.type == "canny":
+            out["control"] = conditioning.canny(frames, control.low_threshold, control.high_threshold)
+        elif control.type == "precomputed":
+            out["control"] = frames
+        elif annotator is None:
+            raise SpecError(f"control.type={control.type!r} needs its annotator (engine.load_annotator)",
+                            field="control.type")
+        else:
+            out["control"] = annotator(frames)
     if sample.init is not None:
         out["init"] = conditioning.read_reference(sample.init.video, *size, total=sample.init.source_frames)
     return out
@@ -113,24 +128,27 @@ def _images(frames: np.ndarray) -> list[Image.Image]:
 
 
 def render_frames(base: BaseModels, custom: Customization | None, sample: SampleSpec, reporter: Reporter,
-                  values: dict | None = None, controlnet=None, references: dict | None = None,
+                  values: dict | None = None, controlnet=None, references: dict | None = None, annotator=None,
                   motion_lora: motion_loras.MotionLora | None = None):
     """Denoise and decode one video -> ((F, H, W, 3) float frames in [0, 1], method used).
 
     One path for all four pipelines (`PIPELINES`): the same UNet (with the method's adapters), scheduler and
     seeded generator; a control adds `controlnet` and its conditioning frames, an init its video and strength.
-    `references`: `reference_frames` of the spec, when the caller already read them; `motion_lora`: the spec's
-    motion LoRA, when the caller already read it (`engine.read_motion_lora`)."""
+    `references`: `reference_frames` of the spec, when the caller already read them (else read here, with
+    `annotator` for an annotated control type); `motion_lora`: the spec's motion LoRA, when the caller
+    already read it (`engine.read_motion_lora`)."""
     values = values or resolve_sample(base, sample)
     if sample.control is not None and controlnet is None:
         raise SpecError("control needs a ControlNet (engine.load_controlnet)", field="control")
-    references = reference_frames(sample, values) if references is None else references
+    references = reference_frames(sample, values, annotator) if references is None else references
     motion_lora = motion_loras.for_sample(base, sample, motion_lora)
     components, unet, method = _pick_model(base, custom, sample, motion_lora)
     from engine.models import make_scheduler
 
+    context = values["context"]  # FreeNoise reads the motion modules' positions from the pipeline's adapter
     modules = dict(vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
-                   unet=unet, motion_adapter=None, scheduler=make_scheduler(base, sample.scheduler))
+                   unet=unet, motion_adapter=base.motion_adapter if context else None,
+                   scheduler=make_scheduler(base, sample.scheduler))
     kwargs = dict(negative_prompt=sample.negative_prompt or None, height=values["height"], width=values["width"],
                   num_inference_steps=values["steps"], guidance_scale=values["guidance_scale"],
                   generator=torch.Generator("cpu").manual_seed(sample.seed), output_type="np")
@@ -150,19 +168,20 @@ def render_frames(base: BaseModels, custom: Customization | None, sample: Sample
         reporter.step("denoise", step + 1, _pipe.num_timesteps)  # fewer than `steps` video-to-video
         return callback_kwargs
 
-    with torch.inference_mode():
+    with torch.inference_mode(), free_noise(pipe, **context) if context else nullcontext():
         out = pipe(prompt=sample.prompt, callback_on_step_end=on_step, **kwargs)
     return out.frames[0], method
 
 
 def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec, out_dir: Path,
              progress=None, should_cancel=None, stem: str = "video", controlnet=None, should_suspend=None,
-             motion_lora: motion_loras.MotionLora | None = None) -> dict:
+             annotator=None, motion_lora: motion_loras.MotionLora | None = None) -> dict:
     """Sample one video and write it (mp4 or gif) with a PNG poster into `out_dir`; with a control, the
     conditioning frames used too (``control.<format>``, the same size and frames as the video).
 
     Args:
         controlnet: the loaded ControlNet a `sample.control` needs (`engine.load_controlnet`).
+        annotator: the loaded annotator a depth or openpose control needs (`engine.load_annotator`).
         motion_lora: the loaded `sample.motion_lora` (`engine.read_motion_lora`; read here when not given).
         should_cancel, should_suspend: polled between steps (`CancelledError`, `SuspendedError`).
 
@@ -174,7 +193,7 @@ def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec,
     values = resolve_sample(base, sample)
     reporter.check()
     t0 = time.perf_counter()
-    references = reference_frames(sample, values)
+    references = reference_frames(sample, values, annotator)
     frames, method = render_frames(base, custom, sample, reporter, values, controlnet, references, motion_lora)
     t1 = time.perf_counter()
     reporter.step("export", 0, 1)
@@ -191,4 +210,5 @@ def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec,
                if sample.motion_lora else {}),
             "format": sample.format, "num_frames": values["num_frames"], "height": values["height"],
             "width": values["width"], "steps": values["steps"], "guidance_scale": values["guidance_scale"],
+            **(values["context"] or {}),
             "timings": {"sample": round(t1 - t0, 4), "export": round(time.perf_counter() - t1, 4)}}

@@ -142,6 +142,7 @@ class TrainSpec:
     negative_prompt: str = ""
     checkpoint_every: int = 50
     preview: bool = True
+    exports: bool = True  # the Spatial Adapter's diffusers, kohya and ComfyUI exports (`exports.py`)
     motion: MotionAdapterSpec = field(default_factory=MotionAdapterSpec)
 
 
@@ -151,15 +152,16 @@ class ControlSpec:
 
     Args:
         video: path of the reference (any container ffmpeg reads: MP4, WebM, GIF, PNG, JPEG).
-        type: "canny" (edges of the reference, OpenCV Canny with the two thresholds) or "precomputed" (the
-            reference already holds the conditioning frames).
+        type: "canny" (edges of the reference, OpenCV Canny with the two thresholds), "depth" or "openpose" (an
+            annotator's maps of the reference: `engine.annotators`) or "precomputed" (the reference already holds the
+            conditioning frames).
         source_frames: frames of the reference when known (then only the frames used are kept while decoding).
         scale: ``controlnet_conditioning_scale``; 0 = no effect.
         start, end: fractions of the denoising steps the control acts within.
     """
 
     video: str
-    type: Literal["canny", "precomputed"] = "canny"
+    type: Literal["canny", "depth", "openpose", "precomputed"] = "canny"
     source_frames: int | None = None
     scale: float = 1.0
     start: float = 0.0
@@ -181,9 +183,13 @@ class InitSpec:
 class SampleSpec:
     """One video to sample. Size/frames/steps of None mean "the preset's default" (as in the API). With
     `control` the sampler needs a ControlNet (`engine.load_controlnet`); with `init` it is video-to-video; with
-    `motion_lora` it reads that LoRA (`engine.read_motion_lora`) unless the caller passes it loaded."""
+    `motion_lora` it reads that LoRA (`engine.read_motion_lora`) unless the caller passes it loaded.
 
-    prompt: str
+    A video longer than `context_length` frames (None: the motion modules' frame positions), or a `prompt` given
+    as a ``{frame: prompt}`` map (prompt travel), samples with FreeNoise (`engine.free_noise`) in windows of
+    `context_length` frames `context_stride` apart (None: a quarter of the window)."""
+
+    prompt: str | dict[int, str]
     negative_prompt: str = ""
     num_frames: int | None = None
     height: int | None = None
@@ -199,6 +205,8 @@ class SampleSpec:
     scheduler: SchedulerName = "ddim"
     control: ControlSpec | None = None
     init: InitSpec | None = None
+    context_length: int | None = None
+    context_stride: int | None = None
     # an AnimateDiff motion LoRA (hub id or local directory; `engine.motion_loras`) on the motion modules, at scale
     motion_lora: str | None = None
     motion_lora_scale: float = 1.0

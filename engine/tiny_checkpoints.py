@@ -62,7 +62,7 @@ def make_tiny_checkpoint(fmt: str, path: Path, seed: int = 0) -> Path:
     elif fmt == "lora":
         tensors = {"unet." + k: v for k, v in _random_lora(seed).items()}
     elif fmt == "lora-kohya":
-        tensors = peft_lora_to_kohya(_random_lora(seed), rank=4)
+        tensors = peft_lora_to_kohya(_random_lora(seed), alpha=4)
     else:
         raise SpecError(f"format={fmt!r}; expected one of {FORMATS}", field="format")
     save_file(tensors, str(path), metadata={"format": "pt"})  # one key: several are written in random order

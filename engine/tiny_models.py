@@ -128,3 +128,60 @@ def build_tiny_motion_adapter() -> MotionAdapter:
     """Random-weight motion adapter shaped for the tiny UNet (seeded)."""
     torch.manual_seed(TINY_SEED + 3)
     return MotionAdapter(**MOTION_CONFIG).eval()
+
+
+# A DPT depth estimator (the architecture of Intel/dpt-hybrid-midas without its BiT stem) at 32x32: a tiny ViT
+# whose four layers feed DPT's reassemble/fusion neck and depth head.
+DEPTH_CONFIG = dict(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=32,
+                    patch_size=8, neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=8,
+                    backbone_out_indices=[0, 1, 2, 3])
+
+
+def save_tiny_depth_estimator(directory: Path | str) -> Path:
+    """Write a random-weight (seeded) DPT depth estimator and its image processor to `directory`, in the layout
+    `from_pretrained` reads (a `depth` annotator's weights for tests: ``annotator_models={"depth": directory}``)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessorPil
+
+    directory = Path(directory)
+    torch.manual_seed(TINY_SEED + 6)
+    DPTForDepthEstimation(DPTConfig(**DEPTH_CONFIG)).save_pretrained(directory)
+    DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(directory)
+    return directory
+
+
+# A ViTPose pose estimator (COCO's 17 keypoints, the simple decoder of usyd-community/vitpose-base-simple) on
+# 64x48 crops: two ViT layers.
+POSE_BACKBONE_CONFIG = dict(image_size=[64, 48], patch_size=[16, 16], hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, mlp_ratio=2, out_indices=[2])
+
+
+def save_tiny_pose_estimator(directory: Path | str) -> Path:
+    """Write a random-weight (seeded) ViTPose estimator and its image processor to `directory` (an `openpose`
+    annotator's weights for tests: ``annotator_models={"openpose": directory}``)."""
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation, VitPoseImageProcessorPil
+
+    directory = Path(directory)
+    torch.manual_seed(TINY_SEED + 7)
+    config = VitPoseConfig(backbone_config=VitPoseBackboneConfig(**POSE_BACKBONE_CONFIG), num_labels=17)
+    VitPoseForPoseEstimation(config).save_pretrained(directory)
+    VitPoseImageProcessorPil(size={"height": 64, "width": 48}).save_pretrained(directory)
+    return directory
+
+
+def save_tiny_lineart(directory: Path | str, safetensors: bool = False) -> Path:
+    """Write a random-weight (seeded) lineart Generator's state dict to `directory` as lllyasviel/Annotators lays it
+    out (``sk_model.pth``; ``sk_model.safetensors`` with `safetensors`): a `lineart` annotator's weights for tests,
+    ``annotator_models={"lineart": directory}``. Its architecture is fixed (4.3M parameters, 17 MB)."""
+    from engine.lineart_model import Generator
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(TINY_SEED + 8)
+    state = Generator().state_dict()
+    if safetensors:
+        from safetensors.torch import save_file
+
+        save_file(state, directory / "sk_model.safetensors")
+    else:
+        torch.save(state, directory / "sk_model.pth")
+    return directory

@@ -37,14 +37,6 @@ export async function api(method, path, body) {
   return data;
 }
 
-// The same call, with the status kept: for routes where 202 means "not yet" (an export being built).
-export async function apiWithStatus(method, path) {
-  const response = await fetch(path, { method, headers: headers({}) });
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError(response.status, data.error || { message: response.statusText });
-  return { status: response.status, data, retryAfter: Number(response.headers.get("Retry-After")) || null };
-}
-
 // Browsers open at most six HTTP/1.1 connections per host: a few live streams, the other jobs are polled.
 const MAX_STREAMS = 3;
 let streams = 0;

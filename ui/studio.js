@@ -2,7 +2,7 @@
 // the frozen-video stills with their prompts and seeds, the loss curves, its settings, exports, and Compare.
 "use strict";
 
-import { api, apiWithStatus, ApiError, explain, follow } from "./api.js";
+import { api, ApiError, explain, follow } from "./api.js";
 import { lossChart } from "./chart.js";
 import { renderComparison } from "./compare.js";
 import * as forms from "./forms.js";
@@ -178,30 +178,21 @@ function exportPanel(record) {
   return section;
 }
 
-// GET /customizations/{id}/export?format=...: 200 a download, 202 being built (asked again), 404 none.
+// GET /customizations/{id}/export?format=...: a presigned URL to the export, built as the training ended;
+// 409 when there is none (not ready, or trained before exports existed), 404 when the customization is gone.
 async function exportAs(id, format, name, message) {
   message.textContent = `Preparing the ${name} export…`;
-  for (let tries = 0; tries < 300; tries++) {
-    try {
-      const { status, data, retryAfter } = await apiWithStatus("GET", `/customizations/${id}/export?format=${format}`);
-      if (status === 200) {
-        const link = element("a", "export-link", `Download the ${name} export`);
-        link.href = data.url;
-        link.download = "";
-        const size = data.size_bytes != null ? `${(data.size_bytes / 1e6).toFixed(1)} MB` : "";
-        message.replaceChildren(link, ` ${size}${data.sha256 ? `, sha256 ${data.sha256}` : ""}` +
-          (data.expires_in_s ? ` (link valid ${Math.round(data.expires_in_s / 60)} min)` : ""));
-        return;
-      }
-      message.textContent = `Building the ${name} export…`;
-      await new Promise((resolve) => setTimeout(resolve, 1000 * Math.min(retryAfter || 2, 10)));
-    } catch (e) {
-      message.textContent = e instanceof ApiError && e.status === 404
-        ? `The ${name} export is not available here (${e.message}).` : `Export failed: ${e.message}`;
-      return;
-    }
+  try {
+    const data = await api("GET", `/customizations/${encodeURIComponent(id)}/export?format=${format}`);
+    const link = element("a", "export-link", `Download ${data.filename}`);
+    link.href = data.url;
+    link.download = data.filename;
+    message.replaceChildren(link, ` ${(data.size / 1e6).toFixed(1)} MB, sha256 ${data.sha256}` +
+      ` (link valid ${Math.round(data.expires_in_s / 60)} min)`);
+  } catch (e) {
+    message.textContent = e instanceof ApiError && [404, 409].includes(e.status)
+      ? `The ${name} export is not available here (${e.message}).` : `Export failed: ${e.message}`;
   }
-  message.textContent = `The ${name} export is still being built; try again later.`;
 }
 
 function comparePanel(record) {

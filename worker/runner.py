@@ -128,6 +128,7 @@ class Runner:
         self.bases: LRUCache = LRUCache(settings.base_cache_size, "base")
         self.customizations: LRUCache = LRUCache(settings.customization_cache_size, "customization")
         self.controlnets: LRUCache = LRUCache(settings.controlnet_cache_size, "controlnet")
+        self.annotators: LRUCache = LRUCache(settings.annotator_cache_size, "annotator")
         self.motion_loras: LRUCache = LRUCache(settings.motion_lora_cache_size, "motion_lora")
 
     # ---- inputs -----------------------------------------------------------------------------------
@@ -169,6 +170,18 @@ class Runner:
         source = self.settings.controlnets()[name]
         return self.controlnets.get_or_load((name, source, id(base)), lambda: engine.load_controlnet(base, source))
 
+    def annotator(self, control_type: str, base: engine.BaseModels):
+        """The annotator the settings configure for `control_type` (None for canny and precomputed, which need
+        none), loaded once per base like the ControlNets."""
+        if control_type in ("canny", "precomputed"):
+            return None
+        source = self.settings.annotators().get(control_type)
+        if source is None:  # the API refuses it; a deployment whose settings changed since the job was queued
+            raise engine.SpecError(f"control.type={control_type!r}: no annotator is configured on this worker",
+                                   field="control.type")
+        return self.annotators.get_or_load((control_type, source, id(base)),
+                                           lambda: engine.load_annotator(base, control_type, source))
+
     def motion_lora(self, source: str, base: engine.BaseModels) -> engine.MotionLora:
         """A served motion LoRA's tensors, read once (an LRU like the ControlNets'); each UNet it is attached to
         keeps it under its adapter name (`engine.motion_loras`). One no longer served is refused (422)."""
@@ -177,13 +190,18 @@ class Runner:
         return self.motion_loras.get_or_load((source, id(base)), lambda: engine.read_motion_lora(base, source))
 
     def inputs(self, job: JobRecord, directory: Path) -> dict[str, tuple[Path, int | None]]:
-        """Download the generation's control and init videos: {name: (local path, frame count)}."""
+        """Download the generation's control and init videos: {name: (local path, frame count)}; `InputMissing`
+        when one is gone (its source job deleted, or its record expired and the collector took its video)."""
         local = {}
         for name, source in (job.inputs or {}).items():
-            if not self.storage.exists(source["key"]):
+            try:
+                local[name] = (self.storage.get_file(source["key"], directory / name), source.get("frames"))
+            except Exception as exc:
+                if not keys.is_not_found(exc):
+                    raise
                 raise InputMissing(f"the {name} video ({source['key']}) is gone from storage: the job it came from "
-                                   "was deleted after this generation was queued (a file is kept while one reads it)")
-            local[name] = (self.storage.get_file(source["key"], directory / name), source.get("frames"))
+                                   "was deleted (or its record expired and its video was collected) after this "
+                                   "generation was queued; a file is kept while one reads it") from exc
         return local
 
     def customization_files(self, customization_id: str, images: bool = False) -> Path:
@@ -404,12 +422,14 @@ class Runner:
         shutil.rmtree(scratch, ignore_errors=True)
         request = GenerateRequest.model_validate(params)
         controlnet = self.controlnet(request.control.controlnet_name(), base) if request.control else None
+        annotator = self.annotator(request.control.type, base) if request.control else None
         motion_lora = self.motion_lora(request.motion_lora, base) if request.motion_lora else None
         sample = sample_spec(request, self.inputs(job, scratch / "inputs"))
         reporter.progress("load", 1, 1)
         out = engine.generate(base, custom, sample, scratch / "video", progress=reporter.progress,
                               should_cancel=reporter.should_cancel, controlnet=controlnet,
-                              should_suspend=reporter.should_suspend, motion_lora=motion_lora)
+                              should_suspend=reporter.should_suspend, annotator=annotator,
+                              motion_lora=motion_lora)
         reporter.set_stage("upload")
         prefix = keys.video_prefix(job.id)
         stored = {"video_key": prefix + Path(out["video"]).name, "poster_key": prefix + "poster.png"}
@@ -420,7 +440,8 @@ class Runner:
             self.storage.put_file(path, key, CONTENT_TYPES.get(path.suffix))
         result = {**stored,
                   **{k: out[k] for k in ("seed", "num_frames", "height", "width", "fps", "format", "scheduler",
-                                         "motion_adapter_scale", "motion_lora", "motion_lora_scale", "timings")
+                                         "motion_adapter_scale", "context_length", "context_stride",
+                                         "motion_lora", "motion_lora_scale", "timings")
                      if k in out}, "method": out.get("method", params["method"]),
                   "metrics": reporter.metrics(job.created_at, job.device_s)}
         self.finish(job, "succeeded", result=result)

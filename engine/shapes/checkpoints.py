@@ -32,7 +32,7 @@ def make_shapes_checkpoint(fmt: str, path: Path, prior_preservation: bool = True
         return path
     if fmt == "lora-kohya":
         lora = {k.removeprefix("unet."): v for k, v in load_file(str(lora_file)).items()}
-        tensors = peft_lora_to_kohya(lora, rank=dreambooth.LORA_RANK)
+        tensors = peft_lora_to_kohya(lora, alpha=dreambooth.LORA_RANK)
     elif fmt == "ldm":
         tensors = diffusers_unet_to_ldm(load_file(str(CUSTOMIZED_DIR / dreambooth.FULL_FILE)),
                                         architecture.UNET_CONFIG["layers_per_block"])

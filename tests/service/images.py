@@ -38,6 +38,7 @@ class Image:
     requirements: list[str] = field(default_factory=list)  # `-r` files, relative to the workdir
     packages: list[str] = field(default_factory=list)  # requirements named on a pip line itself (torch==...)
     cmd: list[str] = field(default_factory=list)
+    expose: list[int] = field(default_factory=list)
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
@@ -77,6 +78,8 @@ def read_image(path: Path) -> Image:
                     _pip_line(words[2:], image)
         elif name == "CMD":
             image.cmd = json.loads(args)
+        elif name == "EXPOSE":
+            image.expose += [int(port.split("/")[0]) for port in args.split()]
     return image
 
 

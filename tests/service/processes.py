@@ -22,16 +22,18 @@ def worker_env(settings, **extra: str) -> dict[str, str]:
     return {"OMP_NUM_THREADS": "1", **processes.service_env({**settings.to_env(), **extra})}
 
 
-def launch_worker(settings, log_path: Path, name: str, entry=CELERY, **extra_env: str):
-    """A real Celery worker (prefork, one pool process) for both queues of `settings`, not yet ready
-    (`scripts.processes.await_worker`)."""
-    return processes.launch_worker(worker_env(settings, **extra_env), log_path, name,
-                                   f"{settings.train_queue},{settings.generate_queue}", entry)
+def launch_worker(settings, log_path: Path, name: str, entry=CELERY, queues: tuple[str, ...] | None = None,
+                  **extra_env: str):
+    """A real Celery worker (prefork, one pool process) for `queues` (default: both queues of `settings`), not
+    yet ready (`scripts.processes.await_worker`)."""
+    queues = queues or (settings.train_queue, settings.generate_queue)
+    return processes.launch_worker(worker_env(settings, **extra_env), log_path, name, ",".join(queues), entry)
 
 
-def start_worker(settings, log_path: Path, name: str, entry=CELERY, **extra_env: str):
+def start_worker(settings, log_path: Path, name: str, entry=CELERY, queues: tuple[str, ...] | None = None,
+                 **extra_env: str):
     """`launch_worker`, ready."""
-    return processes.await_worker(launch_worker(settings, log_path, name, entry, **extra_env), log_path)
+    return processes.await_worker(launch_worker(settings, log_path, name, entry, queues, **extra_env), log_path)
 
 
 def start_standin(settings, tmp_path: Path, name: str):

@@ -130,8 +130,8 @@ def test_generate_rejects_bad_values(api, a, change, field):
 
 # ---- cost limits (common/presets.py; tiny: 32 frame positions, CPU-sized limits) ---------------------
 @pytest.mark.parametrize("change,field,said", [
-    ({"num_frames": 33}, "num_frames", "32 frame positions"),
-    ({"num_frames": 64, "height": 32, "width": 32}, "num_frames", "32 frame positions"),
+    ({"num_frames": 257}, "num_frames", "longest video"),  # past 32 frames, FreeNoise windows (test_long_video.py)
+    ({"num_frames": 64, "context_length": 33, "height": 32, "width": 32}, "context_length", "32 frame positions"),
     # the attack of the hardening issue: 32 frames at 1024x1024, 150 steps, accepted before
     ({"num_frames": 32, "height": 1024, "width": 1024, "steps": 150}, "height", "pixel-frames"),
     ({"num_frames": 8, "height": 256, "width": 512}, "width", "pixel-frames"),
@@ -142,8 +142,8 @@ def test_generate_over_the_preset_limits_is_422_naming_field_and_limit(api, a, a
     before = api.get("/jobs?limit=100", headers=a).json()["items"]
     error = assert_error(api.post("/generate", headers=a, json={**GEN, **change}), 422, "invalid_argument", field)
     assert said in error["message"]
-    limit = preset.max_frames if "positions" in said else preset.max_video_pixels if "pixel" in said \
-        else preset.max_video_work
+    limit = preset.max_frames if "positions" in said else preset.max_video_frames if "longest" in said \
+        else preset.max_video_pixels if "pixel" in said else preset.max_video_work
     assert str(limit) in error["message"]
     after = api.get("/jobs?limit=100", headers=a).json()["items"]
     assert [j["id"] for j in after] == [j["id"] for j in before]  # nothing queued

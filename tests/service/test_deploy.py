@@ -56,6 +56,21 @@ def test_compose_services(compose_config):
     assert set(re.findall(r"\$\{(\w+)\}", template)) == set(services["proxy"]["environment"])
 
 
+def test_the_worker_metrics_port_is_served_beyond_the_container(compose_config):
+    """Prometheus scrapes a worker from outside its container: the image serves the metrics on all addresses at
+    the settings' port and exposes it, and compose exposes it on the stack's network (not published)."""
+    from common.settings import Settings
+    from tests.service import images
+
+    port = Settings(_env_file=None).worker_metrics_port
+    worker = images.read_image(ROOT / "Dockerfile.worker")
+    assert worker.env["STILLMOVING_WORKER_METRICS_HOST"] == "0.0.0.0" and port in worker.expose
+    assert "STILLMOVING_WORKER_METRICS_PORT" not in worker.env  # the settings' default, as everywhere below
+    service = compose_config["services"]["worker"]
+    assert str(port) in [str(p) for p in service["expose"]] and "ports" not in service
+    assert "STILLMOVING_WORKER_METRICS_HOST" not in service["environment"]  # the image's
+
+
 def test_minio_expires_videos_after_the_job_records_retention(compose_config):
     """minio-init's lifecycle rule, from the retention the API and worker are given (run with `mc` as `cat`)."""
     services = compose_config["services"]

@@ -166,6 +166,7 @@ def test_generate_with_control_and_init_records_their_sources(api, auth_a, refer
     ({"type": "canny", "file": "F", "job_id": "job_x"}, 422, "invalid_argument", "control"),
     ({"type": "depth", "file": "F"}, 422, "control_type_unavailable", "control.type"),
     ({"type": "openpose", "file": "F"}, 422, "control_type_unavailable", "control.type"),
+    ({"type": "lineart", "file": "F"}, 422, "control_type_unavailable", "control.type"),
     ({"type": "precomputed", "file": "F", "controlnet": "depth"}, 422, "control_type_unavailable",
      "control.controlnet"),
     ({"type": "canny", "file": "F", "start": 0.6, "end": 0.4}, 422, "invalid_argument", "control"),
@@ -216,8 +217,10 @@ def test_a_control_costs_half_a_unet_more(api, auth_a, reference, files_settings
     assert api.post("/generate", headers=auth_a, json=two_thirds).status_code == 202
 
 
-def test_limits_publish_the_controlnets(api, auth_a):
-    assert api.get("/limits", headers=auth_a).json()["controlnets"] == ["canny"]
+def test_limits_publish_the_controlnets_and_control_types(api, auth_a):
+    limits = api.get("/limits", headers=auth_a).json()
+    assert limits["controlnets"] == ["canny"]
+    assert limits["control_types"] == ["canny", "precomputed"], "tiny configures no annotator"
 
 
 def test_the_listing_is_the_callers_files_newest_first_in_pages(api, auth_a):

@@ -94,7 +94,9 @@ def test_worker_image_answers_its_probe_and_makes_a_video(api_image, service_env
     top = tmp_path_factory.mktemp("worker-image")
     workdir, python = build(WORKER, top)
     assert {"common", "engine", "worker", "models"} <= {p.name for p in workdir.iterdir()}
-    env = images.image_env(WORKER, top / "rootfs", python.parent.parent, **service_env)  # /cache: under rootfs
+    metrics_port = free_port()  # the image's metrics host (all addresses), a port of this test's
+    env = images.image_env(WORKER, top / "rootfs", python.parent.parent, **service_env,  # /cache: under rootfs
+                           STILLMOVING_WORKER_METRICS_PORT=str(metrics_port))
     assert WORKER.cmd[0] == "celery" and "-Q" in WORKER.cmd
     started = time.monotonic()
     proc = await_worker(spawn(WORKER.cmd, top / "worker.log", env, cwd=workdir), top / "worker.log", 180)
@@ -112,6 +114,9 @@ def test_worker_image_answers_its_probe_and_makes_a_video(api_image, service_env
             done = wait_job(client, AUTH, job.json()["job_id"], timeout=240)
         assert done["status"] == "succeeded", done
         assert httpx.get(done["result"]["video_url"]).content[:6] == b"GIF89a"
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text  # its pool's, through the main process
+        steps = [line for line in scraped.splitlines() if line.startswith("stillmoving_worker_steps_total{")]
+        assert steps and sum(float(line.rsplit(" ", 1)[1]) for line in steps) >= 2, scraped[-2000:]
     finally:
         stop_group(proc, timeout=30)
     dead = subprocess.run(worker_probe("livenessProbe"), cwd=workdir, env=probe_env, capture_output=True, timeout=60)

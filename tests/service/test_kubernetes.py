@@ -73,10 +73,17 @@ def test_one_gpu_worker_deployment_per_queue_with_probes_volumes_and_grace(rende
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             ping = worker[probe]["exec"]["command"]
             assert ping[:2] == ["sh", "-c"] and "inspect ping" in ping[2] and '-d "celery@$HOSTNAME"' in ping[2]
+        env = {e["name"]: e.get("value") for e in worker["env"]}
+        grace_s = float(env["STILLMOVING_SHUTDOWN_GRACE_S"])  # the worker's own: finish or give back within it
+        assert SETTINGS.shutdown_reserve_s < grace_s <= pod["terminationGracePeriodSeconds"] - 30, grace_s
         liveness = worker["livenessProbe"]
         assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 300  # rides out a Redis restart
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ports = {p["name"]: p["containerPort"] for p in worker["ports"]}  # served on all addresses by the image
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert ports["metrics"] == SETTINGS.worker_metrics_port == int(annotations["prometheus.io/port"])
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
     grace = workers[SETTINGS.train_queue]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > SETTINGS.train_checkpoint_every * WORST_TRAIN_STEP_S
     selectors = [frozenset(d["spec"]["selector"]["matchLabels"].items()) for d in workers.values()]

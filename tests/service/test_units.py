@@ -143,10 +143,11 @@ def test_engine_loads_no_service_frameworks():
         pytest.skip("engine not present")
     loaded = _modules_after("import engine")
     assert not loaded & {"celery", "fastapi", "starlette", "uvicorn", "api", "worker"}, loaded
-    # the shared fact tables (preset defaults, frame positions, cost limits; checkpoint key rules) and their
-    # plain-python errors, nothing more
+    # the shared fact tables (preset defaults, frame positions, cost limits; checkpoint key rules; long-video
+    # windows and prompt maps; export formats) and their plain-python errors, nothing more
     common = {m for m in _modules_after("import engine", whole_names=True) if m.split(".")[0] == "common"}
-    assert common == {"common", "common.presets", "common.errors", "common.checkpoint_rules"}, common
+    assert common == {"common", "common.presets", "common.errors", "common.checkpoint_rules", "common.long_video",
+                      "common.exports"}, common
 
 
 def test_a_customization_s_urls_are_built_one_way():
@@ -191,6 +192,29 @@ def test_every_job_error_is_mapped_in_one_place():
         if code not in ("canceled", "internal"):
             assert error.message == exc.message
     assert job_outcome(ValueError("oops"))[1].message == "internal error (ValueError)"
+
+
+def test_a_source_video_gone_between_queueing_and_download_fails_input_missing(tmp_path):
+    """The source job deleted, or its record expired and the collector took its video, even after any check: the
+    download's 404 is the generation's ``input_missing`` (not ``internal``); other storage errors stay theirs."""
+    from types import SimpleNamespace
+
+    from common.schemas import JobRecord
+    from worker.runner import InputMissing, Runner, job_outcome
+
+    def storage(code: str):
+        def get_file(key, path):
+            raise ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": int(code)}}, "HeadObject")
+        return SimpleNamespace(get_file=get_file)
+
+    job = JobRecord.model_validate({"id": "job_x", "kind": "generate", "owner": "o", "status": "running",
+                                    "created_at": datetime.now(timezone.utc), "params": {},
+                                    "inputs": {"control": {"key": "videos/job_gone/video.mp4", "frames": 4}}})
+    with pytest.raises(InputMissing) as info:
+        Runner.inputs(SimpleNamespace(storage=storage("404")), job, tmp_path)
+    assert job_outcome(info.value)[1].code == "input_missing" and "videos/job_gone" in info.value.message
+    with pytest.raises(ClientError):
+        Runner.inputs(SimpleNamespace(storage=storage("403")), job, tmp_path)
 
 
 class _WrappedClientError(ClientError):

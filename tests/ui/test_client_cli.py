@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import zipfile
 from pathlib import Path
 
 from scripts.processes import PYTHON, ROOT
@@ -34,6 +35,15 @@ def test_customize_generate_and_list_end_to_end(api_url, checkpoints, tmp_path):
     from engine.export import read_video
 
     assert read_video(out).shape == (4, 32, 32, 3)
+
+    exported = stillmoving(api_url, "export", customization["id"], "--format", "comfyui", "-o", tmp_path,
+                           "--include-checkpoint")
+    assert exported.returncode == 0, exported.stderr
+    bundle, checkpoint = map(Path, exported.stdout.split())
+    assert bundle == tmp_path / "cli-comfyui.zip" and zipfile.is_zipfile(bundle)  # its sha256 checked by the CLI
+    assert checkpoint.read_bytes() == checkpoints["lora"].read_bytes()
+    facts = json.loads(stillmoving(api_url, "export", customization["id"], "--format", "kohya", "--url-only").stdout)
+    assert facts["url"].startswith("http") and facts["filename"] == "cli-kohya.safetensors"
 
     listed = json.loads(stillmoving(api_url, "customizations").stdout)
     assert customization["id"] in [c["id"] for c in listed["items"]]
