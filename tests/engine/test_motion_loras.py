@@ -192,3 +192,12 @@ def test_the_training_script_runs_a_few_steps_and_saves_the_hub_layout(shapes, t
     assert len(engine.read_motion_lora(shapes, str(tmp_path / "lora")).state_dict) == len(state)
     after = shapes.sampling_motion_unet().state_dict()
     assert all(torch.equal(after[k], v) for k, v in frozen.items()), "the base T2V stays as it was"
+
+
+def test_a_long_video_in_freenoise_windows_takes_the_lora_and_leaves_none_behind(shapes):
+    spec = engine.SampleSpec(prompt="a red square", method="base", steps=3, seed=1, num_frames=24, context_length=16,
+                             context_stride=4)
+    plain = render(shapes, None, spec)
+    with_lora = render(shapes, None, replace(spec, motion_lora=str(SHAPES_MOTION_LORA_RIGHT)))
+    assert with_lora.shape == (24, 32, 32, 3) and np.abs(with_lora - plain).max() > 0.05
+    np.testing.assert_array_equal(render(shapes, None, spec), plain)
