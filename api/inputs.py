@@ -53,6 +53,15 @@ def check_control(body: GenerateRequest, settings: Settings) -> None:
                               f"{', '.join(sorted(served)) or 'none'})", field=field, code="control_type_unavailable")
 
 
+def check_motion_lora(body: GenerateRequest, settings: Settings) -> None:
+    """422 naming ``motion_lora`` unless it is one of the motion LoRAs this deployment serves (its allow-list):
+    the worker never downloads or opens anything else."""
+    served = settings.motion_loras()
+    if body.motion_lora is not None and body.motion_lora not in served:
+        raise InvalidArgument(f"motion_lora={body.motion_lora!r} is not served here (served: "
+                              f"{', '.join(served) or 'none'}; GET /limits)", field="motion_lora")
+
+
 def resolve(body: GenerateRequest, owner: str, store: JobStore) -> dict | None:
     """The stored sources of the body's control and init, as the job record's ``inputs`` (None without)."""
     inputs = {name: source(ref, owner, store, name) for name, ref in (("control", body.control), ("init", body.init))

@@ -46,6 +46,18 @@ ANNOTATORS: dict[str, dict[str, str]] = {
     "shapes": {},
     "tiny": {},
 }
+# The AnimateDiff motion LoRAs each preset serves when the settings name none (a request's `motion_lora` is one of
+# these strings): sd15, AnimateDiff's camera motions for motion adapter v1-5-2; shapes, its own (every object moving
+# right, engine/shapes/train_motion_lora.py); tiny, none (its random motion modules fit no file).
+SD15_MOTION_LORAS = tuple(f"guoyww/animatediff-motion-lora-{m}" for m in (
+    "zoom-in", "zoom-out", "pan-left", "pan-right", "tilt-up", "tilt-down", "rolling-clockwise",
+    "rolling-anticlockwise"))
+SHAPES_MOTION_LORA_RIGHT = Path(__file__).resolve().parents[1] / "models" / "shapes" / "motion-lora-right"
+MOTION_LORAS: dict[str, tuple[str, ...]] = {
+    "sd15": SD15_MOTION_LORAS,
+    "shapes": (str(SHAPES_MOTION_LORA_RIGHT),),
+    "tiny": (),
+}
 
 
 def video_work(frames: int, height: int, width: int, steps: int) -> int:

@@ -23,6 +23,7 @@ MAX_PROMPT_CHARS = 500
 MAX_VIDEO_FRAMES = 1024  # the schema's ceiling; a deployment serves up to its `max_video_frames` (GET /limits)
 Prompt = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)]
 SEED_MAX = 2**32 - 1
+MAX_MOTION_LORA_CHARS = 300
 
 
 WebhookEventType = Literal["start", "progress", "completed"]
@@ -204,11 +205,23 @@ class GenerateRequest(WebhookFields):
                                         "0 = removed (Still-Moving), 1 = static videos, negative = more motion")
     control: ControlRequest | None = Field(None, description="a ControlNet driven by a reference video")
     init: InitRequest | None = Field(None, description="video-to-video from this video")
+    motion_lora: str | None = Field(None, min_length=1, max_length=MAX_MOTION_LORA_CHARS, description="an AnimateDiff "
+                                    "motion LoRA on the motion modules (camera zoom, pan, tilt, roll): a hub id or "
+                                    "local directory of those this deployment serves (GET /limits: motion_loras)")
+    motion_lora_scale: float | None = Field(None, ge=-2, le=2, description="the motion LoRA's weight (default 1; 0 "
+                                            "= as without it); only with motion_lora")
 
     @field_validator("height", "width")
     @classmethod
     def _size(cls, value, info):
         return _multiple_of_8(info.field_name, value)
+
+    @field_validator("motion_lora_scale")
+    @classmethod
+    def _motion_lora_scale(cls, value: float | None, info):
+        if value is not None and info.data.get("motion_lora") is None:
+            raise ValueError("needs a motion_lora")
+        return value
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -495,3 +508,4 @@ class LimitsView(BaseModel):
     controlnets: list[str] = Field(default_factory=list, description="the ControlNets a control may name")
     control_types: list[str] = Field(default_factory=list, description="the control types served here: canny and "
                                      "precomputed, and those whose annotator weights are configured")
+    motion_loras: list[str] = Field(default_factory=list, description="the motion LoRAs a generation may name")

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from common.presets import ANNOTATORS, CONTROLNETS, PRESETS, WEIGHTED_ANNOTATOR_TYPES, Preset
+from common.presets import ANNOTATORS, CONTROLNETS, MOTION_LORAS, PRESETS, WEIGHTED_ANNOTATOR_TYPES, Preset
 
 DEV_API_KEY = "sm-dev-key"
 TRACE_EXPORTERS = ("otlp", "console")  # the OTEL_TRACES_EXPORTER values served (opentelemetry-sdk, OTLP over HTTP)
@@ -107,6 +107,11 @@ class Settings(BaseSettings):
                                                     f"{', '.join(WEIGHTED_ANNOTATOR_TYPES)}): hub id or local "
                                                     "directory; a type without one is refused (422); default: the "
                                                     "preset's (common/presets.py ANNOTATORS)")
+    motion_lora_models: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="the motion LoRAs a generation's motion_lora may name (its allow-list): hub ids or local "
+                          "directories, comma-separated; empty = none; default: the preset's (common/presets.py "
+                          "MOTION_LORAS)")
+    motion_lora_cache_size: int = Field(4, ge=1, description="worker LRU of read motion LoRAs")
     compile_unet: bool = Field(False, description="torch.compile the sampling UNets (GPU; each loaded model's first "
                                                   "video pays the compile time)")
 
@@ -207,6 +212,13 @@ class Settings(BaseSettings):
                              f"{', '.join(WEIGHTED_ANNOTATOR_TYPES)})")
         return value
 
+    @field_validator("motion_lora_models", mode="before")
+    @classmethod
+    def _split_sources(cls, value):
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else value.split(",")
+        return None if value is None else [s.strip() for s in value if s.strip()]
+
     @field_validator("otel_traces_exporter")
     @classmethod
     def _exporters(cls, value: str | None) -> str | None:
@@ -246,6 +258,11 @@ class Settings(BaseSettings):
     def annotators(self) -> dict[str, str]:
         """The annotator weights configured, by control type: the settings', else the preset's."""
         return dict(ANNOTATORS[self.model_preset] if self.annotator_models is None else self.annotator_models)
+
+    def motion_loras(self) -> list[str]:
+        """The motion LoRAs served (a request's `motion_lora` must be one of these strings): the settings', else
+        the preset's."""
+        return list(MOTION_LORAS[self.model_preset] if self.motion_lora_models is None else self.motion_lora_models)
 
     def queue_for(self, kind: str) -> str:
         """Celery queue of a job kind: "customize" trains; "generate" and "evaluate" sample."""

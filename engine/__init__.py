@@ -27,6 +27,7 @@ from engine.models import BaseModels, load_base_models
 from engine.motion_adapter import ADAPTER_FILE as MOTION_ADAPTER_FILE
 from engine.motion_adapter import META_FILE as MOTION_META_FILE
 from engine.motion_adapter import motion_adapter_key
+from engine.motion_loras import MotionLora, read_motion_lora
 from engine.sampling import generate
 from engine.specs import ControlSpec, InitSpec, ModelSpec, MotionAdapterSpec, SampleSpec, TrainSpec
 from engine.tiny_checkpoints import make_tiny_checkpoint
@@ -39,5 +40,5 @@ __all__ = [
     "customize",
     "generate", "load_base_models", "load_customization", "make_tiny_checkpoint",
     "MANIFEST_FILE", "MOTION_ADAPTER_FILE", "MOTION_META_FILE", "SPATIAL_ADAPTER_FILE", "TRAIN_STATE_META",
-    "motion_adapter_key", "read_manifest",
+    "motion_adapter_key", "read_manifest", "MotionLora", "read_motion_lora",
 ]

@@ -17,7 +17,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from engine import adapters, annotators, conditioning, export
+from engine import adapters, annotators, conditioning, export, motion_loras
 from engine.artifact import Customization
 from engine.errors import SpecError
 from engine.free_noise import free_noise, resolve_context
@@ -58,15 +58,22 @@ def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
     return values
 
 
-def _pick_model(base: BaseModels, custom: Customization | None, sample: SampleSpec):
+def _pick_model(base: BaseModels, custom: Customization | None, sample: SampleSpec,
+                motion_lora: motion_loras.MotionLora | None = None):
     """Return (components, the UNet to call, method used) and set the adapters for the requested method:
     Still-Moving's Spatial Adapters (off for naive injection) and, at a non-zero `motion_adapter_scale`,
-    the Motion Adapter (1 = the static videos it was trained for, negative = more motion than the base).
+    the Motion Adapter (1 = the static videos it was trained for, negative = more motion than the base);
+    a `motion_lora` at `sample.motion_lora_scale` beside them (every call sets them all: none left from before).
 
-    The UNet to call is the `torch.compile`d one when the base's spec asks for it (`ModelSpec.compile_unet`).
+    The UNet to call is the `torch.compile`d one when the base's spec asks for it (`ModelSpec.compile_unet`;
+    not the base's copy that motion LoRAs attach to).
     """
     if custom is None or sample.method == "base":
-        return base.components, base.sampling_forward(), "base"
+        if motion_lora is None:
+            return base.components, base.sampling_forward(), "base"
+        unet = motion_loras.lora_unet(base)
+        adapters.activate(unet, [motion_loras.attach(base.components, unet, motion_lora)], [sample.motion_lora_scale])
+        return base.components, unet, "base"
     unet = custom.unet
     names = [] if sample.method == "naive" else [adapters.SPATIAL]
     weights = [sample.spatial_adapter_scale] * len(names)
@@ -75,6 +82,9 @@ def _pick_model(base: BaseModels, custom: Customization | None, sample: SampleSp
             raise SpecError("motion_adapter_scale: this customization has no Motion Adapter loaded (trained "
                             "without one, or its file was not given)", field="motion_adapter_scale")
         names, weights = names + [adapters.MOTION], weights + [sample.motion_adapter_scale]
+    if motion_lora is not None:
+        names = names + [motion_loras.attach(custom.components, unet, motion_lora)]
+        weights = weights + [sample.motion_lora_scale]
     if names:
         unet.enable_adapters()
         adapters.activate(unet, names, weights)
@@ -118,18 +128,21 @@ def _images(frames: np.ndarray) -> list[Image.Image]:
 
 
 def render_frames(base: BaseModels, custom: Customization | None, sample: SampleSpec, reporter: Reporter,
-                  values: dict | None = None, controlnet=None, references: dict | None = None, annotator=None):
+                  values: dict | None = None, controlnet=None, references: dict | None = None, annotator=None,
+                  motion_lora: motion_loras.MotionLora | None = None):
     """Denoise and decode one video -> ((F, H, W, 3) float frames in [0, 1], method used).
 
     One path for all four pipelines (`PIPELINES`): the same UNet (with the method's adapters), scheduler and
     seeded generator; a control adds `controlnet` and its conditioning frames, an init its video and strength.
     `references`: `reference_frames` of the spec, when the caller already read them (else read here, with
-    `annotator` for an annotated control type)."""
+    `annotator` for an annotated control type); `motion_lora`: the spec's motion LoRA, when the caller
+    already read it (`engine.read_motion_lora`)."""
     values = values or resolve_sample(base, sample)
     if sample.control is not None and controlnet is None:
         raise SpecError("control needs a ControlNet (engine.load_controlnet)", field="control")
     references = reference_frames(sample, values, annotator) if references is None else references
-    components, unet, method = _pick_model(base, custom, sample)
+    motion_lora = motion_loras.for_sample(base, sample, motion_lora)
+    components, unet, method = _pick_model(base, custom, sample, motion_lora)
     from engine.models import make_scheduler
 
     context = values["context"]  # FreeNoise reads the motion modules' positions from the pipeline's adapter
@@ -162,13 +175,14 @@ def render_frames(base: BaseModels, custom: Customization | None, sample: Sample
 
 def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec, out_dir: Path,
              progress=None, should_cancel=None, stem: str = "video", controlnet=None, should_suspend=None,
-             annotator=None) -> dict:
+             annotator=None, motion_lora: motion_loras.MotionLora | None = None) -> dict:
     """Sample one video and write it (mp4 or gif) with a PNG poster into `out_dir`; with a control, the
     conditioning frames used too (``control.<format>``, the same size and frames as the video).
 
     Args:
         controlnet: the loaded ControlNet a `sample.control` needs (`engine.load_controlnet`).
         annotator: the loaded annotator a depth or openpose control needs (`engine.load_annotator`).
+        motion_lora: the loaded `sample.motion_lora` (`engine.read_motion_lora`; read here when not given).
         should_cancel, should_suspend: polled between steps (`CancelledError`, `SuspendedError`).
 
     Returns:
@@ -180,7 +194,7 @@ def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec,
     reporter.check()
     t0 = time.perf_counter()
     references = reference_frames(sample, values, annotator)
-    frames, method = render_frames(base, custom, sample, reporter, values, controlnet, references)
+    frames, method = render_frames(base, custom, sample, reporter, values, controlnet, references, motion_lora)
     t1 = time.perf_counter()
     reporter.step("export", 0, 1)
     video, poster = export.write_video(export.to_uint8(frames), Path(out_dir), stem, sample.format, sample.fps)
@@ -192,6 +206,8 @@ def generate(base: BaseModels, custom: Customization | None, sample: SampleSpec,
     return {"video": video, "poster": poster, **extra, "seed": sample.seed, "method": method,
             "scheduler": sample.scheduler,
             "motion_adapter_scale": sample.motion_adapter_scale, "fps": sample.fps,
+            **({"motion_lora": sample.motion_lora, "motion_lora_scale": sample.motion_lora_scale}
+               if sample.motion_lora else {}),
             "format": sample.format, "num_frames": values["num_frames"], "height": values["height"],
             "width": values["width"], "steps": values["steps"], "guidance_scale": values["guidance_scale"],
             **(values["context"] or {}),

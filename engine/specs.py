@@ -182,7 +182,8 @@ class InitSpec:
 @dataclass(frozen=True)
 class SampleSpec:
     """One video to sample. Size/frames/steps of None mean "the preset's default" (as in the API). With
-    `control` the sampler needs a ControlNet (`engine.load_controlnet`); with `init` it is video-to-video.
+    `control` the sampler needs a ControlNet (`engine.load_controlnet`); with `init` it is video-to-video; with
+    `motion_lora` it reads that LoRA (`engine.read_motion_lora`) unless the caller passes it loaded.
 
     A video longer than `context_length` frames (None: the motion modules' frame positions), or a `prompt` given
     as a ``{frame: prompt}`` map (prompt travel), samples with FreeNoise (`engine.free_noise`) in windows of
@@ -206,3 +207,6 @@ class SampleSpec:
     init: InitSpec | None = None
     context_length: int | None = None
     context_stride: int | None = None
+    # an AnimateDiff motion LoRA (hub id or local directory; `engine.motion_loras`) on the motion modules, at scale
+    motion_lora: str | None = None
+    motion_lora_scale: float = 1.0

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 import engine
 from common import events
 from common import storage as keys
-from common.errors import CustomizationFailed, NotFound, ServiceError
+from common.errors import CustomizationFailed, InvalidArgument, NotFound, ServiceError
 from common.jobstore import CANCELED, JobStore, now
 from common.schemas import TERMINAL, CustomizationConfig, ErrorInfo, GenerateRequest, JobRecord
 from common.settings import Settings, get_settings
@@ -95,6 +95,8 @@ def sample_spec(params: dict | GenerateRequest,
     validated); `sources`: the local path and frame count of its control's and init's reference videos."""
     request = params if isinstance(params, GenerateRequest) else GenerateRequest.model_validate(params)
     values = _spec_fields(request, engine.SampleSpec) | {"control": None, "init": None}
+    if values.get("motion_lora_scale") is None:  # the request's default: the spec's (1 with a LoRA)
+        values.pop("motion_lora_scale", None)
     sources = sources or {}
     if request.control is not None:
         path, frames = sources["control"]
@@ -127,6 +129,7 @@ class Runner:
         self.customizations: LRUCache = LRUCache(settings.customization_cache_size, "customization")
         self.controlnets: LRUCache = LRUCache(settings.controlnet_cache_size, "controlnet")
         self.annotators: LRUCache = LRUCache(settings.annotator_cache_size, "annotator")
+        self.motion_loras: LRUCache = LRUCache(settings.motion_lora_cache_size, "motion_lora")
 
     # ---- inputs -----------------------------------------------------------------------------------
     def base(self) -> engine.BaseModels:
@@ -178,6 +181,13 @@ class Runner:
                                    field="control.type")
         return self.annotators.get_or_load((control_type, source, id(base)),
                                            lambda: engine.load_annotator(base, control_type, source))
+
+    def motion_lora(self, source: str, base: engine.BaseModels) -> engine.MotionLora:
+        """A served motion LoRA's tensors, read once (an LRU like the ControlNets'); each UNet it is attached to
+        keeps it under its adapter name (`engine.motion_loras`). One no longer served is refused (422)."""
+        if source not in self.settings.motion_loras():
+            raise InvalidArgument(f"motion_lora={source!r} is not served here", field="motion_lora")
+        return self.motion_loras.get_or_load((source, id(base)), lambda: engine.read_motion_lora(base, source))
 
     def inputs(self, job: JobRecord, directory: Path) -> dict[str, tuple[Path, int | None]]:
         """Download the generation's control and init videos: {name: (local path, frame count)}; `InputMissing`
@@ -413,11 +423,13 @@ class Runner:
         request = GenerateRequest.model_validate(params)
         controlnet = self.controlnet(request.control.controlnet_name(), base) if request.control else None
         annotator = self.annotator(request.control.type, base) if request.control else None
+        motion_lora = self.motion_lora(request.motion_lora, base) if request.motion_lora else None
         sample = sample_spec(request, self.inputs(job, scratch / "inputs"))
         reporter.progress("load", 1, 1)
         out = engine.generate(base, custom, sample, scratch / "video", progress=reporter.progress,
                               should_cancel=reporter.should_cancel, controlnet=controlnet,
-                              should_suspend=reporter.should_suspend, annotator=annotator)
+                              should_suspend=reporter.should_suspend, annotator=annotator,
+                              motion_lora=motion_lora)
         reporter.set_stage("upload")
         prefix = keys.video_prefix(job.id)
         stored = {"video_key": prefix + Path(out["video"]).name, "poster_key": prefix + "poster.png"}
@@ -428,7 +440,8 @@ class Runner:
             self.storage.put_file(path, key, CONTENT_TYPES.get(path.suffix))
         result = {**stored,
                   **{k: out[k] for k in ("seed", "num_frames", "height", "width", "fps", "format", "scheduler",
-                                         "motion_adapter_scale", "context_length", "context_stride", "timings")
+                                         "motion_adapter_scale", "context_length", "context_stride",
+                                         "motion_lora", "motion_lora_scale", "timings")
                      if k in out}, "method": out.get("method", params["method"]),
                   "metrics": reporter.metrics(job.created_at, job.device_s)}
         self.finish(job, "succeeded", result=result)

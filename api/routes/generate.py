@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from api.deps import CeleryDep, IdempotencyKey, OwnerDep, SettingsDep, StoreDep, WebhooksDep
 from api.enqueue import check_webhook, enqueue, new_id, rate_limit, usable_customization
 from api.idempotency import Idempotency
-from api.inputs import check_control, needs, resolve
+from api.inputs import check_control, check_motion_lora, needs, resolve
 from common import presets
 from common.errors import UnsupportedMediaType
 from common.jobstore import now
@@ -31,6 +31,7 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
                       celery: CeleryDep, hooks: WebhooksDep, _json: Annotated[None, Depends(require_json)] = None,
                       idempotency_key: IdempotencyKey = None):
     check_control(body, settings)
+    check_motion_lora(body, settings)
     check_webhook(body, settings)
     presets.check_video(settings.preset(), body.num_frames, body.height, body.width, body.steps,
                         controlnet=body.control is not None, init_strength=body.init.strength if body.init else None,

@@ -21,4 +21,5 @@ def limits(_owner: OwnerDep, settings: SettingsDep) -> LimitsView:
     return LimitsView(preset=settings.model_preset, **facts,
                       train_sizes=None if sizes is None else [dict(zip(("height", "width", "num_frames"), s))
                                                               for s in sizes],
-                      controlnets=sorted(settings.controlnets()), control_types=control_types(settings))
+                      controlnets=sorted(settings.controlnets()), control_types=control_types(settings),
+                      motion_loras=settings.motion_loras())
