@@ -100,6 +100,9 @@ class Settings(BaseSettings):
                                                      "`controlnet`, default its type): hub id or local directory, "
                                                      "or builtin (from_unet of the base); default: the preset's "
                                                      "(common/presets.py CONTROLNETS)")
+    evaluation_clip_model: str | None = Field(None, description="CLIP weights (hub id or local directory) an "
+                                              "evaluation job scores CLIP-I / CLIP-T with (real weights); none: "
+                                              "not scored (the shapes world's judge scores it there)")
     compile_unet: bool = Field(False, description="torch.compile the sampling UNets (GPU; each loaded model's first "
                                                   "video pays the compile time)")
 
