@@ -311,6 +311,27 @@ TABLE = (("fidelity", "fidelity"), ("shape", "shape_alignment"), ("colour", "col
          ("area CV", "area_cv"), ("look consistent", "look_consistency"), ("artifacts", "artifacts"))
 
 
+BUILT = (
+    "## What the rows change, as built",
+    "",
+    "- Motion Adapter scale: `SampleSpec.motion_adapter_scale` / `POST /generate` is the peft weight of the "
+    "customization's Motion Adapter at sampling (0 = removed, Still-Moving's test time; the shared one is found "
+    "by its cache key, a customized one lives in the artifact).",
+    "- Customized Motion Adapter: `TrainSpec.motion_adapter_source=\"customized\"` trains the Motion Adapter on "
+    "this customization's frozen videos over its customized spatial layers before the Spatial Adapters; every "
+    "training with a Motion Adapter samples one video at scale 1 and 0 and records their pixel motion in the "
+    "manifest (`motion_adapter.check`, the trainings table below).",
+    "- Prior preservation (the paper's exact form was not retrievable): DreamBooth's form, frozen videos of "
+    "base-T2I stills of the preset's generic prompts (`prior_num_images`, seeds after the customized stills') "
+    "added to the Spatial Adapters' loss with weight λ (`prior_preservation_weight`); it regularizes the "
+    "adapters toward leaving the base world's videos as they were.",
+    "- Wider Spatial Adapters: `train_resnets`, `train_feedforward` (`ff.net.*`), `train_projections` "
+    "(`proj_in`/`proj_out`) widen the LoRA's targets beyond attention.",
+    "- The product's defaults (`TrainSpec`, `MotionAdapterSpec`, the API's) are left as they were unless a "
+    "complete run of this experiment supports a change; the section per customization says what it measured.",
+)
+
+
 def _cell(m: dict | None) -> str:
     if not m or m["mean"] is None:
         return "–"
@@ -364,6 +385,7 @@ def write_markdown(report: dict, path: Path, sheets: dict[str, str]) -> Path:
         "of frames with the video's majority look; artifacts = share of frames the judge cannot read. Each cell: "
         "mean over videos [95% bootstrap interval].", "",
         "## Rows", "", *[f"- **{name}**: {what}" for name, what in report["rows"].items()], "",
+        *BUILT, "",
     ]
     for cust, rows in report["results"].items():
         info = report["customizations"].get(cust, {})

@@ -99,7 +99,7 @@ def _check_structure(report: dict, out, rows: list[str]) -> None:
     assert report["timings"]["videos"] == 4 * len(rows) and report["timings"]["per_video_s"] > 0
     assert {"cpu", "cores"} <= set(report["machine"]) and report["command"].startswith("python -m engine.shapes")
     text = out.with_suffix(".md").read_text()
-    assert "| Still-Moving |" in text and "evidence-lora.png" in text and "(complete;" in text
+    assert "| Still-Moving |" in text and "evidence-lora.png" in text and "(complete)" in text
     assert "scale 1 moves less than scale 0" in text, "the comparisons are read off the table"
     assert (out.parent / "evidence-lora.png").exists()
 
