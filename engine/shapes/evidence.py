@@ -356,6 +356,8 @@ def comparisons(results: dict) -> list[str]:
             continue
         x, y = results[a]["all"][measure], results[b]["all"][measure]
         if x["mean"] is None or y["mean"] is None:
+            lines.append(f"- *{claim}*: {measure} is undefined for {a if x['mean'] is None else b} (no video "
+                         "where it can be read, e.g. no two consecutive frames with one object)")
             continue
         verdict = "no measured difference (intervals overlap)" if _overlap(x, y) else \
             f"{a} {'higher' if x['mean'] > y['mean'] else 'lower'}"
@@ -432,7 +434,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DOCS / "evidence.json")
     parser.add_argument("--workdir", type=Path, help="keep trainings here (default: a temporary directory)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rewrite-md", action="store_true", help="only rewrite the Markdown from the JSON at --out")
     args = parser.parse_args(argv)
+    if args.rewrite_md:
+        report = json.loads(args.out.read_text())
+        sheets = {c: f"{args.out.stem}-{c}.png" for c in report["results"]
+                  if (args.out.parent / f"{args.out.stem}-{c}.png").exists()}
+        print(f"[evidence] wrote {write_markdown(report, args.out.with_suffix('.md'), sheets)}")
+        return
     torch.set_num_threads(args.threads)
     settings = SMALL if args.small else FULL
     if args.customizations:

@@ -107,8 +107,13 @@ def _check_structure(report: dict, out, rows: list[str]) -> None:
 def test_the_small_experiment_writes_its_report(tmp_path):
     """One customization, two prompts, two seeds, a few steps, the rows of one training: every row is measured;
     the JSON, the Markdown (tables, comparisons) and the contact sheet are written."""
+    from engine.shapes import evidence
+
     report, out = _small_report(tmp_path, QUICK_ROWS)
     _check_structure(report, out, QUICK_ROWS)
+    written = out.with_suffix(".md").read_text()
+    evidence.main(["--rewrite-md", "--out", str(out)])
+    assert out.with_suffix(".md").read_text() == written, "the Markdown is a function of the JSON and the sheets"
 
 
 @pytest.mark.heavy
