@@ -15,6 +15,7 @@ run cut short leaves what it measured.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shlex
 import sys
@@ -125,7 +126,8 @@ SMALL = Settings(customizations=("lora",), prompts=(PROMPTS[0], PROMPTS[5]), see
 
 def make_stronger(base, path: Path, steps: int) -> dict:
     """The stronger full fine-tune: `dreambooth.finetune` with the committed full run's recipe at 5x its rate."""
-    parts = base.components
+    # the loaded base is frozen (requires_grad False); a full fine-tune trains every UNet weight of its own copy
+    parts = dict(base.components, unet=copy.deepcopy(base.components["unet"]).requires_grad_(True))
     instance = dreambooth.instance_stills()
     prior = dreambooth.class_images(parts, dreambooth.NUM_CLASS)
     tensors, curve = dreambooth.finetune(parts, instance, prior, STRONGER["lora"], steps, STRONGER["lr"],
