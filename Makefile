@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,https://download.pytorch.org/whl/cpu)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo up down test test-heavy test-fast lint clean shapes-world shapes-bars
+.PHONY: venv demo up down test test-heavy test-fast lint clean shapes-world shapes-bars evidence
 
 $(VENV)/.installed: requirements/dev.lock requirements/constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ shapes-world: venv
 
 shapes-bars: venv
 	$(PY) -m engine.shapes.bars
+
+# The controlled experiment of issue #12 (Still-Moving vs naive injection and the ablations) into docs/evidence.md
+# and docs/evidence.json; planned for 60 min on 2 quiet cores.
+evidence: venv
+	$(PY) -m engine.shapes.evidence
 
 clean:
 	rm -rf var out .pytest_cache

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
                           "directories, comma-separated; empty = none; default: the preset's (common/presets.py "
                           "MOTION_LORAS)")
     motion_lora_cache_size: int = Field(4, ge=1, description="worker LRU of read motion LoRAs")
+    evaluation_clip_model: str | None = Field(None, description="CLIP weights (hub id or local directory) an "
+                                              "evaluation job scores CLIP-I / CLIP-T with (real weights); none: "
+                                              "not scored (the shapes world's judge scores it there)")
     compile_unet: bool = Field(False, description="torch.compile the sampling UNets (GPU; each loaded model's first "
                                                   "video pays the compile time)")
 

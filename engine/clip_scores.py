@@ -1,7 +1,7 @@
 """CLIP-I and CLIP-T with real CLIP weights (a hub id or local directory given by the caller).
 
-CLIP-I: mean over frames of the best cosine similarity of the frame's image embedding to a reference
-image's. CLIP-T: mean cosine similarity of each frame's image embedding to the prompt's text embedding.
+CLIP-I: mean cosine similarity of image embeddings over every (frame, reference image) pair (issue #12: a
+best match per frame would reward a video that copies one reference). CLIP-T: mean cosine similarity of each frame's image embedding to the prompt's text embedding.
 """
 
 from __future__ import annotations
@@ -48,5 +48,5 @@ class ClipScorer:
         frames = self.image_embeddings([Image.fromarray(f) for f in video])
         refs = self.image_embeddings(references)
         text = self.text_embedding(prompt)
-        return {"clip_i": float((frames @ refs.T).max(dim=1).values.mean()),
+        return {"clip_i": float((frames @ refs.T).mean()),
                 "clip_t": float((frames @ text.T).mean())}

@@ -1,6 +1,9 @@
 """Side-by-side evaluation: one prompt and seed rendered four ways, a contact sheet and metrics.
 
-Rows: base T2V, naive injection, Still-Moving, Still-Moving trained without the Motion Adapter.
+Rows: base T2V, naive injection, Still-Moving, Still-Moving trained without the Motion Adapter. Every preset gets
+the model-free measures (`engine.metrics`); the shapes world adds its judge's (`engine.shapes.measures`: the look,
+shape and colour asked for, centroid motion and direction, one object, unreadable frames), and real weights
+CLIP-I / CLIP-T when a CLIP model is given.
 """
 
 from __future__ import annotations
@@ -70,6 +73,25 @@ def contact_sheet(rows: dict[str, np.ndarray], path: Path) -> Path:
     return path
 
 
+def _world_judge(base: BaseModels):
+    """The shapes world's judge when `base` is the committed world (its truth is what the measures read)."""
+    if base.spec.identity().get("preset") != "shapes" or "revision" not in base.spec.identity():
+        return None
+    from engine.shapes import judge
+    from engine.shapes.paths import JUDGE_DIR
+
+    return judge.Judge.load(JUDGE_DIR)
+
+
+def world_measures(video: np.ndarray, judge, prompt: str) -> dict[str, float]:
+    """The shapes world's measures of one video against what `prompt` asks (`measures.parse_prompt`), under
+    ``world_*`` names; those the prompt or the video leaves undefined are left out."""
+    from engine.shapes import measures
+
+    values = measures.video_measures(video, judge, measures.parse_prompt(prompt))
+    return {f"world_{k}": round(v, 4) for k, v in values.items() if v is not None and k != "pixel_motion"}
+
+
 def evaluate(base: BaseModels, custom_dir: Path, checkpoint: Path, prompt: str, out_dir: Path, seed: int = 0,
              num_frames: int | None = None, steps: int | None = None, progress=None, should_cancel=None,
              clip_model: str | None = None, local_files_only: bool = False, fps: int = 8) -> dict:
@@ -95,6 +117,7 @@ def evaluate(base: BaseModels, custom_dir: Path, checkpoint: Path, prompt: str, 
                       height=size["height"], width=size["width"])
     plan = {"base": (None, "base"), "naive": (custom, "naive"), "still-moving": (custom, "still-moving"),
             "still-moving-no-motion-adapter": (no_ma, "still-moving")}
+    world_judge = _world_judge(base)
     scorer = None
     if clip_model:
         from engine.clip_scores import ClipScorer
@@ -110,11 +133,14 @@ def evaluate(base: BaseModels, custom_dir: Path, checkpoint: Path, prompt: str, 
         results[name] = {"motion": metrics.motion(videos[name]),
                          "temporal_consistency": metrics.temporal_consistency(videos[name]),
                          "fidelity_proxy": metrics.fidelity_proxy(videos[name], references)}
+        if world_judge is not None:
+            results[name].update(world_measures(videos[name], world_judge, prompt))
         if scorer is not None:
             results[name].update(scorer.scores(videos[name], references, prompt))
     sheet = contact_sheet(videos, out_dir / "contact_sheet.png")
     report = {"prompt": prompt, "seed": seed, "rows": list(ROWS), "metrics": results,
               "fidelity": f"CLIP-I/CLIP-T with {clip_model}" if clip_model else
+              "the shapes world's judge (engine/shapes/measures.py)" if world_judge is not None else
               "model-free proxy (see engine/metrics.py); pass clip_model for CLIP-I/CLIP-T",
               "contact_sheet": str(sheet), "videos": files, "num_frames": spec.num_frames,
               "ablation_trained": ablation_trained}

@@ -17,6 +17,15 @@ const MEASURES = {
   fidelity_proxy: "Fidelity (proxy)",
   clip_i: "CLIP-I",
   clip_t: "CLIP-T",
+  world_fidelity: "New look (frames)",
+  world_shape_alignment: "Shape asked (frames)",
+  world_colour_alignment: "Colour asked (frames)",
+  world_displacement_px: "Centroid px/frame",
+  world_direction_agreement: "Moves as named",
+  world_one_object: "One object (frames)",
+  world_area_cv: "Area CV",
+  world_look_consistency: "Look consistent (frames)",
+  world_artifacts: "Unreadable frames",
 };
 
 export function renderComparison(container, result) {

@@ -39,7 +39,8 @@ def run_evaluation(runner: Runner, job: JobRecord, scratch: Path, reporter: JobP
     runner.fetch_prefix(ablation_prefix, out / ABLATION_DIR, {engine.MANIFEST_FILE, engine.SPATIAL_ADAPTER_FILE})
     report = evaluate(base, directory, checkpoint, request.prompt, out, seed=job.params["seed"],
                       num_frames=request.num_frames, steps=request.steps, progress=reporter.progress,
-                      should_cancel=reporter.should_cancel)
+                      should_cancel=reporter.should_cancel, clip_model=runner.settings.evaluation_clip_model,
+                      local_files_only=runner.settings.local_files_only)
     reporter.set_stage("upload")
     if report["ablation_trained"]:
         runner.upload_dir(out / ABLATION_DIR, ablation_prefix, last=engine.MANIFEST_FILE)

@@ -28,7 +28,9 @@ SCOPE = "evaluations"
              description="Rows base / naive / still-moving / still-moving-no-motion-adapter at the customization's "
                          "size (the last trains the customization again without the Motion Adapter, once per "
                          "customization). The job's result: `contact_sheet_url`, `rows` (each `name`, `video_url`, "
-                         "`poster_url`, `measures`: motion, temporal_consistency, fidelity_proxy), `seed`, `prompt`.")
+                         "`poster_url`, `measures`: motion, temporal_consistency, fidelity_proxy; on the shapes world "
+                         "the judge's `world_*` measures; CLIP-I/CLIP-T where `EVALUATION_CLIP_MODEL` is set), "
+                         "`seed`, `prompt`.")
 def create_evaluation(body: EvaluationRequest, owner: OwnerDep, settings: SettingsDep, store: StoreDep,
                       celery: CeleryDep, hooks: WebhooksDep, _json: Annotated[None, Depends(require_json)] = None,
                       idempotency_key: IdempotencyKey = None):

@@ -88,11 +88,36 @@ def test_clip_scores_are_maximal_for_the_reference_and_added_to_the_report(base,
     from engine.clip_scores import ClipScorer
 
     scorer = ClipScorer.load(str(_tiny_clip(tmp_path / "clip")), local_files_only=True)
-    refs = [Image.fromarray(_image(1)), Image.fromarray(_image(2))]
-    same = scorer.scores(np.stack([_image(1), _image(2)]), refs, "a toy")
-    other = scorer.scores(np.stack([_image(7), _image(8)]), refs, "a toy")
+    one = [Image.fromarray(_image(1))]
+    same = scorer.scores(np.stack([_image(1), _image(1)]), one, "a toy")
+    other = scorer.scores(np.stack([_image(7), _image(8)]), one, "a toy")
     assert abs(same["clip_i"] - 1.0) < 1e-5 and other["clip_i"] < same["clip_i"]
+    refs = one + [Image.fromarray(_image(2))]  # CLIP-I is the mean over (frame, reference) pairs, not a best match
+    copy = scorer.scores(np.stack([_image(1), _image(1)]), refs, "a toy")
+    frames, embedded = scorer.image_embeddings(one * 2), scorer.image_embeddings(refs)
+    assert abs(copy["clip_i"] - float((frames @ embedded.T).mean())) < 1e-6 and copy["clip_i"] < same["clip_i"]
     assert -1 <= same["clip_t"] <= 1
     report = evaluate(base, trained[1], checkpoints["lora"], "a sks toy", tmp_path / "eval", steps=1,
                       clip_model=str(tmp_path / "clip"), local_files_only=True)
     assert all({"clip_i", "clip_t"} <= set(row) for row in report["metrics"].values())
+
+
+def test_world_measures_read_a_generator_video_against_its_prompt():
+    """On the shapes world the evaluation adds the judge's measures (`world_*`); a red two-tone circle moving right
+    scores full marks for that prompt and none for another shape, colour and direction."""
+    from engine.evaluation import world_measures
+    from engine.shapes import judge as judge_mod
+    from engine.shapes import world
+    from engine.shapes.paths import JUDGE_DIR
+
+    judge = judge_mod.Judge.load(JUDGE_DIR)
+    video = world.video_sample(np.random.default_rng(0), look="two-tone", direction="right", shape="circle",
+                               colour="red").frames
+    right = world_measures(video, judge, "a sks red circle moving right")
+    assert right["world_fidelity"] == right["world_shape_alignment"] == right["world_colour_alignment"] == 1.0
+    assert right["world_direction_agreement"] == 1.0 and right["world_artifacts"] == 0.0
+    wrong = world_measures(video, judge, "a blue square moving left")
+    assert wrong["world_shape_alignment"] == wrong["world_colour_alignment"] == wrong["world_direction_agreement"] == 0
+    free = world_measures(video, judge, "a photo of a dog")
+    assert "world_shape_alignment" not in free and "world_direction_agreement" not in free
+    assert all(isinstance(v, float) for v in free.values())
