@@ -38,7 +38,7 @@ def trained(client, auth_a, worker, checkpoints) -> str:
     ({"customization_id": "cus_x", "prompt": "a dog", "seed": -1}, "seed"),
     ({"customization_id": "cus_x", "prompt": "a dog", "seed": 2**32}, "seed"),
     ({"customization_id": "cus_x", "prompt": "a dog", "num_frames": 1}, "num_frames"),
-    ({"customization_id": "cus_x", "prompt": "a dog", "num_frames": 33}, "num_frames"),  # over tiny's positions
+    ({"customization_id": "cus_x", "prompt": "a dog", "num_frames": 65}, "num_frames"),  # over the bound (33 is a FreeNoise video)
     ({"customization_id": "cus_x", "prompt": "a dog", "steps": 0}, "steps"),
     ({"customization_id": "cus_x", "prompt": "a dog", "method": "naive"}, "method"),  # not a field here
     ({"customization_id": "cus_x", "prompt": "a dog", "webhook": "ftp://example.com/x"}, "webhook"),
