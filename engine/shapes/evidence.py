@@ -424,8 +424,34 @@ def write_markdown(report: dict, path: Path, sheets: dict[str, str]) -> Path:
         lines += ["", "What the table says:", "", *comparisons(rows), ""]
         if cust in sheets:
             lines += [f"![{cust}: one frame row per method, prompts p0 and the first held-out shape]({sheets[cust]})", ""]
+    lines += control_section(path.parent / CONTROL_REPORT)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+CONTROL_REPORT = "control-evidence.json"  # `engine.shapes.control_eval`'s report, beside this one
+
+
+def control_section(report_path: Path) -> list[str]:
+    """The ControlNet row (the paper's conditional task): `control_eval`'s measured runs, read from its report, not
+    run again here (its own command, its own budget)."""
+    lines = ["## Under a ControlNet (canny), driven by a reference video", ""]
+    if not report_path.exists():
+        return lines + [f"Not measured: no `{report_path.name}` beside this report (`python -m "
+                        "engine.shapes.control_eval` writes it).", ""]
+    control = json.loads(report_path.read_text())
+    conf = control["settings"]
+    lines += [f"From `python -m engine.shapes.control_eval` (`{report_path.name}`): {conf['videos']} reference videos "
+              f"of a base-look object on paths the text does not name ({conf['paths']}); prompt "
+              f"`{conf['prompt']}`; {conf['steps']} steps at guidance {conf['guidance_scale']}, control scale "
+              f"{conf['control_scale']}; customization {conf['customization']['checkpoint']}. IoU: the sample's "
+              "object mask against the reference's, per frame.", "",
+              "| run | mean IoU | two-tone frames | readable frames | shape frames | colour frames |",
+              "|---|---|---|---|---|---|"]
+    for name, run in control["runs"].items():
+        lines.append(f"| {name} | {run['mean_iou']:.2f} | {run['look_two_tone_frames']:.2f} | "
+                     f"{run['readable_frames']:.2f} | {run['shape_frames']:.2f} | {run['colour_frames']:.2f} |")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> None:

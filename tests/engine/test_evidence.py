@@ -116,6 +116,24 @@ def test_the_small_experiment_writes_its_report(tmp_path):
     assert out.with_suffix(".md").read_text() == written, "the Markdown is a function of the JSON and the sheets"
 
 
+def test_the_control_row_is_read_from_the_control_report_beside_it(tmp_path):
+    """The ControlNet row comes from `control_eval`'s report next to this one: each of its runs a table line with
+    its measured numbers; without that report the section says it was not measured (never invented)."""
+    from engine.shapes import evidence
+
+    assert "Not measured" in "\n".join(evidence.control_section(tmp_path / evidence.CONTROL_REPORT))
+    run = {"mean_iou": 0.8238, "look_two_tone_frames": 0.0625, "readable_frames": 0.9609, "shape_frames": 0.75,
+           "colour_frames": 0.9766}
+    settings = {"videos": 16, "paths": "diagonal", "prompt": "a sks {colour} {shape}", "steps": 25,
+                "guidance_scale": 3.0, "control_scale": 1.0, "customization": {"checkpoint": "full.safetensors"}}
+    (tmp_path / evidence.CONTROL_REPORT).write_text(json.dumps({"settings": settings, "runs": {
+        "naive with control": run, "naive without control": {**run, "mean_iou": 0.2187}}}))
+    lines = evidence.control_section(tmp_path / evidence.CONTROL_REPORT)
+    assert "| naive with control | 0.82 | 0.06 | 0.96 | 0.75 | 0.98 |" in lines
+    assert "| naive without control | 0.22 | 0.06 | 0.96 | 0.75 | 0.98 |" in lines
+    assert any("16 reference videos" in line and "full.safetensors" in line for line in lines)
+
+
 @pytest.mark.heavy
 def test_the_small_experiment_with_every_row(tmp_path):
     """Every row and training of the experiment at the small size; the trainings record their Motion Adapter
