@@ -67,17 +67,24 @@ class DepthEstimator:
         return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def load_depth_estimator(base: BaseModels, source: str) -> DepthEstimator:
-    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+def _from_pretrained(base: BaseModels, source: str, model_class, kind: str) -> tuple[Any, Any]:
+    """(model on the base's device in float32, frozen; its image processor) of a transformers annotator."""
+    from transformers import AutoImageProcessor
 
     spec = base.spec
     where = dict(cache_dir=spec.cache_dir, local_files_only=spec.local_files_only)
     try:
         processor = AutoImageProcessor.from_pretrained(source, **where)
-        model = AutoModelForDepthEstimation.from_pretrained(source, **where)
+        model = model_class.from_pretrained(source, **where)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load the depth annotator {source!r}: {exc}") from exc
-    return DepthEstimator(model.to(base.device, torch.float32).eval().requires_grad_(False), processor)
+        raise ModelLoadError(f"could not load the {kind} annotator {source!r}: {exc}") from exc
+    return model.to(base.device, torch.float32).eval().requires_grad_(False), processor
+
+
+def load_depth_estimator(base: BaseModels, source: str) -> DepthEstimator:
+    from transformers import AutoModelForDepthEstimation
+
+    return DepthEstimator(*_from_pretrained(base, source, AutoModelForDepthEstimation, "depth"))
 
 
 @dataclass
@@ -114,19 +121,13 @@ class PoseEstimator:
 
 
 def load_pose_estimator(base: BaseModels, source: str) -> PoseEstimator:
-    from transformers import AutoImageProcessor, VitPoseForPoseEstimation
+    from transformers import VitPoseForPoseEstimation
 
-    spec = base.spec
-    where = dict(cache_dir=spec.cache_dir, local_files_only=spec.local_files_only)
-    try:
-        processor = AutoImageProcessor.from_pretrained(source, **where)
-        model = VitPoseForPoseEstimation.from_pretrained(source, **where)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load the openpose annotator {source!r}: {exc}") from exc
+    model, processor = _from_pretrained(base, source, VitPoseForPoseEstimation, "openpose")
     if model.config.num_labels != COCO_KEYPOINTS:
         raise ModelLoadError(f"the openpose annotator {source!r} predicts {model.config.num_labels} keypoints; "
                              f"expected COCO's {COCO_KEYPOINTS} body keypoints")
-    return PoseEstimator(model.to(base.device, torch.float32).eval().requires_grad_(False), processor)
+    return PoseEstimator(model, processor)
 
 
 @dataclass
