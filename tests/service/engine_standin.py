@@ -95,6 +95,12 @@ def load(**_) -> None:
     a thread (the pool process's start-up has a timeout of its own); then log `LOADED`."""
 
     def run() -> None:
+        # The pool's own handler (`worker.tasks._load_engine`) imports these in the main thread meanwhile: the same
+        # order here, so neither thread waits for a module the other holds while holding one it needs (Python
+        # then hands one of them a half-initialized module: "cannot import name 'AutoencoderKL' from 'diffusers'").
+        import diffusers.utils  # noqa: F401
+        import transformers.utils  # noqa: F401
+
         import engine
         from worker.runner import get_runner
 
