@@ -41,7 +41,7 @@ CASES = {"GET /healthz": 1, "GET /readyz": 1, "POST /customizations": 200, "GET 
          "GET /jobs/{job_id}/logs": 30, "GET /jobs/{job_id}/events": 30, "POST /files": 100,
          "GET /files": 100, "GET /files/{file_id}": 30, "DELETE /files/{file_id}": 30,
          "GET /webhooks/secret": 1, "POST /webhooks/secret/rotate": 1, "GET /jobs/{job_id}/webhooks": 30,
-         "POST /evaluations": 100}
+         "POST /evaluations": 100, "GET /customizations/{customization_id}/export": 60}
 UPLOAD_CASES = 500
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
