@@ -7,6 +7,9 @@ from typing import Literal, get_args
 
 ExportFormat = Literal["diffusers", "kohya", "comfyui"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+EXPORTS_DIR = "exports"  # under the customization's artifact
+FILES = {"diffusers": f"{EXPORTS_DIR}/diffusers.zip", "kohya": f"{EXPORTS_DIR}/kohya.safetensors",
+         "comfyui": f"{EXPORTS_DIR}/comfyui.zip"}  # each format's built file, relative to the artifact
 
 
 def download_name(customization_id: str, name: str | None, fmt: str, stored_file: str) -> str:

@@ -23,15 +23,12 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from common.exports import EXPORT_FORMATS
+from common.exports import EXPORT_FORMATS, FILES
 from engine import adapters, comfyui
 from engine.checkpoint_formats import peft_lora_to_kohya
 from engine.checkpoints import file_sha256
 
-EXPORTS_DIR = "exports"
 FORMATS = EXPORT_FORMATS
-FILES = {"diffusers": f"{EXPORTS_DIR}/diffusers.zip", "kohya": f"{EXPORTS_DIR}/kohya.safetensors",
-         "comfyui": f"{EXPORTS_DIR}/comfyui.zip"}
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same inputs give the same zip bytes
 

@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from common import exports
 from common.celery_config import make_celery
 from common.jobstore import JobStore, now
 from common.schemas import JobRecord
@@ -479,8 +480,8 @@ def test_storage_failing_mid_upload_leaves_no_manifest_and_no_result(settings, c
             assert job["status"] == "failed" and job["error"]["code"] == "storage_unavailable", job
             assert f"upload of {prefix}spatial_adapter.safetensors failed after 3 attempts" in job["error"]["message"]
             assert len(proxy.refused) == 3  # each attempt reached storage
-            assert sorted(storage.list_keys(prefix)) == [prefix + name for name in (
-                "images/000.png", "images/001.png", "preview.mp4", "preview.png")]  # all before it; no manifest
+            before = ("images/000.png", "images/001.png", "preview.mp4", "preview.png", *exports.FILES.values())
+            assert sorted(storage.list_keys(prefix)) == sorted(prefix + name for name in before)  # no manifest
             assert job["result"] is None and store.get_job(job_id).result is None
             customization = api.get(f"/customizations/{cus_id}", headers=A).json()
             assert customization["status"] == "failed" and customization["manifest"] is None
