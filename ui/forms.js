@@ -14,7 +14,9 @@ export function resolve(spec, prop) {
     const options = prop.anyOf.filter((p) => p.type !== "null");
     const nullable = options.length < prop.anyOf.length;
     if (options.length === 1) return { ...resolve(spec, options[0]), ...prop, anyOf: undefined, nullable };
-    return { ...prop, type: "json", nullable };
+    // a string or a structure (a prompt or a {frame: prompt} map): plain text stays text, an object is parsed
+    const text = options.some((p) => p.type === "string");
+    return { ...prop, type: text ? "text-or-json" : "json", nullable };
   }
   return prop;
 }
@@ -40,6 +42,7 @@ function kindOf(prop, options) {
   if (options.list) return "list"; // one item a line
   if (prop.enum || options.choices) return "choice";
   if (prop.type === "array" && prop.items && (prop.items.type === "string" || prop.items.enum)) return "csv";
+  if (prop.type === "text-or-json") return "text-or-json";
   if (["json", "object", "array"].includes(prop.type)) return "json";
   return prop.type || "json";
 }
@@ -121,7 +124,8 @@ function valueOf(input, prop) {
   if (kind === "integer" || kind === "number") return Number(raw);
   if (kind === "list") return raw.split("\n").map((line) => line.trim()).filter(Boolean);
   if (kind === "csv") return raw.split(",").map((item) => item.trim()).filter(Boolean);
-  if (kind === "json") {
+  if (kind === "text-or-json" && !/^[[{]/.test(raw)) return raw;
+  if (kind === "json" || kind === "text-or-json") {
     try { return JSON.parse(raw); } catch (e) { throw Object.assign(new Error("is not valid JSON"), { field: input.dataset.field }); }
   }
   return input.value;

@@ -158,7 +158,7 @@ def test_generate_has_every_field_the_api_takes_with_the_servers_defaults_and_in
     assert "multiple of 8" in page.inner_text(f"#{error_id}")
     assert page.evaluate("document.activeElement.dataset.field") == "height"
     page.fill("[data-field='height']", "")
-    page.fill("[data-field='num_frames']", str(limits["max_frames"] + 1))  # the preset's limit, not the schema's
+    page.fill("[data-field='num_frames']", str(limits["max_video_frames"] + 1))  # the preset's limit, not the schema's
     page.click("#generate-button")
     page.wait_for_selector("[data-field='num_frames'][aria-invalid='true']")
     assert page.locator("[data-field='height'][aria-invalid]").count() == 0
