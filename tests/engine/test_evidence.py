@@ -149,6 +149,10 @@ def test_the_small_experiment_with_every_row(tmp_path):
 
 
 @pytest.mark.heavy
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-02 (fresh clone, 8 videos per scale): px/frame at Motion "
+                   "Adapter scale 1 / 0 / -1 = 0.45 / 0.60 / 0.46: the product's Motion Adapter neither freezes motion "
+                   "at 1 (bar: < 0.5 x scale 0) nor adds it at -1 on the shapes world (docs/evidence.md, full fine-tune: 1.20 / "
+                   "1.68 / 2.35, overlapping intervals); strict, so a Motion Adapter that meets the claim shows here")
 def test_motion_adapter_scale_on_the_shapes_world(tmp_path, judge):
     """The issue's claims for `motion_adapter_scale` on the shapes world, with the product's Motion Adapter
     (`MotionAdapterSpec` defaults) under a short customization of the committed LoRA: scale 1 moves the object
