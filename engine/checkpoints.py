@@ -27,12 +27,9 @@ from engine.models import place
 
 
 def file_sha256(path: Path) -> str:
-    """Content hash of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    """Content hash of a file, streamed (hashlib reads it in chunks)."""
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_keys(path: Path) -> list[str]:

@@ -28,6 +28,7 @@ from common import events
 from common import storage as keys
 from common.errors import CustomizationFailed, InvalidArgument, NotFound, ServiceError
 from common.jobstore import CANCELED, JobStore, now
+from common.presets import WEIGHTED_ANNOTATOR_TYPES
 from common.schemas import TERMINAL, CustomizationConfig, ErrorInfo, GenerateRequest, JobRecord
 from common.settings import Settings, get_settings
 from common.storage import CONTENT_TYPES, RetryingStorage
@@ -173,7 +174,7 @@ class Runner:
     def annotator(self, control_type: str, base: engine.BaseModels):
         """The annotator the settings configure for `control_type` (None for canny and precomputed, which need
         none), loaded once per base like the ControlNets."""
-        if control_type in ("canny", "precomputed"):
+        if control_type not in WEIGHTED_ANNOTATOR_TYPES:
             return None
         source = self.settings.annotators().get(control_type)
         if source is None:  # the API refuses it; a deployment whose settings changed since the job was queued
