@@ -4,18 +4,18 @@ Rows, each measured in its own process (so a row's memory peak is its own, not a
   * ``shapes``: `engine.sampling.render_frames` end to end on the shapes preset's committed weights at its size
     (32x32): text encoder, `--steps` DDIM steps with classifier-free guidance, VAE decode; 16 frames is one plain
     pass (within the motion modules' 32 positions), 64 and 256 sample in FreeNoise windows
-    (`engine.free_noise`: context_length 32, stride 8, the product's defaults);
+    (`engine.free_noise`: context_length 32 and the default stride, 24);
   * ``real-size``: one denoising step of the real-size architecture (SD 1.5 + AnimateDiff v1-5-2 from
     `engine/real_size.py`, random weights): one UNet forward on the CFG batch (2 x F frames at size/8), plainly
-    for 16 frames and inside `free_noise` (windows of 16 every 4, AnimateDiff's) for 64 and 256. On a CPU the
-    size is reduced (``--real-size``, 64 px by default; 512 is the real one: ``--device cuda --real-size 512``).
+    for 16 frames and inside `free_noise` (windows of 16, AnimateDiff's training length, at the default stride,
+    12) for 64 and 256. On a CPU the size is reduced (``--real-size``, 64 px by default; 512 is the real one:
+    ``--device cuda --real-size 512``).
 
 Memory: the CUDA allocator's peak on a GPU, else the process's RSS peak (5 ms samples); ``mem_delta_GiB`` is
 the peak above the level after the models were loaded, i.e. what the video itself costs. Time: wall seconds and
 the process's CPU seconds (all its threads; steadier than wall time on a CPU shared with other work). The reference is the
-shortest (16-frame) row of the same kind: ``mem_x_first`` and ``time_per_frame_x_first`` are each row over it. FreeNoise's
-windows bound the attention and (with split inference) the spatial layers' activations to a window; the latents,
-the UNet's skip connections between blocks and the decoded frames still hold every frame.
+shortest (16-frame) row of the same kind: ``mem_x_first`` and ``time_per_frame_x_first`` are each row over it. The UNet
+runs one window at a time, so its activations are a window's; the latents and the decoded frames hold every frame.
 
     PYTHONPATH=. .venv/bin/python -m bench.long_video                    # CPU: shapes 2 steps, real size 64 px
     PYTHONPATH=. .venv/bin/python -m bench.long_video --device cuda --dtype float16 --real-size 512 --steps 25
@@ -69,12 +69,12 @@ def shapes_row(frames: int, steps: int, device: str, dtype: str) -> dict:
             "mem_peak_GiB": mem.peak_gib, "mem_delta_GiB": mem.delta_gib}
 
 
-def real_size_row(frames: int, size: int, device: str, dtype: str, context_length: int = 16,
-                  context_stride: int = 4) -> dict:
+def real_size_row(frames: int, size: int, device: str, dtype: str, context_length: int = 16) -> dict:
     """One CFG UNet forward of the real-size AnimateDiff UNet on `frames` frames (FreeNoise past 16)."""
     from diffusers import AnimateDiffPipeline
 
     from bench.real_size import TEXT_DIM, TEXT_LEN, real_base
+    from common.long_video import context_window
     from engine.free_noise import free_noise
     from engine.models import build_motion_unet
 
@@ -91,6 +91,7 @@ def real_size_row(frames: int, size: int, device: str, dtype: str, context_lengt
     text = torch.randn(2 * frames, TEXT_LEN, TEXT_DIM, generator=gen).to(dev, dt)
     t = torch.tensor(500, device=dev)
     windowed = frames > context_length
+    context_stride = context_window(context_length, frames, context_length, None, False)[1] if windowed else None
 
     def step():
         with torch.inference_mode():

@@ -2,7 +2,7 @@
 (torch- and pydantic-free, so the engine reads them too).
 
 A video longer than its context, or with a ``{frame: prompt}`` map, samples with FreeNoise (`engine.free_noise`):
-the motion modules see windows of `context_length` frames whose starts are `context_stride` apart, and the
+the UNet sees windows of `context_length` frames whose starts are `context_stride` apart (`windows`), and the
 prompt's embedding is interpolated linearly from one key frame to the next (frame k of ``{0: a, 64: b}`` has
 ``(1 - k/64) a + (k/64) b``; after the last key, its prompt).
 """
@@ -10,7 +10,9 @@ prompt's embedding is interpolated linearly from one key frame to the next (fram
 from __future__ import annotations
 
 MAX_TRAVEL_PROMPTS = 64  # key frames of one {frame: prompt} map
-STRIDE_DIVISOR = 4  # default stride = context_length / 4: diffusers' default 4 for AnimateDiff's 16-frame windows
+# default overlap of two windows = context_length / 4, so stride = 3/4 of the window: AnimateDiff-Evolved's default
+# (overlap 4 of 16), which also windows the whole UNet; each frame then runs through the UNet ~4/3 times
+OVERLAP_DIVISOR = 4
 
 
 class LongVideoError(ValueError):
@@ -83,10 +85,20 @@ def context_window(positions: int, num_frames: int, context_length: int | None, 
     if not 2 <= length <= positions:
         raise LongVideoError(f"context_length={length}: the motion modules have {positions} frame positions "
                              f"(context_length 2..{positions})", "context_length")
-    stride = max(1, length // STRIDE_DIVISOR) if context_stride is None else context_stride
+    window = min(length, num_frames)
+    stride = max(1, window - max(1, window // OVERLAP_DIVISOR)) if context_stride is None else context_stride
     if not 1 <= stride <= length:
         raise LongVideoError(f"context_stride={stride} must be in 1..context_length={length} (a longer stride "
                              "leaves frames outside every window)", "context_stride")
     if num_frames <= length and not travel:
         return None
-    return min(length, num_frames), stride
+    return window, stride
+
+
+def windows(num_frames: int, context_length: int, context_stride: int) -> list[tuple[int, int]]:
+    """The ``(start, end)`` frames of each window: starts `context_stride` apart, and a last one ending at the
+    last frame when the strides do not land there (every frame in a window)."""
+    out = [(start, start + context_length) for start in range(0, num_frames - context_length + 1, context_stride)]
+    if not out or out[-1][1] != num_frames:
+        out.append((max(0, num_frames - context_length), num_frames))
+    return out

@@ -3,11 +3,11 @@ customization may train at, and the cost limits a job must fit (API and worker r
 
 Costs are counted in pixel-frames (frames x height x width) and pixel-frame steps (x denoising steps):
 memory grows with the first, time with the second. A limit is written as the largest job it admits.
-A video longer than its context window samples with FreeNoise (`common.long_video`): its memory limit applies
-to one window (context_length x height x width), its time limit to the whole video, and its length to
-`max_video_frames`. The window bounds attention and each layer's activations, not the tensors passed between
-blocks, which still grow with the length (~27 MB a frame at 512x512 fp16, an estimate; bench/README.md, "Long
-videos", measures it).
+A video longer than its context window samples with FreeNoise (`common.long_video`), the UNet called one
+window at a time: its memory limit applies to one window (context_length x height x width), its time limit to
+the whole video (its frames, not the ~4/3 UNet passes per frame of the default windows' overlap), and its length
+to `max_video_frames`. What grows with the length beyond a window is the latents and the decoded frames
+(bench/README.md, "Long videos", measures it).
 """
 
 from __future__ import annotations

@@ -189,7 +189,8 @@ class GenerateRequest(WebhookFields):
                                        "see at once (FreeNoise's window); default and most: their frame positions "
                                        "(GET /limits max_frames)")
     context_stride: int | None = Field(None, ge=1, le=MAX_VIDEO_FRAMES, description="frames between the starts "
-                                       "of two windows, 1..context_length; default: context_length / 4")
+                                       "of two windows, 1..context_length; default: context_length - context_length / 4 (windows "
+                                       "overlap by a quarter)")
     height: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
     width: int | None = Field(None, ge=8, le=1024, description="multiple of 8; default: the preset's")
     steps: int | None = Field(None, ge=1, le=150)

@@ -1,15 +1,19 @@
 """Videos longer than the motion modules' context, with diffusers' FreeNoise (Qiu et al., 2023).
 
-The motion modules attend within windows of `context_length` frames whose starts are `context_stride` apart,
-their outputs fused with pyramid weights; the initial noise of each window is a shuffle of the first one's;
-a ``{frame: prompt}`` map is embedded per frame, linearly interpolated between its keys (prompt travel).
-The spatial layers see every frame as before, split into chunks of `context_length` frames
-(`enable_free_noise_split_inference`), so their peak activations are a window's, not the video's.
+The UNet is called on one window of `context_length` frames at a time, window starts `context_stride` apart (the
+last window ends at the last frame), and its noise predictions are fused with FreeNoise's pyramid weights
+(`_windowed_forward`; diffusers' FreeNoise windows only the motion blocks, AnimateDiff-Evolved windows the whole
+UNet, as here); the initial noise of each window is a shuffle of the first one's; a ``{frame: prompt}`` map is
+embedded per frame, linearly interpolated between its keys (prompt travel). Every activation of a UNet call (its
+skip connections, the motion modules' group norms) is then a window's, so memory is bounded by `context_length`,
+not the video's length (`bench/long_video.py`): what grows with the length is the latents and the decoded frames.
+The UNet runs about ``context_length / context_stride`` times per frame.
 
 diffusers' `enable_free_noise` builds a new FreeNoise block per motion transformer block and loads the old one's
 state dict into it: that copies weights inside a UNet shared by every job, and it fails half-way on peft LoRA
 layers (the Motion Adapter), leaving the UNet half-converted. `free_noise` instead gives the FreeNoise blocks the
-old blocks' own layers (adapters included), wraps the split modules in place, and puts everything back after.
+old blocks' own layers (adapters included) and puts everything back after. (diffusers'
+`enable_free_noise_split_inference`, which chunks the spatial layers, has nothing left to do inside a window.)
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from contextlib import contextmanager
 
 import torch
 from diffusers.models.attention import BasicTransformerBlock, FreeNoiseTransformerBlock
+from diffusers.models.unets.unet_motion_model import UNetMotionOutput
 
-from common.long_video import LongVideoError, check_prompt_frames, context_window, parse_prompt
+from common.long_video import LongVideoError, check_prompt_frames, context_window, parse_prompt, windows
 from engine.errors import SpecError
 
 
@@ -32,10 +37,7 @@ class _FreeNoiseBlock(FreeNoiseTransformerBlock):
     last window in the list itself it is fused like every other (`test_free_noise_fuses_every_frame`)."""
 
     def _get_frame_indices(self, num_frames: int) -> list[tuple[int, int]]:
-        windows = super()._get_frame_indices(num_frames)
-        if windows and windows[-1][1] != num_frames:
-            windows.append((num_frames - self.context_length, num_frames))
-        return windows
+        return windows(num_frames, self.context_length, self.context_stride)
 
 
 def resolve_context(positions: int, num_frames: int, prompt: str | dict[int, str], context_length: int | None,
@@ -84,17 +86,43 @@ def _sharing(block: BasicTransformerBlock, length: int, stride: int) -> _FreeNoi
     return shell
 
 
-def _split_targets(unet):
-    """(owner, attribute or module list, index) of every module `enable_free_noise_split_inference` wraps."""
-    for block in _blocks(unet):
-        for motion_module in getattr(block, "motion_modules", None) or []:
-            yield motion_module, "proj_in", None
-            yield motion_module, "proj_out", None
-            for i in range(len(motion_module.transformer_blocks)):
-                yield motion_module.transformer_blocks, None, i
-        for name in ("attentions", "resnets", "downsamplers", "upsamplers"):
-            for i in range(len(getattr(block, name, None) or [])):
-                yield getattr(block, name), None, i
+def _windowed_forward(forward, block: _FreeNoiseBlock):
+    """`forward` (a UNetMotionModel's) run on each window of `block`'s frames and fused with its pyramid weights.
+
+    Per-frame inputs are sliced with their window: the prompt embeddings and a ControlNet's residuals are
+    (batch x frames, ...), batch-major (row ``b * frames + f``, as the pipelines repeat them). A video within one
+    window is the plain call."""
+
+    def call(sample, timestep, encoder_hidden_states, *args, down_block_additional_residuals=None,
+             mid_block_additional_residual=None, return_dict=True, **kwargs):
+        batch, frames = sample.shape[0], sample.shape[2]
+        if frames <= block.context_length:
+            return forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict,
+                           down_block_additional_residuals=down_block_additional_residuals,
+                           mid_block_additional_residual=mid_block_additional_residual, **kwargs)
+
+        def rows(tensor, index):
+            return tensor[index] if tensor is not None and tensor.shape[0] == batch * frames else tensor
+
+        fused = torch.zeros_like(sample)
+        total = torch.zeros(frames, dtype=sample.dtype, device=sample.device)
+        for start, end in block._get_frame_indices(frames):
+            index = (torch.arange(batch, device=sample.device)[:, None] * frames
+                     + torch.arange(start, end, device=sample.device)).flatten()
+            down = None if down_block_additional_residuals is None else tuple(
+                rows(r, index) for r in down_block_additional_residuals)
+            out = forward(sample[:, :, start:end], timestep, rows(encoder_hidden_states, index), *args,
+                          down_block_additional_residuals=down,
+                          mid_block_additional_residual=rows(mid_block_additional_residual, index),
+                          return_dict=False, **kwargs)[0]
+            weights = torch.tensor(block._get_frame_weights(end - start, block.weighting_scheme),
+                                   dtype=sample.dtype, device=sample.device)
+            fused[:, :, start:end] += out * weights[None, None, :, None, None]
+            total[start:end] += weights
+        fused /= total[None, None, :, None, None]
+        return UNetMotionOutput(sample=fused) if return_dict else (fused,)
+
+    return call
 
 
 @contextmanager
@@ -102,17 +130,18 @@ def free_noise(pipe, context_length: int, context_stride: int):
     """Sample with FreeNoise on `pipe` (an AnimateDiff pipeline built with its `motion_adapter`); the UNet's
     modules are the same objects again afterwards, whatever happens inside."""
     unet = pipe.unet
-    originals = [(owner, attr, i, getattr(owner, attr) if attr else owner[i]) for owner, attr, i in
-                 [*((blocks, None, i) for blocks, i in _motion_blocks(unet)), *_split_targets(unet)]]
+    originals = [(blocks, i, blocks[i]) for blocks, i in _motion_blocks(unet)]
+    own_forward = vars(unet).get("forward")  # a torch.compile wrapper has its own; a plain module its class's
     try:
         for blocks, i in _motion_blocks(unet):
             blocks[i] = _sharing(blocks[i], context_length, context_stride)
         pipe.enable_free_noise(context_length, context_stride)  # blocks already FreeNoise: it only sets them up
-        pipe.enable_free_noise_split_inference(spatial_split_size=256, temporal_split_size=context_length)
+        unet.forward = _windowed_forward(unet.forward, next(b[i] for b, i in _motion_blocks(unet)))
         yield pipe
     finally:
-        for owner, attr, i, module in reversed(originals):
-            if attr:
-                setattr(owner, attr, module)
-            else:
-                owner[i] = module
+        if own_forward is None:
+            vars(unet).pop("forward", None)
+        else:
+            unet.forward = own_forward
+        for blocks, i, module in originals:
+            blocks[i] = module

@@ -165,3 +165,21 @@ def test_bad_control_and_init_are_spec_errors(base, controlnet, reference, tmp_p
     junk.write_bytes(b"not a video at all")
     with pytest.raises(engine.SpecError, match="does not decode"):
         conditioning.read_reference(junk, 4, 32, 32)
+
+
+def test_a_long_video_samples_its_control_and_init_in_windows(base, controlnet, reference):
+    """Past the context the UNet runs per window with that window's rows of the ControlNet's per-frame
+    residuals (`engine.free_noise`): a control at scale 0 is still no control, at 1 it changes the video; a
+    long video-to-video runs in windows too."""
+    long = dict(FAST, num_frames=40, context_length=16, context_stride=8)
+    plain = render(base, SampleSpec(prompt="a toy", method="base", **long))
+    control = ControlSpec(video=str(reference), type="canny", source_frames=4)
+    controlled = render(base, SampleSpec(prompt="a toy", method="base", control=control, **long), controlnet=controlnet)
+    zero = render(base, SampleSpec(prompt="a toy", method="base", control=dataclasses.replace(control, scale=0.0),
+                                   **long), controlnet=controlnet)
+    assert controlled.shape == plain.shape == (40, 32, 32, 3)
+    np.testing.assert_allclose(zero, plain, atol=1e-5)
+    assert np.abs(controlled - plain).mean(axis=(1, 2, 3)).min() > 1e-4, "the control reaches every window"
+    v2v = render(base, SampleSpec(prompt="a toy", method="base", init=InitSpec(video=str(reference), strength=0.5),
+                                  **long))
+    assert v2v.shape == (40, 32, 32, 3) and np.abs(v2v - plain).max() > 1e-3

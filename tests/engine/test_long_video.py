@@ -52,6 +52,43 @@ def test_free_noise_fuses_every_frame():
     assert torch.allclose(scale[:13], torch.ones(13), atol=1e-5) and scale[14] < 0.5
 
 
+def test_the_unet_runs_one_window_at_a_time_and_fuses_its_noise_predictions(base):
+    """Inside `free_noise` every UNet call sees at most `context_length` frames (so its activations are a
+    window's); a frame only one window covers gets that window's prediction, computed with its own rows of the
+    per-frame prompt embeddings, and a frame three windows cover their pyramid-weighted mean."""
+    c = base.components
+    unet = base.sampling_motion_unet()
+    pipe = AnimateDiffPipeline(vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], unet=unet,
+                               motion_adapter=base.motion_adapter, scheduler=make_scheduler(base, "ddim"))
+    gen = torch.Generator().manual_seed(0)
+    frames, size = 40, 16 // pipe.vae_scale_factor  # windows of 16 every 4: (0, 16), (4, 20) ... (24, 40)
+    sample = torch.randn(2, unet.config.in_channels, frames, size, size, generator=gen)
+    text = torch.randn(2 * frames, 77, unet.config.cross_attention_dim, generator=gen)  # a prompt per frame
+    t = torch.tensor(500)
+    seen: list[int] = []
+    hook = unet.conv_in.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        with torch.inference_mode(), free_noise(pipe, 16, 4):
+            fused = unet(sample, t, encoder_hidden_states=text).sample
+    finally:
+        hook.remove()
+    assert fused.shape == sample.shape and len(seen) == 7 and max(seen) == 2 * 16, seen
+
+    def window(start):
+        rows = torch.cat([torch.arange(start, start + 16), frames + torch.arange(start, start + 16)])
+        with torch.inference_mode():
+            return unet(sample[:, :, start:start + 16], t, encoder_hidden_states=text[rows]).sample
+
+    first, last = window(0), window(24)
+    torch.testing.assert_close(fused[:, :, :4], first[:, :, :4])
+    torch.testing.assert_close(fused[:, :, 36:], last[:, :, 12:])
+    pyramid = [*range(1, 9), *range(8, 0, -1)]  # frame 10 is at 10, 6 and 2 in the windows from 0, 4 and 8
+    expected = sum(pyramid[p] * window(s)[:, :, p] for s, p in ((0, 10), (4, 6), (8, 2))) / (
+        pyramid[10] + pyramid[6] + pyramid[2])
+    torch.testing.assert_close(fused[:, :, 10], expected)
+    assert not torch.allclose(fused[:, :, 10], first[:, :, 10], atol=1e-4)  # the windows do differ there
+
+
 def test_a_96_frame_video_samples_in_windows_and_leaves_the_unet_as_it_was(base):
     unet = base.sampling_motion_unet()
     before = _state(unet)

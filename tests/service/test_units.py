@@ -321,3 +321,25 @@ def test_validation_errors_of_a_body_and_of_the_upload_config_are_reshaped_alike
                                             "ctx": {"error": "Expecting value"}}])
     assert (malformed.status, malformed.code, malformed.message) == (
         400, "malformed_json", "request body is not valid JSON: Expecting value")
+
+
+def test_long_video_windows_cover_every_frame_and_overlap_by_a_quarter_by_default():
+    """`common.long_video`: the windows the engine fuses (the last one ends at the last frame) and the default
+    stride the API reports (three quarters of the window: AnimateDiff-Evolved's overlap of 4 in 16)."""
+    from common.long_video import context_window, windows
+
+    assert context_window(32, 96, None, None, False) == (32, 24)
+    assert context_window(32, 96, 16, None, False) == (16, 12)
+    assert context_window(32, 16, None, None, False) is None  # within the context: the plain path
+    assert context_window(32, 16, None, None, True) == (16, 12)  # a prompt map: one window of every frame
+    assert windows(96, 32, 24) == [(0, 32), (24, 56), (48, 80), (64, 96)]
+    assert windows(40, 16, 4) == [(0, 16), (4, 20), (8, 24), (12, 28), (16, 32), (20, 36), (24, 40)]
+    assert windows(10, 16, 4) == [(0, 10)]
+    for frames in range(2, 80, 7):
+        for length in (2, 5, 16, 32):
+            for stride in range(1, length + 1, 3):
+                got = windows(frames, length, stride)
+                covered = {f for start, end in got for f in range(start, end)}
+                assert covered == set(range(frames)), (frames, length, stride)
+                assert all(end - start == min(length, frames) for start, end in got)
+                assert [s for s, _ in got] == sorted({s for s, _ in got})
