@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     motion_num_images: int = Field(16, ge=1)
     motion_rank: int = Field(16, ge=1)
     motion_batch_size: int = Field(1, ge=1, description="frozen videos per Motion Adapter training step")
-    image_batch_size: int = Field(1, ge=1, description="stills per T2I call when making frozen videos")
+    image_batch_size: int = Field(4, ge=1, description="stills per T2I call when making frozen videos "
+                                  "(TrainSpec.image_batch_size, bench/README.md \"Batching\")")
     gradient_checkpointing: bool = Field(False, description="recompute activations in training (sd15 at 512x512x16 "
                                                              "within 24 GB of GPU memory)")
     max_video_pixels: int | None = Field(None, ge=1, description="num_frames x height x width of one video, or of "

@@ -92,7 +92,9 @@ class MotionAdapterSpec:
     """Training settings of the Motion Adapter (a LoRA on the motion modules). All *(ours)*."""
 
     rank: int = 16
-    learning_rate: float = 1e-4
+    # 1e-4 left scale 1 moving on the shapes world (1.07 vs 1.63 px/frame at 0), 1e-3 froze it (0.19) at the same
+    # cost (docs/motion-adapter-budget.json, docs/evidence.md "Motion Adapter budget")
+    learning_rate: float = 1e-3
     train_steps: int = 300
     num_images: int = 16
     batch_size: int = 1  # frozen videos per training step
@@ -121,7 +123,9 @@ class TrainSpec:
     learning_rate: float = 1e-4
     seed: int = 0
     batch_size: int = 1
-    image_batch_size: int = 1  # stills per T2I pipeline call (the Motion Adapter's stills too)
+    # stills per T2I pipeline call (the Motion Adapter's stills too): 4 was 1.7x faster per still than 1 at both
+    # architectures on CPU (bench/README.md, "Batching"); the same worker setting, STILLMOVING_IMAGE_BATCH_SIZE
+    image_batch_size: int = 4
     train_resnets: bool = False
     train_projections: bool = False
     train_feedforward: bool = False
@@ -187,7 +191,7 @@ class SampleSpec:
 
     A video longer than `context_length` frames (None: the motion modules' frame positions), or a `prompt` given
     as a ``{frame: prompt}`` map (prompt travel), samples with FreeNoise (`engine.free_noise`) in windows of
-    `context_length` frames `context_stride` apart (None: a quarter of the window)."""
+    `context_length` frames `context_stride` apart (None: windows overlapping by a quarter)."""
 
     prompt: str | dict[int, str]
     negative_prompt: str = ""

@@ -424,12 +424,42 @@ def write_markdown(report: dict, path: Path, sheets: dict[str, str]) -> Path:
         lines += ["", "What the table says:", "", *comparisons(rows), ""]
         if cust in sheets:
             lines += [f"![{cust}: one frame row per method, prompts p0 and the first held-out shape]({sheets[cust]})", ""]
+    lines += motion_budget_section(path.parent / MOTION_BUDGET_REPORT)
     lines += control_section(path.parent / CONTROL_REPORT)
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 CONTROL_REPORT = "control-evidence.json"  # `engine.shapes.control_eval`'s report, beside this one
+MOTION_BUDGET_REPORT = "motion-adapter-budget.json"  # `engine.shapes.motion_adapter_budget`'s, beside this one
+
+
+def motion_budget_section(report_path: Path) -> list[str]:
+    """The Motion Adapter's training recipes (what `MotionAdapterSpec`'s defaults rest on): each recipe's motion at
+    sampling scales 1 / 0 / -1 on the base T2V, read from its own report (its own command and budget)."""
+    lines = ["## Motion Adapter budget: does it freeze motion?", ""]
+    if not report_path.exists():
+        return lines + [f"Not measured: no `{report_path.name}` beside this report (`python -m "
+                        "engine.shapes.motion_adapter_budget` writes it).", ""]
+    budget = json.loads(report_path.read_text())
+    scales = [str(s) for s in budget["scales"]]
+    lines += [f"From `python -m engine.shapes.motion_adapter_budget` (`{report_path.name}`): each `MotionAdapterSpec` "
+              "recipe (fixed before the first run) trains the shared Motion Adapter on the shapes base's frozen "
+              "videos, which then samples the base T2V alone (no Spatial Adapters) at Motion Adapter scale "
+              f"{' / '.join(scales)} over {len(budget['prompts'])} moving prompts x {len(budget['seeds'])} seeds, "
+              f"{budget['sampling_steps']} steps. Cells: centroid px/frame [95% bootstrap interval]. The issue's bar: "
+              "scale 1 under half of scale 0 (near-static), scale -1 above scale 0.", "",
+              "| recipe | lr | batch | steps | train s | loss first / last 10 | " + " | ".join(
+                  f"px/frame at {s}" for s in scales) + " | bar |", "|---" * (7 + len(scales)) + "|"]
+    for name, r in budget["recipes"].items():
+        moved, spec = r["displacement_px"], r["spec"]
+        one, zero, minus = (moved[s]["mean"] for s in ("1.0", "0.0", "-1.0"))
+        bar = "met" if None not in (one, zero, minus) and one < 0.5 * zero and minus > zero else "missed"
+        lines.append(f"| {name} | {spec['learning_rate']:g} | {spec['batch_size']} | {spec['train_steps']} | "
+                     f"{r['train_seconds']} | {r['loss_first_10']} / {r['loss_last_10']} | "
+                     + " | ".join(_cell(moved[s]) for s in scales) + f" | {bar} |")
+    lines += ["", *(f"Not run: *{name}*: {why}." for name, why in budget.get("not_run", {}).items())]
+    return lines + [""]
 
 
 def control_section(report_path: Path) -> list[str]:
