@@ -97,8 +97,8 @@ class CustomizationConfig(WebhookFields):
                                              "samples of generic prompts trained alongside (0 = off)")
     prior_num_images: int = Field(16, ge=1, le=500)
     motion_adapter_source: Literal["shared", "customized"] = Field(
-        "shared", description="shared: the base's cached Motion Adapter; customized: one trained on this "
-                              "customization's frozen videos")
+        "customized", description="customized (default): a Motion Adapter trained on this customization's "
+                                  "frozen videos (docs/evidence.md); shared: the base's cached one, trained once")
 
     @field_validator("prompts")
     @classmethod

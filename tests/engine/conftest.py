@@ -31,7 +31,8 @@ def small_train(**overrides) -> TrainSpec:
     """A customization that runs in about a second on the tiny base."""
     values = dict(prompts=("a sks toy", "a sks toy on a table"), num_images=2, train_steps=4, rank=4,
                   learning_rate=1e-3, seed=0, num_frames=4, height=32, width=32, checkpoint_every=0,
-                  preview=False, motion=MotionAdapterSpec(train_steps=3, num_images=2, rank=4))
+                  preview=False, motion=MotionAdapterSpec(train_steps=3, num_images=2, rank=4),
+                  motion_adapter_source="shared")  # the cached one: tests load it by its key
     values.update(overrides)
     return TrainSpec(**values)
 

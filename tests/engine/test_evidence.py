@@ -172,7 +172,7 @@ def test_the_small_experiment_with_every_row(tmp_path):
     _check_structure(report, out, rows)
     trainings = report["customizations"]["lora"]["trainings"]
     assert trainings["no-motion-adapter"]["motion_check"] is None
-    assert trainings["customized-motion-adapter"]["motion_check"] is not None
+    assert trainings["shared-motion-adapter"]["motion_check"] is not None
 
 
 @pytest.mark.heavy

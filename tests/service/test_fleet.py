@@ -68,7 +68,8 @@ def test_three_workers_without_shared_disk_run_a_mixed_burst_of_two_tenants_once
             customizations: dict[str, str] = {}  # customization id -> tenant
             for tenant, formats in UPLOADS.items():
                 for i, fmt in enumerate(formats):
-                    config = {**TINY_CONFIG, "prompts": [f"a photo of sks dog, tenant {tenant} #{i}"]}
+                    config = {**TINY_CONFIG, "prompts": [f"a photo of sks dog, tenant {tenant} #{i}"],
+                              "motion_adapter_source": "shared"}  # one Motion Adapter for the whole fleet
                     body = upload(api, TENANTS[tenant], checkpoints[fmt], config)
                     assert body.status_code == 202, body.text
                     jobs[body.json()["job_id"]] = tenant
