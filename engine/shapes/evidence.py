@@ -339,7 +339,7 @@ BUILT = (
 DECISIONS = (
     "## The product's defaults, and why",
     "",
-    "Decided 2026-12-03 from the complete run of that date and the Motion Adapter budget below (numbers: artifacts "
+    "Decided 2026-12-03 from the complete run of that date and the Motion Adapter budget above (numbers: artifacts "
     "= unreadable frames, means over 32 videos; the tables above have their intervals). In that run the rows were "
     "named after the defaults of the time: *Still-Moving* used the shared Motion Adapter, *customized Motion "
     "Adapter* one trained per customization.",
@@ -367,7 +367,8 @@ DECISIONS = (
     "customization (fidelity full / LoRA / stronger 0.96 / 0.93 / 0.98 vs 0.95 / 0.95 / 0.98); Still-Moving has "
     "fewer unreadable frames on each (0.10 / 0.61 / 0.17 vs 0.18 / 0.67 / 0.19) but the intervals overlap, and "
     "the shape is better on the full fine-tune only (0.91 vs 0.75). The stronger fine-tune, whose injected layers "
-    "drift more from the base (mean relative feature drift 0.38 vs 0.27), did not break naive injection either: "
+    "drift more from the base than the committed full fine-tune's (mean relative feature drift 0.38 vs 0.27; the "
+    "LoRA's, 0.44, drifts most and reads worst whatever the method), did not break naive injection either: "
     "the paper's artifacts need a customization that moves the spatial features further than these do. Spatial "
     "Adapters trained without the Motion Adapter do not learn static videos here (px/frame about the same as "
     "with it): the base T2V's motion (its motion modules have no text input) is weak and undirected (direction "
