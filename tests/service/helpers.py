@@ -36,6 +36,12 @@ def wait_job(client, auth, job_id: str, timeout: float = 300, until=TERMINAL, se
         time.sleep(0.1)
 
 
+def job_ids(api, headers: dict) -> list[str]:
+    """The ids of a key's jobs, newest first: what "nothing was queued" compares (a job's view signs its result URLs
+    anew each second, and other tests' jobs move on meanwhile)."""
+    return [job["id"] for job in api.get("/jobs?limit=100", headers=headers).json()["items"]]
+
+
 def assert_error(response, status: int, code: str, field: str | None = None) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from tests.conftest import KEY_A, KEY_B
-from tests.service.helpers import TINY_CONFIG, assert_error, upload
+from tests.service.helpers import TINY_CONFIG, assert_error, job_ids, upload
 
 KEY_C = "test-key-c"
 GEN = {"prompt": "a dog", "num_frames": 4, "height": 32, "width": 32, "steps": 1}
@@ -139,14 +139,13 @@ def test_generate_rejects_bad_values(api, a, change, field):
 ])
 def test_generate_over_the_preset_limits_is_422_naming_field_and_limit(api, a, api_settings, change, field, said):
     preset = api_settings.preset()
-    before = api.get("/jobs?limit=100", headers=a).json()["items"]
+    before = job_ids(api, a)
     error = assert_error(api.post("/generate", headers=a, json={**GEN, **change}), 422, "invalid_argument", field)
     assert said in error["message"]
     limit = preset.max_frames if "positions" in said else preset.max_video_frames if "longest" in said \
         else preset.max_video_pixels if "pixel" in said else preset.max_video_work
     assert str(limit) in error["message"]
-    after = api.get("/jobs?limit=100", headers=a).json()["items"]
-    assert [j["id"] for j in after] == [j["id"] for j in before]  # nothing queued
+    assert job_ids(api, a) == before  # nothing queued
 
 
 def test_generate_at_the_limit_is_accepted_and_limits_are_published(api, a, api_settings):
@@ -197,7 +196,7 @@ def test_generate_accepts_and_job_is_visible_only_to_its_key(api, a, b):
     assert job["params"]["method"] == "base" and isinstance(job["params"]["seed"], int)
     assert_error(api.get(f"/jobs/{body['job_id']}", headers=b), 404, "not_found")
     assert_error(api.post(f"/jobs/{body['job_id']}/cancel", headers=b), 404, "not_found")
-    assert body["job_id"] not in [j["id"] for j in api.get("/jobs?limit=100", headers=b).json()["items"]]
+    assert body["job_id"] not in job_ids(api, b)
 
 
 def test_queue_position_counts_jobs_ahead(api, a):
@@ -456,13 +455,13 @@ def test_bad_checkpoints_are_refused_and_nothing_is_stored_or_queued(api, tmp_pa
     path = tmp_path / "bad.safetensors"
     path.write_bytes(content)
     c = {"Authorization": f"Bearer {KEY_C}"}
-    before_jobs = api.get("/jobs?limit=100", headers=c).json()["items"]
+    before_jobs = job_ids(api, c)
     before_objects = stored_keys(api, "checkpoints/")
     error = assert_error(upload(api, c, path), 422, code, "checkpoint")
     assert len(error["message"]) > 10
     assert stored_keys(api, "checkpoints/") == before_objects
     assert stored_keys(api, "uploads/") == []
-    assert api.get("/jobs?limit=100", headers=c).json()["items"] == before_jobs
+    assert job_ids(api, c) == before_jobs
     import os
 
     assert not os.path.exists("/tmp/stillmoving-pwned")
@@ -507,12 +506,12 @@ def test_bad_configs(api, a, checkpoints, config, field):
 def test_config_json_that_no_response_could_hold_is_422(api, checkpoints, raw):
     """Was a 500 (RecursionError, ValueError) or, for the surrogate, a 202 whose records no view could render."""
     c = {"Authorization": f"Bearer {KEY_C}"}
-    before = api.get("/jobs?limit=100", headers=c).json()["items"]
+    before = job_ids(api, c)
     response = api.post("/customizations", headers=c, data={"config": raw},
                         files={"checkpoint": ("x.safetensors", checkpoints["lora"].read_bytes())})
     error = assert_error(response, 422, "invalid_argument", "config")
     assert "not valid JSON" in error["message"]
-    assert api.get("/jobs?limit=100", headers=c).json()["items"] == before
+    assert job_ids(api, c) == before
 
 
 @pytest.mark.parametrize("path", ["/jobs", "/customizations"])
@@ -535,12 +534,12 @@ def test_malformed_forms(api, a, checkpoints):
     cut = (b'--b\r\nContent-Disposition: form-data; name="config"\r\n\r\n' + json.dumps(TINY_CONFIG).encode() +
            b'\r\n--b\r\nContent-Disposition: form-data; name="checkpoint"; filename="x.safetensors"\r\n\r\n' +
            checkpoints["lora"].read_bytes())  # no closing boundary: the upload was cut off
-    before = api.get("/jobs?limit=100", headers=a).json()["items"]
+    before = job_ids(api, a)
     response = api.post("/customizations", headers={**a, "Content-Type": "multipart/form-data; boundary=b"},
                         content=cut)
     assert_error(response, 400, "bad_request")
     assert "closing boundary" in response.json()["error"]["message"]
-    assert api.get("/jobs?limit=100", headers=a).json()["items"] == before and stored_keys(api, "uploads/") == []
+    assert job_ids(api, a) == before and stored_keys(api, "uploads/") == []
 
 
 def test_hygiene_empty_body_empty_customization_id_and_headers(api, a):

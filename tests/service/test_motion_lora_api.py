@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from common.schemas import GenerateRequest
 from tests.conftest import KEY_A
-from tests.service.helpers import assert_error
+from tests.service.helpers import assert_error, job_ids
 
 SERVED = "guoyww/animatediff-motion-lora-zoom-in"
 GEN = {"prompt": "a dog", "num_frames": 4, "height": 32, "width": 32, "steps": 1}
@@ -27,10 +27,6 @@ def api(settings):
 @pytest.fixture(scope="module")
 def a():
     return {"Authorization": f"Bearer {KEY_A}"}
-
-
-def job_ids(api, a) -> list[str]:
-    return [j["id"] for j in api.get("/jobs?limit=100", headers=a).json()["items"]]
 
 
 @pytest.mark.parametrize("motion_lora", ["guoyww/animatediff-motion-lora-zoom-out", "/etc", "../models/shapes",
