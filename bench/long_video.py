@@ -5,6 +5,8 @@ Rows, each measured in its own process (so a row's memory peak is its own, not a
     (32x32): text encoder, `--steps` DDIM steps with classifier-free guidance, VAE decode; 16 frames is one plain
     pass (within the motion modules' 32 positions), 64 and 256 sample in FreeNoise windows
     (`engine.free_noise`: context_length 32 and the default stride, 24);
+  * ``controlled``: the same under the shapes preset's canny ControlNet, its edges from a shapes-world video
+    (the ControlNet's call runs on each window's frames, as the UNet does);
   * ``real-size``: one denoising step of the real-size architecture (SD 1.5 + AnimateDiff v1-5-2 from
     `engine/real_size.py`, random weights): one UNet forward on the CFG batch (2 x F frames at size/8), plainly
     for 16 frames and inside `free_noise` (windows of 16, AnimateDiff's training length, at the default stride,
@@ -32,38 +34,50 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.harness import PeakMemory, quiet, report, sync
 
 LENGTHS = (16, 64, 256)
+KINDS = ("shapes", "controlled", "real-size")
 MARK = "ROW "  # a row process prints its result on a line starting with this
 
 
-def shapes_row(frames: int, steps: int, device: str, dtype: str) -> dict:
-    """`render_frames` of one `frames`-frame video on the shapes preset (base method)."""
+def shapes_row(frames: int, steps: int, device: str, dtype: str, controlled: bool = False) -> dict:
+    """`render_frames` of one `frames`-frame video on the shapes preset (base method), under its canny
+    ControlNet when `controlled`."""
     import engine
+    from common.presets import CONTROLNETS
+    from engine import export
     from engine.progress import Reporter
     from engine.sampling import render_frames, resolve_sample
+    from engine.shapes import world
 
-    base = engine.load_base_models(engine.ModelSpec(preset="shapes", device=device, precision=dtype),
-                                   Path(tempfile.mkdtemp(prefix="bench-long-")))
+    workdir = Path(tempfile.mkdtemp(prefix="bench-long-"))
+    base = engine.load_base_models(engine.ModelSpec(preset="shapes", device=device, precision=dtype), workdir)
+    control, controlnet = None, None
+    if controlled:
+        frames_in = world.video_sample(np.random.default_rng(0), direction="right").frames
+        reference = export.write_video(frames_in, workdir, "reference", "gif", 8)[0]
+        control = engine.ControlSpec(video=str(reference), type="canny", source_frames=world.NUM_FRAMES)
+        controlnet = engine.load_controlnet(base, CONTROLNETS["shapes"]["canny"])
     spec = engine.SampleSpec(prompt="a red circle moving right", num_frames=frames, steps=steps, seed=0,
-                             method="base")
+                             method="base", control=control)
     context = resolve_sample(base, spec)["context"]
-    render_frames(base, None, engine.SampleSpec(prompt="a red circle", num_frames=8, steps=1, seed=0, method="base"),
-                  Reporter())  # warm-up: first-call costs are not the length's
+    render_frames(base, None, engine.SampleSpec(prompt="a red circle", num_frames=8, steps=1, seed=0, method="base",
+                                                control=control), Reporter(), controlnet=controlnet)  # warm-up
     stamps: list[float] = []
     reporter = Reporter(progress=lambda stage, *_: stamps.append(time.perf_counter()) if stage == "denoise" else None)
     with PeakMemory(base.device) as mem:
         sync(base.device)
         start, cpu = time.perf_counter(), time.process_time()
-        video, _ = render_frames(base, None, spec, reporter)
+        video, _ = render_frames(base, None, spec, reporter, controlnet=controlnet)
         sync(base.device)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert video.shape[0] == frames
     steps_s = [b - a for a, b in zip([start, *stamps], stamps)]
-    return {"kind": "shapes", "frames": frames, "size": base.defaults.height, "steps": steps,
+    return {"kind": "controlled" if controlled else "shapes", "frames": frames, "size": base.defaults.height, "steps": steps,
             "free_noise": context is not None, **(context or {}), "seconds": seconds, "cpu_seconds": cpu,
             "seconds_per_frame": seconds / frames, "median_step_s": sorted(steps_s)[len(steps_s) // 2],
             "mem_peak_GiB": mem.peak_gib, "mem_delta_GiB": mem.delta_gib}
@@ -131,9 +145,9 @@ def main() -> None:
     parser.add_argument("--real-size", type=int, default=0, help="real-size frame size; 0: 64 on CPU, 512 on CUDA")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    parser.add_argument("--kinds", nargs="+", default=["shapes", "real-size"], choices=["shapes", "real-size"])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
-    parser.add_argument("--row", choices=["shapes", "real-size"], help=argparse.SUPPRESS)
+    parser.add_argument("--row", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     quiet()
@@ -143,8 +157,8 @@ def main() -> None:
     args.steps = args.steps or (25 if cuda else 2)
     args.real_size = args.real_size or (512 if cuda else 64)
     if args.row:
-        row = shapes_row(args.frames, args.steps, args.device, args.dtype) if args.row == "shapes" else \
-            real_size_row(args.frames, args.real_size, args.device, args.dtype)
+        row = real_size_row(args.frames, args.real_size, args.device, args.dtype) if args.row == "real-size" else \
+            shapes_row(args.frames, args.steps, args.device, args.dtype, controlled=args.row == "controlled")
         print(MARK + json.dumps(row), flush=True)
         return
     rows = []

@@ -7,7 +7,9 @@ UNet, as here); the initial noise of each window is a shuffle of the first one's
 embedded per frame, linearly interpolated between its keys (prompt travel). Every activation of a UNet call (its
 skip connections, the motion modules' group norms) is then a window's, so memory is bounded by `context_length`,
 not the video's length (`bench/long_video.py`): what grows with the length is the latents and the decoded frames.
-The UNet runs about ``context_length / context_stride`` times per frame.
+The UNet runs about ``context_length / context_stride`` times per frame. A ControlNet's call is deferred to those
+windows too (`_DeferredControl`): it works frame by frame, so running it on a window's frames is exact, and its
+residuals (hundreds of times a latent's size) are never held for the whole video.
 
 diffusers' `enable_free_noise` builds a new FreeNoise block per motion transformer block and loads the old one's
 state dict into it: that copies weights inside a UNet shared by every job, and it fails half-way on peft LoRA
@@ -86,6 +88,39 @@ def _sharing(block: BasicTransformerBlock, length: int, stride: int) -> _FreeNoi
     return shell
 
 
+class _DeferredControl:
+    """A ControlNet's call kept until the UNet asks for some of its rows (`rows`): the pipelines pass what the
+    ControlNet returned straight to the UNet, so returning this in place of the residuals lets the windowed UNet
+    call (`_windowed_forward`) run the ControlNet on its window's frames only. Its inputs are (batch x frames, ...)
+    rows like the UNet's embeddings; a guess-mode call (fewer rows than the UNet's) is run whole."""
+
+    def __init__(self, forward, sample, timestep, kwargs: dict):
+        self.forward, self.sample, self.timestep, self.kwargs = forward, sample, timestep, kwargs
+
+    def rows(self, index=None) -> tuple[tuple, torch.Tensor]:
+        """(down residuals, mid residual) for rows `index` (all of them when None)."""
+        def pick(value):
+            if index is not None and isinstance(value, torch.Tensor) and value.shape[0] == self.sample.shape[0]:
+                return value[index]
+            return [pick(v) for v in value] if isinstance(value, list) else value
+
+        sample = self.sample if index is None else self.sample[index]
+        kwargs = {name: pick(value) for name, value in self.kwargs.items()} | {"return_dict": False}
+        return self.forward(sample, self.timestep, **kwargs)
+
+
+def _deferring_forward(forward):
+    """`forward` (a ControlNet's, or a MultiControlNetModel's) returning a `_DeferredControl` for both outputs."""
+
+    def call(sample, timestep, *args, **kwargs):
+        if args:  # the pipelines pass everything after the timestep by name
+            return forward(sample, timestep, *args, **kwargs)
+        deferred = _DeferredControl(forward, sample, timestep, kwargs)
+        return deferred, deferred
+
+    return call
+
+
 def _windowed_forward(forward, block: _FreeNoiseBlock):
     """`forward` (a UNetMotionModel's) run on each window of `block`'s frames and fused with its pyramid weights.
 
@@ -96,6 +131,11 @@ def _windowed_forward(forward, block: _FreeNoiseBlock):
     def call(sample, timestep, encoder_hidden_states, *args, down_block_additional_residuals=None,
              mid_block_additional_residual=None, return_dict=True, **kwargs):
         batch, frames = sample.shape[0], sample.shape[2]
+        control = down_block_additional_residuals
+        if isinstance(control, _DeferredControl) and (frames <= block.context_length
+                                                      or control.sample.shape[0] != batch * frames):
+            control = None  # one window, or a guess-mode call: the ControlNet runs whole
+            down_block_additional_residuals, mid_block_additional_residual = down_block_additional_residuals.rows()
         if frames <= block.context_length:
             return forward(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict,
                            down_block_additional_residuals=down_block_additional_residuals,
@@ -109,11 +149,14 @@ def _windowed_forward(forward, block: _FreeNoiseBlock):
         for start, end in block._get_frame_indices(frames):
             index = (torch.arange(batch, device=sample.device)[:, None] * frames
                      + torch.arange(start, end, device=sample.device)).flatten()
-            down = None if down_block_additional_residuals is None else tuple(
-                rows(r, index) for r in down_block_additional_residuals)
+            if isinstance(control, _DeferredControl):
+                down, mid = control.rows(index)
+            else:
+                down = None if down_block_additional_residuals is None else tuple(
+                    rows(r, index) for r in down_block_additional_residuals)
+                mid = rows(mid_block_additional_residual, index)
             out = forward(sample[:, :, start:end], timestep, rows(encoder_hidden_states, index), *args,
-                          down_block_additional_residuals=down,
-                          mid_block_additional_residual=rows(mid_block_additional_residual, index),
+                          down_block_additional_residuals=down, mid_block_additional_residual=mid,
                           return_dict=False, **kwargs)[0]
             weights = torch.tensor(block._get_frame_weights(end - start, block.weighting_scheme),
                                    dtype=sample.dtype, device=sample.device)
@@ -129,19 +172,23 @@ def _windowed_forward(forward, block: _FreeNoiseBlock):
 def free_noise(pipe, context_length: int, context_stride: int):
     """Sample with FreeNoise on `pipe` (an AnimateDiff pipeline built with its `motion_adapter`); the UNet's
     modules are the same objects again afterwards, whatever happens inside."""
-    unet = pipe.unet
+    unet, controlnet = pipe.unet, getattr(pipe, "controlnet", None)
     originals = [(blocks, i, blocks[i]) for blocks, i in _motion_blocks(unet)]
-    own_forward = vars(unet).get("forward")  # a torch.compile wrapper has its own; a plain module its class's
+    patched = [m for m in (unet, controlnet) if m is not None]
+    own_forwards = [vars(m).get("forward") for m in patched]  # a torch.compile wrapper has its own; else the class's
     try:
         for blocks, i in _motion_blocks(unet):
             blocks[i] = _sharing(blocks[i], context_length, context_stride)
         pipe.enable_free_noise(context_length, context_stride)  # blocks already FreeNoise: it only sets them up
         unet.forward = _windowed_forward(unet.forward, next(b[i] for b, i in _motion_blocks(unet)))
+        if controlnet is not None:
+            controlnet.forward = _deferring_forward(controlnet.forward)
         yield pipe
     finally:
-        if own_forward is None:
-            vars(unet).pop("forward", None)
-        else:
-            unet.forward = own_forward
+        for module, own_forward in zip(patched, own_forwards):
+            if own_forward is None:
+                vars(module).pop("forward", None)
+            else:
+                module.forward = own_forward
         for blocks, i, module in originals:
             blocks[i] = module

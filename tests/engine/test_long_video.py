@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from diffusers import AnimateDiffPipeline
+from diffusers import AnimateDiffControlNetPipeline, AnimateDiffPipeline
 from diffusers.models.attention import FreeNoiseTransformerBlock
 
 import engine
@@ -87,6 +87,44 @@ def test_the_unet_runs_one_window_at_a_time_and_fuses_its_noise_predictions(base
         pyramid[10] + pyramid[6] + pyramid[2])
     torch.testing.assert_close(fused[:, :, 10], expected)
     assert not torch.allclose(fused[:, :, 10], first[:, :, 10], atol=1e-4)  # the windows do differ there
+
+
+def test_a_controlnet_runs_on_each_window_and_gives_what_it_gives_on_the_whole_video(base):
+    """Inside `free_noise` a ControlNet's call is deferred to the UNet's windows: it never sees more than a
+    window's frames, and since it works frame by frame the fused prediction equals the one from residuals computed
+    on all frames at once (the ControlNet and the UNet put back afterwards)."""
+    c = base.components
+    unet, controlnet = base.sampling_motion_unet(), engine.load_controlnet(base, "builtin")
+    pipe = AnimateDiffControlNetPipeline(vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"],
+                                         unet=unet, controlnet=controlnet, motion_adapter=base.motion_adapter,
+                                         scheduler=make_scheduler(base, "ddim"))
+    gen = torch.Generator().manual_seed(1)
+    frames, size = 40, 16 // pipe.vae_scale_factor
+    sample = torch.randn(2, unet.config.in_channels, frames, size, size, generator=gen)
+    flat = sample.transpose(1, 2).flatten(0, 1)  # (batch x frames, ...) rows, as the pipelines give the ControlNet
+    text = torch.randn(2 * frames, 77, unet.config.cross_attention_dim, generator=gen)
+    cond = torch.rand(2 * frames, 3, 16, 16, generator=gen)
+    t = torch.tensor(500)
+    control = dict(encoder_hidden_states=text, controlnet_cond=cond, conditioning_scale=1.0, guess_mode=False,
+                   return_dict=False)
+    with torch.inference_mode():
+        down, mid = controlnet(flat, t, **control)  # the whole video at once, outside free_noise
+    seen: list[int] = []
+    hook = controlnet.conv_in.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        with torch.inference_mode(), free_noise(pipe, 16, 4):
+            expected = unet(sample, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                            mid_block_additional_residual=mid).sample
+            plain = unet(sample, t, encoder_hidden_states=text).sample
+            deferred = controlnet(flat, t, **control)
+            fused = unet(sample, t, encoder_hidden_states=text, down_block_additional_residuals=deferred[0],
+                         mid_block_additional_residual=deferred[1]).sample
+    finally:
+        hook.remove()
+    assert len(seen) == 7 and max(seen) == 2 * 16, seen  # 7 windows of 16 frames, the CFG batch of 2
+    torch.testing.assert_close(fused, expected)
+    assert (fused - plain).abs().mean(dim=(0, 1, 3, 4)).min() > 1e-5, "the control reaches every frame"
+    assert "forward" not in vars(controlnet) and "forward" not in vars(unet)
 
 
 def test_a_96_frame_video_samples_in_windows_and_leaves_the_unet_as_it_was(base):
