@@ -194,11 +194,17 @@ SCHEDULERS = {
 }
 
 
-def make_scheduler(base: BaseModels, name: str):
-    """A fresh sampling scheduler (AnimateDiff's recommended linear betas) from the base config."""
+def make_scheduler(base: BaseModels, name: str, steps: int | None = None):
+    """A fresh sampling scheduler (AnimateDiff's recommended linear betas) from the base config.
+
+    For a single step (`steps` 1) DDIM and Euler space it "trailing": their "linspace" puts a lone step at t=0,
+    which returns the initial noise whatever the model predicts; "trailing" puts it at the last timestep (DPM++
+    already does), so one step is the model's one-shot prediction. Every other step count is unchanged."""
     if name not in SCHEDULERS:
         raise SpecError(f"scheduler={name!r}; expected one of {sorted(SCHEDULERS)}", field="scheduler")
     cls, overrides = SCHEDULERS[name]
+    if steps == 1 and overrides.get("timestep_spacing") == "linspace":
+        overrides = overrides | {"timestep_spacing": "trailing"}
     return cls.from_config(base.components["scheduler"].config, **overrides)
 
 

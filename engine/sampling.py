@@ -148,7 +148,7 @@ def render_frames(base: BaseModels, custom: Customization | None, sample: Sample
     context = values["context"]  # FreeNoise reads the motion modules' positions from the pipeline's adapter
     modules = dict(vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
                    unet=unet, motion_adapter=base.motion_adapter if context else None,
-                   scheduler=make_scheduler(base, sample.scheduler))
+                   scheduler=make_scheduler(base, sample.scheduler, values["steps"]))
     kwargs = dict(negative_prompt=sample.negative_prompt or None, height=values["height"], width=values["width"],
                   num_inference_steps=values["steps"], guidance_scale=values["guidance_scale"],
                   generator=torch.Generator("cpu").manual_seed(sample.seed), output_type="np")
