@@ -59,8 +59,11 @@ def motion_check(parts: dict, unet: UNetMotionModel, judge, per_direction: int =
 
 
 def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: float = 3e-4, seed: int = 5,
-                 num_videos: int = 6000, judge=None, eval_every: int = 1000) -> tuple[MotionAdapter, dict]:
-    """Train the motion modules over the frozen T2I; return the adapter and metrics."""
+                 num_videos: int = 6000, judge=None, eval_every: int = 1000,
+                 start: MotionAdapter | None = None, check_kwargs: dict | None = None,
+                 on_check=None) -> tuple[MotionAdapter, dict]:
+    """Train the motion modules over the frozen T2I (from `start`'s weights when given, else from AnimateDiff's
+    zero-output init); return the adapter and metrics."""
     steps = steps or 3000
     videos, captions = data.captioned_videos(num_videos if steps > 10 else 32, seed)
     n, f = videos.shape[:2]
@@ -69,7 +72,7 @@ def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: floa
     drop = np.random.default_rng(seed).random(n) < CAPTION_DROPOUT
     captions = ["" if d else c for c, d in zip(captions, drop)]
     table, rows = embed(parts["text_encoder"], parts["tokenizer"], captions)
-    unet = UNetMotionModel.from_unet2d(parts["unet"], fresh_adapter(seed))
+    unet = UNetMotionModel.from_unet2d(parts["unet"], start if start is not None else fresh_adapter(seed))
     unet.requires_grad_(False)
     params = [p for name, p in unet.named_parameters() if "motion_modules" in name]
     for p in params:
@@ -87,9 +90,11 @@ def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: floa
         log(step, float(loss.detach()))
         if judge is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
             unet.eval()
-            check = motion_check(parts, unet, judge) | {"step": step + 1}
+            check = motion_check(parts, unet, judge, **(check_kwargs or {})) | {"step": step + 1}
             unet.train()
             checks.append(check)
+            if on_check is not None:
+                on_check(checks)
             print(f"[motion] at {step + 1}: {check}", flush=True)
     unet.eval()
     return extract_adapter(unet), {"steps": steps, "batch": batch, "lr": lr, "num_videos": num_videos,
