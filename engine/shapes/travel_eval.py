@@ -46,11 +46,10 @@ from engine.specs import SampleSpec
 CHUNK = world.NUM_FRAMES  # frames per chunk read as one track: the world's video length
 
 
-def travel_prompt(caption: str, start: str, end: str, frames: int) -> tuple[dict[int, str], int, int]:
+def travel_prompt(start: str, end: str, frames: int) -> tuple[dict[int, str], int, int]:
     """({frame: prompt}, hold, ramp end): `start` until 7/16 of the video, `end` from 9/16 on."""
     hold, ramp_end = frames * 7 // 16, frames * 9 // 16
-    return {0: f"{caption} moving {start}", hold: f"{caption} moving {start}", ramp_end: f"{caption} moving {end}"}, \
-        hold, ramp_end
+    return {0: start, hold: start, ramp_end: end}, hold, ramp_end
 
 
 def velocity(centroids: list, direction: str) -> float | None:
@@ -61,8 +60,9 @@ def velocity(centroids: list, direction: str) -> float | None:
     return round(float(np.mean(steps)), 4) if steps else None
 
 
-def part(read: dict, lo: int, hi: int, start: str, end: str) -> dict:
-    """Motion and look over frames [lo, hi) of a judged video."""
+def part(read: dict, lo: int, hi: int, start: str, end: str, colours: tuple[str, str] | None = None) -> dict:
+    """Motion and look over frames [lo, hi) of a judged video (and the shares of frames read in each of
+    `colours`)."""
     cents = read["centroid"][lo:hi]
     chunks = [judge_mod.track_direction(cents[i:i + CHUNK])["direction"] for i in range(0, len(cents) - CHUNK + 1,
                                                                                            CHUNK)]
@@ -72,19 +72,23 @@ def part(read: dict, lo: int, hi: int, start: str, end: str) -> dict:
             "chunk_reads": {str(d): chunks.count(d) for d in dict.fromkeys(chunks)},
             "spread_px": judge_mod.track_direction(cents)["spread"],
             "readable_frames": round(float(np.mean(read["readable"][lo:hi])), 4),
-            "two_tone_frames": round(float(np.mean([v == "two-tone" for v in read["look"][lo:hi]])), 4)}
+            "two_tone_frames": round(float(np.mean([v == "two-tone" for v in read["look"][lo:hi]])), 4),
+            **({} if colours is None else {
+                f"colour_{key}": round(float(np.mean([v == colour for v in read["colour"][lo:hi]])), 4)
+                for key, colour in zip(("from", "to"), colours)})}
 
 
-def judged(frames: np.ndarray, judge, hold: int, ramp_end: int, start: str, end: str) -> dict:
+def judged(frames: np.ndarray, judge, hold: int, ramp_end: int, start: str, end: str,
+           colours: tuple[str, str] | None = None) -> dict:
     read = judge.read((frames * 255).round().astype(np.uint8))
     n = len(frames)
-    return {"first": part(read, 0, hold, start, end), "last": part(read, ramp_end, n, start, end),
-            "whole": part(read, 0, n, start, end)}
+    return {"first": part(read, 0, hold, start, end, colours), "last": part(read, ramp_end, n, start, end, colours),
+            "whole": part(read, 0, n, start, end, colours)}
 
 
 def evaluate(num_videos: int = 2, frames: int = 128, steps: int = 25, start: str = "up", end: str = "down",
              context_length: int = 8, context_stride: int = 2, methods: tuple[str, ...] = ("still-moving",),
-             train_steps: int = 100, num_images: int = 12) -> dict:
+             train_steps: int = 100, num_images: int = 12, vary: str = "direction") -> dict:
     judge = judge_mod.Judge.load(JUDGE_DIR)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -98,7 +102,15 @@ def evaluate(num_videos: int = 2, frames: int = 128, steps: int = 25, start: str
                 shape, colour = world.SHAPES[rng.integers(len(world.SHAPES))], list(world.COLOURS)[
                     rng.integers(len(world.COLOURS))]
                 caption = world.image_caption(shape, colour, "two-tone")
-                prompt, hold, ramp_end = travel_prompt(caption, start, end, frames)
+                colours = None
+                if vary == "colour":
+                    names = list(world.COLOURS)
+                    colours = (colour, names[(names.index(colour) + 1) % len(names)])
+                    prompt, hold, ramp_end = travel_prompt(
+                        *(f"{world.image_caption(shape, c, 'two-tone')} moving {start}" for c in colours), frames)
+                else:
+                    prompt, hold, ramp_end = travel_prompt(f"{caption} moving {start}", f"{caption} moving {end}",
+                                                           frames)
                 common = dict(method=method, steps=steps, seed=3000 + i, context_length=context_length,
                               context_stride=context_stride)
                 specs = {"travel": SampleSpec(prompt=prompt, num_frames=frames, **common),
@@ -108,21 +120,29 @@ def evaluate(num_videos: int = 2, frames: int = 128, steps: int = 25, start: str
                 for name, spec in specs.items():
                     t0 = time.time()
                     video, _ = engine.sampling.render_frames(base, custom, spec, Reporter(None, None))
-                    row[name] = judged(video, judge, hold, ramp_end, start, end) | {
+                    row[name] = judged(video, judge, hold, ramp_end, start, end, colours) | {
                         "seconds": round(time.time() - t0, 1)}
                     print(f"[travel-eval] {method} {caption} {name}: {row[name]}", flush=True)
                 short, _ = engine.sampling.render_frames(
                     base, custom, SampleSpec(prompt=prompt[0], method=method, steps=steps, seed=3000 + i),
                     Reporter(None, None))
                 row["plain 8 frames"] = part(judge.read((short * 255).round().astype(np.uint8)), 0, len(short),
-                                             start, end)
-                first, last = row["travel"]["first"]["velocity_along_from"], row["travel"]["last"]["velocity_along_to"]
-                row["turns_around"] = first is not None and last is not None and first > 0 and last > 0
+                                             start, end, colours)
+                head, tail = row["travel"]["first"], row["travel"]["last"]
+                if colours is None:
+                    first, last = head["velocity_along_from"], tail["velocity_along_to"]
+                    row["turns_around"] = first is not None and last is not None and first > 0 and last > 0
+                else:
+                    row["changes_colour"] = bool(head["colour_from"] > head["colour_to"]
+                                                 and tail["colour_to"] > tail["colour_from"])
                 videos.append(row)
-            results[method] = {"videos": videos, "turned_around": sum(v["turns_around"] for v in videos),
-                               "summary": _summary(videos)}
-    return {"settings": {"frames": frames, "steps": steps, "guidance_scale": base.defaults.guidance_scale,
-                         "from": start, "to": end, "context_length": context_length,
+            outcome, key = ("changed_colour", "changes_colour") if vary == "colour" else ("turned_around",
+                                                                                         "turns_around")
+            results[method] = {"videos": videos, outcome: sum(v[key] for v in videos),
+                               "summary": _summary(videos, colour=vary == "colour")}
+    return {"settings": {"vary": vary, "frames": frames, "steps": steps,
+                         "guidance_scale": base.defaults.guidance_scale, "from": start,
+                         "to": "the next colour" if vary == "colour" else end, "context_length": context_length,
                          "context_stride": context_stride, "chunk_frames": CHUNK,
                          "customization": {"checkpoint": _shown(CUSTOMIZED_DIR / CHECKPOINT),
                                            "train_steps": train_steps, "num_images": num_images,
@@ -131,12 +151,14 @@ def evaluate(num_videos: int = 2, frames: int = 128, steps: int = 25, start: str
             "results": results}
 
 
-def _summary(videos: list[dict]) -> dict:
+def _summary(videos: list[dict], colour: bool = False) -> dict:
     """Means over the videos of each run's parts' figures (None where no frame was read)."""
     out = {}
+    keys = ("velocity_along_from", "velocity_along_to", "chunks_from", "chunks_to", "readable_frames",
+            "two_tone_frames", *(("colour_from", "colour_to") if colour else ()))
     for run in ("travel", "constant from", "constant to"):
         for piece in ("first", "last"):
-            for key in ("velocity_along_from", "velocity_along_to", "chunks_from", "chunks_to", "readable_frames", "two_tone_frames"):
+            for key in keys:
                 values = [v[run][piece][key] for v in videos if v[run][piece][key] is not None]
                 out[f"{run} / {piece} / {key}"] = round(float(np.mean(values)), 4) if values else None
     for key in ("readable_frames", "two_tone_frames"):
@@ -157,13 +179,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["still-moving"], choices=["naive", "still-moving"])
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--num-images", type=int, default=12)
+    parser.add_argument("--vary", choices=["direction", "colour"], default="direction",
+                        help="what the prompt travels between (colour: the control, see above)")
     parser.add_argument("--out", type=Path, default=DOCS / "travel-evidence.json")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
     report = evaluate(args.videos, args.frames, args.steps, args.start, args.end, args.context_length,
-                      args.context_stride, tuple(args.methods), args.train_steps, args.num_images)
+                      args.context_stride, tuple(args.methods), args.train_steps, args.num_images, args.vary)
     report["settings"]["seconds"] = round(time.time() - start, 1)
     report["settings"]["command"] = "python -m engine.shapes.travel_eval " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
