@@ -66,10 +66,23 @@ def browser():
         launched.close()
 
 
+OPEN_PAGES: list = []  # pages `open_page` opened in the running test; `close_pages` closes them after it
+
+
+@pytest.fixture(autouse=True)
+def close_pages():
+    """Close every page a test opened: an open page keeps playing its looping videos and polling the API, and a
+    module's worth of them slowed later page loads past Playwright's 30 s (1 s per goto at first, 3 s after six)."""
+    yield
+    while OPEN_PAGES:
+        OPEN_PAGES.pop().context.close()
+
+
 def open_page(browser, url: str, width: int = 1280, height: int = 1000, path: str = ""):
-    """The page at `url`/ui/ with key A entered. It runs under its CSP (no eval); Playwright's string
-    predicates need eval, so only they bypass it."""
+    """The page at `url`/ui/ with key A entered (closed after the test: `close_pages`). It runs under its CSP (no
+    eval); Playwright's string predicates need eval, so only they bypass it."""
     page = browser.new_page(viewport={"width": width, "height": height}, bypass_csp=True)
+    OPEN_PAGES.append(page)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.errors = errors
