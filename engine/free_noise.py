@@ -99,14 +99,20 @@ class _DeferredControl:
 
     def rows(self, index=None) -> tuple[tuple, torch.Tensor]:
         """(down residuals, mid residual) for rows `index` (all of them when None)."""
-        def pick(value):
-            if index is not None and isinstance(value, torch.Tensor) and value.shape[0] == self.sample.shape[0]:
-                return value[index]
-            return [pick(v) for v in value] if isinstance(value, list) else value
+        count = self.sample.shape[0]
+        sample, kwargs = self.sample, self.kwargs
+        if index is not None:
+            sample = sample[index]
+            kwargs = {name: _rows(value, index, count) for name, value in kwargs.items()}
+        return self.forward(sample, self.timestep, **kwargs | {"return_dict": False})
 
-        sample = self.sample if index is None else self.sample[index]
-        kwargs = {name: pick(value) for name, value in self.kwargs.items()} | {"return_dict": False}
-        return self.forward(sample, self.timestep, **kwargs)
+
+def _rows(value, index, count: int):
+    """Rows `index` of a per-frame input of `count` (batch x frames) rows, or of each in a list of them (a
+    MultiControlNet's conditions); anything else (None, a scale, a shared tensor) as it is."""
+    if isinstance(value, list):
+        return [_rows(v, index, count) for v in value]
+    return value[index] if isinstance(value, torch.Tensor) and value.shape[0] == count else value
 
 
 def _deferring_forward(forward):
@@ -141,9 +147,6 @@ def _windowed_forward(forward, block: _FreeNoiseBlock):
                            down_block_additional_residuals=down_block_additional_residuals,
                            mid_block_additional_residual=mid_block_additional_residual, **kwargs)
 
-        def rows(tensor, index):
-            return tensor[index] if tensor is not None and tensor.shape[0] == batch * frames else tensor
-
         fused = torch.zeros_like(sample)
         total = torch.zeros(frames, dtype=sample.dtype, device=sample.device)
         for start, end in block._get_frame_indices(frames):
@@ -153,9 +156,9 @@ def _windowed_forward(forward, block: _FreeNoiseBlock):
                 down, mid = control.rows(index)
             else:
                 down = None if down_block_additional_residuals is None else tuple(
-                    rows(r, index) for r in down_block_additional_residuals)
-                mid = rows(mid_block_additional_residual, index)
-            out = forward(sample[:, :, start:end], timestep, rows(encoder_hidden_states, index), *args,
+                    _rows(r, index, batch * frames) for r in down_block_additional_residuals)
+                mid = _rows(mid_block_additional_residual, index, batch * frames)
+            out = forward(sample[:, :, start:end], timestep, _rows(encoder_hidden_states, index, batch * frames), *args,
                           down_block_additional_residuals=down, mid_block_additional_residual=mid,
                           return_dict=False, **kwargs)[0]
             weights = torch.tensor(block._get_frame_weights(end - start, block.weighting_scheme),
