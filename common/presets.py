@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common.errors import InvalidArgument
 from common.long_video import LongVideoError, check_prompt_frames, context_window
+from common.video_to_video import init_problem
 
 TRAIN_STEP_PASSES = 3  # a training step (forward + backward) costs about three sampling forwards
 # A ControlNet is a copy of the UNet's encoder and middle block: about half a UNet forward more per step.
@@ -151,10 +152,11 @@ def _check_pixels(preset: Preset, size: dict[str, int], limit: int, what: str, p
 def check_video(preset: Preset, num_frames: int | None, height: int | None, width: int | None,
                 steps: int | None, controlnet: bool = False, init_strength: float | None = None,
                 context_length: int | None = None, context_stride: int | None = None,
-                prompt: str | dict[int, str] = "") -> None:
+                prompt: str | dict[int, str] = "", scheduler: str = "ddim") -> None:
     """Refuse a video longer than `max_video_frames` or with a bad FreeNoise window or prompt map, over the
     memory limit (one window's pixel-frames) or the time limit (the whole video's work; a ControlNet costs
-    `CONTROLNET_COST` times the work), or, video-to-video, whose strength runs no step."""
+    `CONTROLNET_COST` times the work), or, video-to-video, whose strength leaves the init video as it is
+    (`common.video_to_video`)."""
     defaults = preset.fill(num_frames=None, height=None, width=None, steps=None)
     asked = preset.fill(num_frames=num_frames, height=height, width=width, steps=steps)
     if asked["num_frames"] > preset.max_video_frames:
@@ -170,9 +172,9 @@ def check_video(preset: Preset, num_frames: int | None, height: int | None, widt
     frames = "num_frames" if window is None else "context_length"  # what holds the frames in memory at once
     _check_pixels(preset, {frames: asked["num_frames"] if window is None else window[0], "height": asked["height"],
                            "width": asked["width"]}, preset.max_video_pixels, "limit")
-    if init_strength is not None and int(asked["steps"] * init_strength) < 1:
-        raise InvalidArgument(f"init.strength={init_strength} x steps={asked['steps']} runs no denoising step "
-                              "(video-to-video denoises int(steps x strength) steps)", field="init.strength")
+    problem = None if init_strength is None else init_problem(asked["steps"], init_strength, scheduler)
+    if problem is not None:
+        raise InvalidArgument(problem, field="init.strength")
     work = video_work(asked["num_frames"], asked["height"], asked["width"], asked["steps"])
     with_control = ""
     if controlnet:

@@ -17,11 +17,12 @@ from diffusers import (
 )
 from PIL import Image
 
+from common.video_to_video import init_problem
 from engine import adapters, annotators, conditioning, export, motion_loras
 from engine.artifact import Customization
 from engine.errors import SpecError
 from engine.free_noise import free_noise, resolve_context
-from engine.models import BaseModels
+from engine.models import BaseModels, make_scheduler
 from engine.progress import Reporter
 from engine.specs import SampleSpec
 
@@ -52,9 +53,9 @@ def resolve_sample(base: BaseModels, sample: SampleSpec) -> dict:
     if control is not None and not 0 <= control.start < control.end <= 1:
         raise SpecError(f"control start={control.start}, end={control.end}: need 0 <= start < end <= 1",
                         field="control.start")
-    if init is not None and int(values["steps"] * init.strength) < 1:
-        raise SpecError(f"init.strength={init.strength} x steps={values['steps']} runs no denoising step",
-                        field="init.strength")
+    problem = None if init is None else init_problem(values["steps"], init.strength, sample.scheduler)
+    if problem is not None:
+        raise SpecError(problem, field="init.strength")
     return values
 
 
@@ -143,7 +144,6 @@ def render_frames(base: BaseModels, custom: Customization | None, sample: Sample
     references = reference_frames(sample, values, annotator) if references is None else references
     motion_lora = motion_loras.for_sample(base, sample, motion_lora)
     components, unet, method = _pick_model(base, custom, sample, motion_lora)
-    from engine.models import make_scheduler
 
     context = values["context"]  # FreeNoise reads the motion modules' positions from the pipeline's adapter
     modules = dict(vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],

@@ -35,7 +35,8 @@ def create_generation(body: GenerateRequest, owner: OwnerDep, settings: Settings
     check_webhook(body, settings)
     presets.check_video(settings.preset(), body.num_frames, body.height, body.width, body.steps,
                         controlnet=body.control is not None, init_strength=body.init.strength if body.init else None,
-                        context_length=body.context_length, context_stride=body.context_stride, prompt=body.prompt)
+                        context_length=body.context_length, context_stride=body.context_stride, prompt=body.prompt,
+                        scheduler=body.scheduler)
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     with Idempotency(store, settings, owner, SCOPE, idempotency_key) as claim:
         if claim.held is not None:

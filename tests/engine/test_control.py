@@ -11,7 +11,9 @@ import pytest
 
 import engine
 from common.presets import CONTROLNETS
+from common.video_to_video import init_problem, init_steps
 from engine import conditioning, controlnets, export
+from engine.models import make_scheduler
 from engine.specs import ControlSpec, InitSpec, SampleSpec
 
 FAST = dict(num_frames=4, height=32, width=32, steps=2, seed=3)
@@ -104,13 +106,16 @@ def test_precomputed_frames_are_the_conditioning_itself(base, controlnet, refere
     np.testing.assert_allclose(one, two, atol=1e-6)  # the same edge maps, computed here or by the client
 
 
+V2V = dict(FAST, steps=4)  # strength 0.5 keeps 2 of them; of 2 steps it would keep t=0 alone (refused)
+
+
 def test_init_video_reaches_the_pipeline(base, reference, tmp_path):
-    plain = render(base, SampleSpec(prompt="a toy", method="base", **FAST))
+    plain = render(base, SampleSpec(prompt="a toy", method="base", **V2V))
     init = InitSpec(video=str(reference), strength=0.5)
-    v2v = render(base, SampleSpec(prompt="a toy", method="base", init=init, **FAST))
+    v2v = render(base, SampleSpec(prompt="a toy", method="base", init=init, **V2V))
     other = export.write_video(square_frames(value=120, step=4), tmp_path, "other", "gif", 8)[0]
     v2v_other = render(base, SampleSpec(prompt="a toy", method="base", init=dataclasses.replace(init, video=str(other)),
-                                        **FAST))
+                                        **V2V))
     assert v2v.shape == plain.shape
     assert np.abs(v2v - plain).max() > 1e-3 and np.abs(v2v - v2v_other).max() > 1e-3
 
@@ -120,7 +125,7 @@ def test_control_with_init_and_the_customized_unet(base, controlnet, trained, ch
     custom = engine.load_customization(base, cust_dir, checkpoints["lora"])
     control = ControlSpec(video=str(reference), type="canny")
     init = InitSpec(video=str(reference), strength=0.5)
-    both = SampleSpec(prompt="a sks toy", control=control, init=init, **FAST)
+    both = SampleSpec(prompt="a sks toy", control=control, init=init, **V2V)
     out = engine.generate(base, custom, both, tmp_path / "out", controlnet=controlnet)
     video = export.read_video(out["video"])
     assert video.shape == (4, 32, 32, 3) and out["method"] == "still-moving"
@@ -161,10 +166,32 @@ def test_bad_control_and_init_are_spec_errors(base, controlnet, reference, tmp_p
     with pytest.raises(engine.SpecError) as info:
         render(base, SampleSpec(prompt="x", method="base", init=InitSpec(video=str(reference), strength=0.2), **FAST))
     assert info.value.field == "init.strength"
+    # 4 steps x 0.3 keeps one step: "linspace" DDIM and Euler end at t=0, so it would return the init video as it is
+    for scheduler in ("ddim", "euler"):
+        with pytest.raises(engine.SpecError, match="t=0") as info:
+            render(base, SampleSpec(prompt="x", method="base", scheduler=scheduler, **V2V,
+                                    init=InitSpec(video=str(reference), strength=0.3)))
+        assert info.value.field == "init.strength"
+    kept = render(base, SampleSpec(prompt="x", method="base", scheduler="dpm++", **V2V,  # its last step is above 0
+                                   init=InitSpec(video=str(reference), strength=0.3)))
+    assert kept.shape[0] == FAST["num_frames"]
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video at all")
     with pytest.raises(engine.SpecError, match="does not decode"):
         conditioning.read_reference(junk, 4, 32, 32)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpm++"])
+def test_the_video_to_video_rule_is_what_the_schedulers_do(base, scheduler):
+    """`common.video_to_video.init_problem` (the API's and the engine's check, torch-free) flags exactly the runs
+    whose kept timesteps, as diffusers' `get_timesteps` takes them from the engine's schedulers, are none or t=0."""
+    for steps in range(1, 13):
+        schedule = make_scheduler(base, scheduler, steps)
+        schedule.set_timesteps(steps)
+        for strength in (0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0):
+            kept = [int(t) for t in schedule.timesteps[steps - init_steps(steps, strength):]]
+            assert (init_problem(steps, strength, scheduler) is not None) == (not any(kept)), (steps, strength, kept)
+
 
 
 def test_a_long_video_samples_its_control_and_init_in_windows(base, controlnet, reference):
@@ -181,5 +208,5 @@ def test_a_long_video_samples_its_control_and_init_in_windows(base, controlnet, 
     np.testing.assert_allclose(zero, plain, atol=1e-5)
     assert np.abs(controlled - plain).mean(axis=(1, 2, 3)).min() > 1e-4, "the control reaches every window"
     v2v = render(base, SampleSpec(prompt="a toy", method="base", init=InitSpec(video=str(reference), strength=0.5),
-                                  **long))
+                                  **dict(long, steps=4)))
     assert v2v.shape == (40, 32, 32, 3) and np.abs(v2v - plain).max() > 1e-3

@@ -18,6 +18,7 @@ from tests.service.test_files import encode, moving_square
 
 pytestmark = pytest.mark.slow
 GEN = {"prompt": "a dog", "num_frames": 4, "height": 32, "width": 32, "steps": 2, "seed": 5, "format": "gif"}
+V2V = {**GEN, "steps": 4}  # strength 0.5 of 2 steps would keep the t=0 step alone (refused: the init unchanged)
 
 
 def frames_of(result: dict, name: str = "video_url") -> np.ndarray:
@@ -64,11 +65,11 @@ def test_control_changes_the_video_scale_zero_does_not_and_its_frames_are_stored
 
 def test_previous_jobs_video_as_init_without_reupload(client, auth_a, reference):
     first = run(client, auth_a, {**GEN, "seed": 9})
-    v2v = run(client, auth_a, {**GEN, "init": {"job_id": first["id"], "strength": 0.5}})
-    other = run(client, auth_a, {**GEN, "init": {"file": reference, "strength": 0.5}})
+    v2v = run(client, auth_a, {**V2V, "init": {"job_id": first["id"], "strength": 0.5}})
+    other = run(client, auth_a, {**V2V, "init": {"file": reference, "strength": 0.5}})
     assert frames_of(v2v["result"]).shape == (4, 32, 32, 3)
     assert not np.array_equal(frames_of(v2v["result"]), frames_of(other["result"])), "the init video is read"
-    both = run(client, auth_a, {**GEN, "init": {"job_id": first["id"], "strength": 0.5},
+    both = run(client, auth_a, {**V2V, "init": {"job_id": first["id"], "strength": 0.5},
                                 "control": {"job_id": first["id"], "type": "precomputed"}})
     assert "control_url" in both["result"]
 
@@ -79,7 +80,7 @@ def test_a_file_in_use_is_kept_and_a_deleted_source_job_fails_its_generation_cle
     file_id = client.post("/files", headers=auth_a, files={"file": ("r.gif", data, "image/gif")}).json()["file_id"]
     # queue behind a longer job so that the deletions come before the worker reaches this one
     blocker = client.post("/generate", headers=auth_a, json={**GEN, "steps": 12, "num_frames": 8}).json()["job_id"]
-    job_id = client.post("/generate", headers=auth_a, json={**GEN, "init": {"file": file_id, "strength": 0.5},
+    job_id = client.post("/generate", headers=auth_a, json={**V2V, "init": {"file": file_id, "strength": 0.5},
                                                             "control": {"job_id": source["id"],
                                                                         "type": "precomputed"}}).json()["job_id"]
     error = assert_error(client.delete(f"/files/{file_id}", headers=auth_a), 409, "file_in_use", "file_id")

@@ -18,7 +18,7 @@ from api.auth import owner_of
 from common.jobstore import now
 from tests.service.helpers import assert_error, upload
 
-GEN = {"prompt": "a dog", "num_frames": 4, "height": 32, "width": 32, "steps": 2, "format": "gif"}
+GEN = {"prompt": "a dog", "num_frames": 4, "height": 32, "width": 32, "steps": 4, "format": "gif"}  # v2v: 2 of them kept at 0.5
 MAX_FRAMES, MAX_PIXELS, MAX_BYTES = 10, 64 * 64, 200_000
 
 
@@ -148,7 +148,7 @@ def test_another_keys_file_is_404_and_delete_removes_record_and_object(api, auth
 
 def test_generate_with_control_and_init_records_their_sources(api, auth_a, reference):
     control = {"file": reference["file_id"], "type": "canny", "scale": 0.7, "start": 0.1, "end": 0.9}
-    response = api.post("/generate", headers=auth_a, json={**GEN, "control": control,
+    response = api.post("/generate", headers=auth_a, json={**GEN, "steps": 4, "control": control,
                                                       "init": {"file": reference["file_id"], "strength": 0.5}})
     assert response.status_code == 202, response.text
     job = api.get(f"/jobs/{response.json()['job_id']}", headers=auth_a).json()
@@ -193,6 +193,10 @@ def test_bad_inits_and_job_sources(api, auth_a, auth_b, reference, checkpoints):
                  422, "invalid_argument", "init.strength")
     few_steps = {**GEN, "steps": 2, "init": {"file": reference["file_id"], "strength": 0.3}}  # int(0.6) = 0 steps
     assert_error(api.post("/generate", headers=auth_a, json=few_steps), 422, "invalid_argument", "init.strength")
+    only_t0 = {**GEN, "steps": 4, "init": {"file": reference["file_id"], "strength": 0.3}}  # keeps t=0 alone
+    error = assert_error(api.post("/generate", headers=auth_a, json=only_t0), 422, "invalid_argument", "init.strength")
+    assert "t=0" in error["message"]
+    assert api.post("/generate", headers=auth_a, json={**only_t0, "scheduler": "dpm++"}).status_code == 202
     queued = api.post("/generate", headers=auth_a, json=GEN).json()["job_id"]  # no worker: it stays queued
     assert_error(api.post("/generate", headers=auth_a, json={**GEN, "init": {"job_id": queued}}), 409, "input_not_ready",
                  "init.job_id")

@@ -160,7 +160,7 @@ def test_files_upload_list_show_delete_and_generate_with_a_control_and_an_init(a
     assert json.loads(stillmoving(api_url, "files", "show", uploaded["file_id"]).stdout) == uploaded
 
     out = tmp_path / "controlled.gif"
-    gen = stillmoving(api_url, "generate", "--prompt", "a toy", "--num-frames", "4", "--steps", "2", "--seed", "3",
+    gen = stillmoving(api_url, "generate", "--prompt", "a toy", "--num-frames", "4", "--steps", "4", "--seed", "3",
                       "--control-file", uploaded["file_id"], "--control-scale", "0.5",
                       "--init-file", reference, "--init-strength", "0.5", "-o", out)
     assert gen.returncode == 0, gen.stderr
@@ -176,7 +176,7 @@ def test_files_upload_list_show_delete_and_generate_with_a_control_and_an_init(a
     assert job["params"]["init"]["file"] == init_file["file_id"] and job["params"]["init"]["strength"] == 0.5
     assert job["result"]["control_url"]
 
-    v2v = stillmoving(api_url, "generate", "--prompt", "a toy", "--num-frames", "4", "--steps", "2",
+    v2v = stillmoving(api_url, "generate", "--prompt", "a toy", "--num-frames", "4", "--steps", "4",
                       "--init-job", job["id"], "-o", tmp_path / "again.gif")
     assert v2v.returncode == 0, v2v.stderr
     assert json.loads(stillmoving(api_url, "jobs", "--limit", "1").stdout)["items"][0]["params"]["init"]["job_id"] == \
