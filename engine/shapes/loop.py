@@ -24,13 +24,17 @@ def optimizer(params, lr: float, steps: int, warmup: int = 100, weight_decay: fl
 
 
 def epsilon_loss(model, latents: torch.Tensor, condition, noise_scheduler, batch: int,
-                 gen: torch.Generator) -> torch.Tensor:
+                 gen: torch.Generator, t_min: int = 0) -> torch.Tensor:
     """Epsilon-prediction MSE on a random batch of `latents` (drawn in this order from `gen`: rows, noise,
-    timesteps); `condition(rows)` gives the text embeddings for those rows."""
+    timesteps in [t_min, T)); `condition(rows)` gives the text embeddings for those rows.
+
+    A `t_min` trains only the noisy steps, where a video's motion is decided (its layout over the frames): at
+    lower noise the noisy video itself shows which way the object goes, and at uniform timesteps those steps
+    drown the motion signal (docs/shapes-world.md)."""
     idx = torch.randint(0, len(latents), (batch,), generator=gen)
     x0 = latents[idx]
     noise = torch.randn(x0.shape, generator=gen)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
+    t = torch.randint(t_min, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
     pred = model(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=condition(idx)).sample
     return F.mse_loss(pred, noise)
 

@@ -54,6 +54,15 @@ def save_motion_adapter(adapter: MotionAdapter, out: Path) -> None:
     adapter.save_pretrained(Path(out) / "motion-adapter", safe_serialization=True)
 
 
+def save_domain_adapter(lora: dict, out: Path) -> None:
+    """A domain adapter (LoRA on the T2I's layers, peft keys) as diffusers LoRA weights that `load_lora_weights`
+    reads on the T2I or the T2V."""
+    from diffusers import StableDiffusionPipeline
+
+    StableDiffusionPipeline.save_lora_weights(Path(out) / "domain-adapter", unet_lora_layers=lora,
+                                              safe_serialization=True)
+
+
 def save_judge(judge, out: Path) -> None:
     judge.save(Path(out) / "judge")
 

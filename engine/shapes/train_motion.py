@@ -10,11 +10,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, DDPMScheduler, MotionAdapter, UNetMotionModel
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
 
+from engine import adapters
 from engine.shapes import data, loop, world
 from engine.shapes import judge as judge_mod
 from engine.shapes.architecture import MOTION_CONFIG
 from engine.shapes.train_unet import CAPTION_DROPOUT, embed, encode_latents
+
+DOMAIN = "domain"
 
 
 def fresh_adapter(seed: int) -> MotionAdapter:
@@ -61,9 +66,15 @@ def motion_check(parts: dict, unet: UNetMotionModel, judge, per_direction: int =
 def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: float = 3e-4, seed: int = 5,
                  num_videos: int = 6000, judge=None, eval_every: int = 1000,
                  start: MotionAdapter | None = None, check_kwargs: dict | None = None,
-                 on_check=None) -> tuple[MotionAdapter, dict]:
+                 on_check=None, domain: LoraConfig | None = None,
+                 t_min: int = 0) -> tuple[MotionAdapter, dict]:
     """Train the motion modules over the frozen T2I (from `start`'s weights when given, else from AnimateDiff's
-    zero-output init); return the adapter and metrics."""
+    zero-output init); return the adapter and metrics.
+
+    With `domain`, a LoRA of that config on the T2I's spatial layers (a domain adapter, AnimateDiff v3's name for
+    a LoRA on the image layers) trains with them, so the per-frame features can carry what the video captions say;
+    its peft state dict is returned in the metrics under ``domain_lora``. `t_min`: train only timesteps from there
+    on (`loop.epsilon_loss`)."""
     steps = steps or 3000
     videos, captions = data.captioned_videos(num_videos if steps > 10 else 32, seed)
     n, f = videos.shape[:2]
@@ -77,6 +88,11 @@ def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: floa
     params = [p for name, p in unet.named_parameters() if "motion_modules" in name]
     for p in params:
         p.requires_grad_(True)
+    if domain is not None:
+        adapters.add_adapter(unet, DOMAIN, domain, seed)
+        params += adapters.trainable_only(unet, DOMAIN)
+        for p in params:
+            p.requires_grad_(True)
     noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
     opt, sched = loop.optimizer(params, lr, steps, warmup=100)
     log = loop.Log("motion", steps)
@@ -85,7 +101,7 @@ def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: floa
     unet.train()
     for step in range(steps):
         loss = loop.epsilon_loss(unet, latents, lambda idx: table[rows[idx]].repeat_interleave(f, dim=0),
-                                 noise_scheduler, batch, gen)
+                                 noise_scheduler, batch, gen, t_min)
         loop.update(opt, sched, loss, clip=params)
         log(step, float(loss.detach()))
         if judge is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
@@ -97,6 +113,11 @@ def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: floa
                 on_check(checks)
             print(f"[motion] at {step + 1}: {check}", flush=True)
     unet.eval()
-    return extract_adapter(unet), {"steps": steps, "batch": batch, "lr": lr, "num_videos": num_videos,
+    extra = {}
+    if domain is not None:
+        extra["domain_lora"] = get_peft_model_state_dict(unet, adapter_name=DOMAIN)
+        unet.delete_adapters(DOMAIN)
+    return extract_adapter(unet), extra | {"steps": steps, "batch": batch, "lr": lr, "num_videos": num_videos,
+                                           "t_min": t_min,
                                    "seconds": log.seconds, "loss_curve": log.curve, "motion_checks": checks,
                                    "parameters": sum(p.numel() for p in params)}

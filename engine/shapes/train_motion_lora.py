@@ -48,19 +48,6 @@ def training_set(base: engine.BaseModels, num_videos: int, seed: int) -> tuple[t
     return latents.contiguous(), captions
 
 
-def high_noise_loss(unet, latents: torch.Tensor, condition, noise_scheduler, batch: int, gen: torch.Generator,
-                    t_min: int) -> torch.Tensor:
-    """`loop.epsilon_loss` with timesteps drawn from [t_min, T) only: where a video's motion is decided (its layout
-    over the frames); the low-noise steps only sharpen each frame, and at uniform timesteps they drown the motion
-    signal (measured: a first LoRA trained at uniform timesteps left the direction as it was; docs/shapes-world.md)."""
-    idx = torch.randint(0, len(latents), (batch,), generator=gen)
-    x0 = latents[idx]
-    noise = torch.randn(x0.shape, generator=gen)
-    t = torch.randint(t_min, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
-    pred = unet(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=condition(idx)).sample
-    return torch.nn.functional.mse_loss(pred, noise)
-
-
 def train(base: engine.BaseModels, steps: int = 600, batch: int = 4, lr: float = 1e-2, rank: int = RANK,
           num_videos: int = 256, seed: int = 11, t_min: int = 400) -> tuple[dict[str, torch.Tensor], dict]:
     """Train the LoRA on a private copy of the base T2V; return its peft tensors and the training record."""
@@ -77,7 +64,7 @@ def train(base: engine.BaseModels, steps: int = 600, batch: int = 4, lr: float =
     f = latents.shape[2]
     unet.train()
     for step in range(steps):
-        loss = high_noise_loss(unet, latents, lambda idx: table[rows[idx]].repeat_interleave(f, dim=0),
+        loss = loop.epsilon_loss(unet, latents, lambda idx: table[rows[idx]].repeat_interleave(f, dim=0),
                                noise_scheduler, batch, gen, t_min)
         loop.update(opt, sched, loss, clip=params)
         log(step, float(loss.detach()))
