@@ -34,6 +34,7 @@ TIMESTEPS = (999, 950, 900, 800, 600, 300)
 
 def measure(parts: dict, adapter: MotionAdapter, judge, videos: int = 10, timesteps=TIMESTEPS,
             seed: int = 7, domain_adapter: Path | None = None) -> list[dict]:
+    """One row per timestep (the module's two measures); every timestep sees the same videos, fresh noise."""
     unet = UNetMotionModel.from_unet2d(parts["unet"], adapter).eval()
     if domain_adapter is not None:  # a LoRA on the T2I's layers trained with the motion modules (direction_training)
         AnimateDiffPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],

@@ -144,10 +144,10 @@ def test_engine_loads_no_service_frameworks():
     loaded = _modules_after("import engine")
     assert not loaded & {"celery", "fastapi", "starlette", "uvicorn", "api", "worker"}, loaded
     # the shared fact tables (preset defaults, frame positions, cost limits; checkpoint key rules; long-video
-    # windows and prompt maps; export formats) and their plain-python errors, nothing more
+    # windows and prompt maps; export formats; video-to-video's step rule) and their plain-python errors, nothing more
     common = {m for m in _modules_after("import engine", whole_names=True) if m.split(".")[0] == "common"}
     assert common == {"common", "common.presets", "common.errors", "common.checkpoint_rules", "common.long_video",
-                      "common.exports"}, common
+                      "common.exports", "common.video_to_video"}, common
 
 
 def test_a_customization_s_urls_are_built_one_way():
