@@ -22,10 +22,11 @@ SPATIAL = "spatial"
 
 ATTN_PROJ = r"attn[12]\.(?:to_q|to_k|to_v|to_out\.0)"
 MOTION_TARGETS = rf".*motion_modules\.\d+\.transformer_blocks\.\d+\.{ATTN_PROJ}"
-SPATIAL_ATTN_TARGETS = rf".*attentions\.\d+\.transformer_blocks\.\d+\.{ATTN_PROJ}"
+SPATIAL_BLOCKS = r".*attentions\.\d+\.transformer_blocks\.\d+"  # the SD layers' transformer blocks
+SPATIAL_ATTN_TARGETS = rf"{SPATIAL_BLOCKS}\.{ATTN_PROJ}"
 SPATIAL_RESNET_TARGETS = r".*resnets\.\d+\.conv[12]"
 SPATIAL_PROJ_TARGETS = r".*attentions\.\d+\.proj_(?:in|out)"
-SPATIAL_FF_TARGETS = r".*attentions\.\d+\.transformer_blocks\.\d+\.ff\.net\.(?:0\.proj|2)"
+SPATIAL_FF_TARGETS = rf"{SPATIAL_BLOCKS}\.ff\.net\.(?:0\.proj|2)"
 
 
 def motion_lora_config(rank: int, init: bool | str = True) -> LoraConfig:

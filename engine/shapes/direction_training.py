@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
+from engine import adapters
 from engine.shapes import save
 from engine.shapes.paths import ROOT
 from engine.shapes.train_motion import motion_check, train_motion
 
-DOMAIN_TARGETS = r".*attentions\.\d+\.transformer_blocks\.\d+\.attn2\.(?:to_k|to_v)"
+DOMAIN_TARGETS = rf"{adapters.SPATIAL_BLOCKS}\.attn2\.(?:to_k|to_v)"
 
 
 def main(argv: list[str] | None = None) -> None:

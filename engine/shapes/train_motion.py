@@ -85,14 +85,14 @@ def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: floa
     table, rows = embed(parts["text_encoder"], parts["tokenizer"], captions)
     unet = UNetMotionModel.from_unet2d(parts["unet"], start if start is not None else fresh_adapter(seed))
     unet.requires_grad_(False)
+    domain_params = []
+    if domain is not None:  # first: `trainable_only` turns off every gradient but the domain adapter's
+        adapters.add_adapter(unet, DOMAIN, domain, seed)
+        domain_params = adapters.trainable_only(unet, DOMAIN)
     params = [p for name, p in unet.named_parameters() if "motion_modules" in name]
     for p in params:
         p.requires_grad_(True)
-    if domain is not None:
-        adapters.add_adapter(unet, DOMAIN, domain, seed)
-        params += adapters.trainable_only(unet, DOMAIN)
-        for p in params:
-            p.requires_grad_(True)
+    params += domain_params
     noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
     opt, sched = loop.optimizer(params, lr, steps, warmup=100)
     log = loop.Log("motion", steps)
