@@ -14,32 +14,51 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
     return x.movedim(-1, -3)
 
 
-def vae_images(n: int, seed: int) -> torch.Tensor:
-    """60% plain world objects, 40% generic textures (any stripe angle, period, colour) -> (n, 3, H, W)."""
+def vae_images(n: int, seed: int, trail: bool = False) -> torch.Tensor:
+    """60% plain world objects, 40% generic textures (any stripe angle, period, colour) -> (n, 3, H, W).
+
+    `trail`: the world objects are the trail variant's (a uniform direction, the streak behind a moving one); an
+    autoencoder trained without faint streaks decodes them as background."""
     rng = np.random.default_rng(seed)
-    frames = [world.texture_sample(rng) if rng.random() < 0.4 else world.image_sample(rng).frames[0]
-              for _ in range(n)]
+    directions = list(world.DIRECTIONS)
+
+    def still() -> np.ndarray:
+        if trail:
+            return world.image_sample(rng, trail=True, direction=directions[rng.integers(len(directions))]).frames[0]
+        return world.image_sample(rng).frames[0]
+
+    frames = [world.texture_sample(rng) if rng.random() < 0.4 else still() for _ in range(n)]
     return to_tensor(np.stack(frames))
 
 
-def captioned_images(n: int, seed: int, motion_phrase_p: float = 0.5) -> tuple[torch.Tensor, list[str]]:
+def captioned_images(n: int, seed: int, motion_phrase_p: float = 0.5,
+                     trail: bool = False) -> tuple[torch.Tensor, list[str]]:
     """Base-world stills and captions; with probability `motion_phrase_p` a random motion phrase is appended
-    (a still frame fits any direction), so the T2I reads video captions without leaving its distribution."""
+    (a still frame fits any direction), so the T2I reads video captions without leaving its distribution.
+
+    `trail`: the trail variant's stills: each object moves in a uniform direction ("still" included) and shows
+    its streak, and the motion phrase, when there is one, names that direction (the still now shows it)."""
     rng = np.random.default_rng(seed)
+    directions = list(world.DIRECTIONS)
     frames, captions = [], []
     for _ in range(n):
-        sample = world.image_sample(rng)
+        if trail:
+            sample = world.image_sample(rng, trail=True, direction=directions[rng.integers(len(directions))])
+        else:
+            sample = world.image_sample(rng)
         sc = sample.scene
         caption = world.image_caption(sc.shape, sc.colour)
         if rng.random() < motion_phrase_p:
-            caption += " " + world.motion_phrase(list(world.DIRECTIONS)[rng.integers(len(world.DIRECTIONS))])
+            shown = sc.direction if trail else directions[rng.integers(len(directions))]
+            caption += " " + world.motion_phrase(shown)
         frames.append(sample.frames[0])
         captions.append(caption)
     return to_tensor(np.stack(frames)), captions
 
 
-def captioned_videos(n: int, seed: int, num_frames: int = world.NUM_FRAMES) -> tuple[torch.Tensor, list[str]]:
+def captioned_videos(n: int, seed: int, num_frames: int = world.NUM_FRAMES,
+                     trail: bool = False) -> tuple[torch.Tensor, list[str]]:
     """Moving-object videos (n, F, 3, H, W) with their captions; directions uniform, 'still' included."""
     rng = np.random.default_rng(seed)
-    samples = [world.video_sample(rng, num_frames=num_frames) for _ in range(n)]
+    samples = [world.video_sample(rng, num_frames=num_frames, trail=trail) for _ in range(n)]
     return to_tensor(np.stack([s.frames for s in samples])), [s.caption for s in samples]

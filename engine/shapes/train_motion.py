@@ -40,9 +40,10 @@ def extract_adapter(unet: UNetMotionModel) -> MotionAdapter:
     return adapter.eval()
 
 
-def motion_check(parts: dict, unet: UNetMotionModel, judge, per_direction: int = 4, seed: int = 0,
-                 steps: int = 25, guidance_scale: float = 7.5) -> dict:
-    """Sample videos of every direction and let the judge's centroid track say whether they move as named."""
+def check_videos(parts: dict, unet: UNetMotionModel, per_direction: int = 4, seed: int = 0, steps: int = 25,
+                 guidance_scale: float = 7.5) -> tuple[list[world.Scene], np.ndarray]:
+    """The motion check's videos: `per_direction` scenes of every direction (seeded), sampled from their captions
+    -> (scenes, uint8 frames (N, F, H, W, 3))."""
     pipe = AnimateDiffPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
                                unet=unet, scheduler=DDIMScheduler.from_config(parts["scheduler"].config),
                                motion_adapter=None)
@@ -53,7 +54,13 @@ def motion_check(parts: dict, unet: UNetMotionModel, judge, per_direction: int =
     frames = pipe(prompts, num_frames=world.NUM_FRAMES, num_inference_steps=steps, guidance_scale=guidance_scale,
                   height=world.SIZE, width=world.SIZE, output_type="np",
                   generator=torch.Generator().manual_seed(seed)).frames
-    frames = (np.asarray(frames) * 255).round().astype(np.uint8)
+    return scenes, (np.asarray(frames) * 255).round().astype(np.uint8)
+
+
+def motion_check(parts: dict, unet: UNetMotionModel, judge, per_direction: int = 4, seed: int = 0,
+                 steps: int = 25, guidance_scale: float = 7.5) -> dict:
+    """Sample videos of every direction and let the judge's centroid track say whether they move as named."""
+    scenes, frames = check_videos(parts, unet, per_direction, seed, steps, guidance_scale)
     ok, one = [], []
     for scene, video in zip(scenes, frames):
         read = judge.read(video)
@@ -67,16 +74,16 @@ def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: floa
                  num_videos: int = 6000, judge=None, eval_every: int = 1000,
                  start: MotionAdapter | None = None, check_kwargs: dict | None = None,
                  on_check=None, domain: LoraConfig | None = None,
-                 t_min: int = 0) -> tuple[MotionAdapter, dict]:
+                 t_min: int = 0, trail: bool = False) -> tuple[MotionAdapter, dict]:
     """Train the motion modules over the frozen T2I (from `start`'s weights when given, else from AnimateDiff's
     zero-output init); return the adapter and metrics.
 
     With `domain`, a LoRA of that config on the T2I's spatial layers (a domain adapter, AnimateDiff v3's name for
     a LoRA on the image layers) trains with them, so the per-frame features can carry what the video captions say;
     its peft state dict is returned in the metrics under ``domain_lora``. `t_min`: train only timesteps from there
-    on (`loop.epsilon_loss`)."""
+    on (`loop.epsilon_loss`). `trail`: on the trail variant's videos (`data.captioned_videos`)."""
     steps = steps or 3000
-    videos, captions = data.captioned_videos(num_videos if steps > 10 else 32, seed)
+    videos, captions = data.captioned_videos(num_videos if steps > 10 else 32, seed, trail=trail)
     n, f = videos.shape[:2]
     latents = encode_latents(parts["vae"], videos.flatten(0, 1)).unflatten(0, (n, f)).transpose(1, 2).contiguous()
     del videos
@@ -118,6 +125,6 @@ def train_motion(parts: dict, steps: int | None = None, batch: int = 8, lr: floa
         extra["domain_lora"] = get_peft_model_state_dict(unet, adapter_name=DOMAIN)
         unet.delete_adapters(DOMAIN)
     return extract_adapter(unet), extra | {"steps": steps, "batch": batch, "lr": lr, "num_videos": num_videos,
-                                           "t_min": t_min,
+                                           "t_min": t_min, "trail": trail,
                                    "seconds": log.seconds, "loss_curve": log.curve, "motion_checks": checks,
                                    "parameters": sum(p.numel() for p in params)}

@@ -80,14 +80,16 @@ def conditioning_check(parts: dict, unet, judge, per_prompt: int = 3, seed: int 
 
 def train_unet(parts: dict, steps: int | None = None, batch: int = 64, lr: float = 4e-4, seed: int = 3,
                num_images: int = 40000, judge=None, eval_every: int = 1000,
-               train_text_encoder: bool = False) -> tuple[UNet2DConditionModel, dict]:
+               train_text_encoder: bool = False, trail: bool = False,
+               on_check=None) -> tuple[UNet2DConditionModel, dict]:
     """Train the T2I; returns the EMA UNet and metrics (loss curve, conditioning checks, seconds).
 
-    With `train_text_encoder`, `parts["text_encoder"]` is trained too and ends holding its EMA weights."""
+    With `train_text_encoder`, `parts["text_encoder"]` is trained too and ends holding its EMA weights.
+    `trail`: on the trail variant's stills (`data.captioned_images`); `on_check(unet, check)` may add to a check."""
     steps = steps or 7000
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    pixels, captions = data.captioned_images(num_images if steps > 10 else 256, seed)
+    pixels, captions = data.captioned_images(num_images if steps > 10 else 256, seed, trail=trail)
     latents = encode_latents(parts["vae"], pixels)
     del pixels
     captions = [c if r >= CAPTION_DROPOUT else "" for c, r in zip(captions, np.random.default_rng(seed).random(len(captions)))]
@@ -121,6 +123,8 @@ def train_unet(parts: dict, steps: int | None = None, batch: int = 64, lr: float
         if judge is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
             check_parts = parts if text_ema is None else parts | {"text_encoder": text_ema.module}
             check = conditioning_check(check_parts, ema.module, judge) | {"step": step + 1}
+            if on_check is not None:
+                check |= on_check(ema.module)
             checks.append(check)
             print(f"[unet] conditioning at {step + 1}: {check}", flush=True)
     if text_ema is not None:
@@ -128,6 +132,6 @@ def train_unet(parts: dict, steps: int | None = None, batch: int = 64, lr: float
     text_encoder.eval().requires_grad_(False)
     return ema.module, {"caption_distances": caption_distances(text_encoder, tokenizer),
                         "steps": steps, "batch": batch, "lr": lr, "num_images": num_images,
-                        "caption_dropout": CAPTION_DROPOUT, "train_text_encoder": train_text_encoder,
+                        "caption_dropout": CAPTION_DROPOUT, "train_text_encoder": train_text_encoder, "trail": trail,
                         "seconds": log.seconds, "loss_curve": log.curve, "conditioning_checks": checks,
                         "parameters": sum(p.numel() for p in unet.parameters())}

@@ -27,6 +27,12 @@ TOKEN = "sks"  # the rare token a customization binds to the new look
 # The new look: the object's upper half white, its lower half its colour. Finer textures (3-px stripes were
 # tried) fall below what 8x8 latents (one per 4x4 pixels) can hold: the VAE blurs them into a tint.
 SECOND_COLOUR = (245, 245, 245)
+# The trail variant (`trail=True`, issue #15's experiment, docs/shapes-world.md): a moving object leaves a faint
+# streak behind it, as motion blur does in a photograph, so that a still shows which way the object goes. Copies
+# of its silhouette at these offsets behind the centre, the strongest copy winning at each pixel: at most 0.2 of
+# the colour's contrast, which keeps the streak under the judge's foreground threshold (45 of 175-205): only the
+# object's anti-aliased rim behind it, partly covered pixels over the streak, can cross it.
+TRAIL = ((2.0, 0.2), (4.0, 0.15), (6.0, 0.1), (8.0, 0.05))  # (px behind the centre, opacity)
 
 
 @dataclass(frozen=True)
@@ -110,14 +116,8 @@ def _polygon(shape: str, cx: float, cy: float, size: float) -> list[tuple[float,
     return None
 
 
-def render(shape: str, colour: str, look: str, cx: float, cy: float, size: float,
-           second: tuple[int, int, int] = SECOND_COLOUR, period: float | None = None,
-           angle: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """One frame (H, W, 3) uint8 and the object's mask (H, W) bool (coverage over half a pixel).
-
-    `look="two-tone"` paints bands of half `period` (default: the size, so the upper half) in `second`,
-    anchored to the object's top edge so they move with it; `angle` turns the bands (VAE textures only).
-    """
+def _coverage(shape: str, cx: float, cy: float, size: float) -> np.ndarray:
+    """The object's silhouette at `SUPERSAMPLE`x resolution, float in [0, 1]."""
     s = SUPERSAMPLE
     big = SIZE * s
     alpha = Image.new("L", (big, big), 0)
@@ -128,7 +128,29 @@ def render(shape: str, colour: str, look: str, cx: float, cy: float, size: float
         draw.ellipse([cx * s - r, cy * s - r, cx * s + r, cy * s + r], fill=255)
     else:
         draw.polygon(poly, fill=255)
-    cover = np.asarray(alpha, dtype=np.float32) / 255.0
+    return np.asarray(alpha, dtype=np.float32) / 255.0
+
+
+def render(shape: str, colour: str, look: str, cx: float, cy: float, size: float,
+           second: tuple[int, int, int] = SECOND_COLOUR, period: float | None = None,
+           angle: float = 0.0, trail: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One frame (H, W, 3) uint8 and the object's mask (H, W) bool (coverage over half a pixel).
+
+    `look="two-tone"` paints bands of half `period` (default: the size, so the upper half) in `second`,
+    anchored to the object's top edge so they move with it; `angle` turns the bands (VAE textures only).
+    `trail`: the unit direction of motion; a faint streak (`TRAIL`) in the object's colour is drawn behind it.
+    """
+    s = SUPERSAMPLE
+    big = SIZE * s
+    cover = _coverage(shape, cx, cy, size)
+    background = np.empty((big, big, 3), dtype=np.float32)
+    background[:] = BACKGROUND
+    if trail is not None and trail != (0, 0):
+        streak = np.zeros((big, big), dtype=np.float32)
+        for offset, opacity in TRAIL:
+            copy = _coverage(shape, cx - trail[0] * offset, cy - trail[1] * offset, size)
+            streak = np.maximum(streak, opacity * copy)
+        background += streak[..., None] * (np.array(COLOURS[colour], dtype=np.float32) - background)
     fill = np.empty((big, big, 3), dtype=np.float32)
     fill[:] = COLOURS[colour]
     if look == "two-tone":
@@ -137,18 +159,20 @@ def render(shape: str, colour: str, look: str, cx: float, cy: float, size: float
         along = (yy - (cy - size / 2)) * np.cos(theta) + (xx - cx) * np.sin(theta)
         band = np.floor(along / ((period or size) / 2)).astype(np.int64) % 2 == 0
         fill[band] = second
-    image = cover[..., None] * fill + (1 - cover[..., None]) * np.array(BACKGROUND, dtype=np.float32)
+    image = cover[..., None] * fill + (1 - cover[..., None]) * background
     image = image.reshape(SIZE, s, SIZE, s, 3).mean(axis=(1, 3))
     mask = cover.reshape(SIZE, s, SIZE, s).mean(axis=(1, 3)) > 0.5
     return np.clip(image.round(), 0, 255).astype(np.uint8), mask
 
 
-def render_scene(scene: Scene, num_frames: int = NUM_FRAMES) -> Sample:
-    """Every frame of a scene with its masks and centroids."""
+def render_scene(scene: Scene, num_frames: int = NUM_FRAMES, trail: bool = False) -> Sample:
+    """Every frame of a scene with its masks and centroids (`trail`: the trail variant, a streak behind a moving
+    object; the masks and centroids stay the object's own)."""
     frames, masks, cents = [], [], []
     for f in range(num_frames):
         cx, cy = scene.centre(f)
-        frame, mask = render(scene.shape, scene.colour, scene.look, cx, cy, scene.size)
+        frame, mask = render(scene.shape, scene.colour, scene.look, cx, cy, scene.size,
+                             trail=DIRECTIONS[scene.direction] if trail else None)
         ys, xs = np.nonzero(mask)
         frames.append(frame)
         masks.append(mask)
@@ -156,16 +180,17 @@ def render_scene(scene: Scene, num_frames: int = NUM_FRAMES) -> Sample:
     return Sample(np.stack(frames), np.stack(masks), np.array(cents, dtype=np.float32), scene)
 
 
-def image_sample(rng: np.random.Generator, look: str = "plain", **kw) -> Sample:
-    """One still image (a 1-frame sample) of a random object."""
-    return render_scene(random_scene(rng, look=look, num_frames=1, **kw), num_frames=1)
+def image_sample(rng: np.random.Generator, look: str = "plain", trail: bool = False, **kw) -> Sample:
+    """One still image (a 1-frame sample) of a random object (with `trail` and a `direction`: its streak)."""
+    return render_scene(random_scene(rng, look=look, num_frames=1, **kw), num_frames=1, trail=trail)
 
 
 def video_sample(rng: np.random.Generator, look: str = "plain", direction: str | None = None,
-                 num_frames: int = NUM_FRAMES, **kw) -> Sample:
+                 num_frames: int = NUM_FRAMES, trail: bool = False, **kw) -> Sample:
     """One video; the direction is drawn uniformly from `DIRECTIONS` unless given."""
     direction = direction or list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
-    return render_scene(random_scene(rng, look=look, direction=direction, num_frames=num_frames, **kw), num_frames)
+    return render_scene(random_scene(rng, look=look, direction=direction, num_frames=num_frames, **kw), num_frames,
+                        trail=trail)
 
 
 def texture_sample(rng: np.random.Generator) -> np.ndarray:
