@@ -70,9 +70,10 @@ def reference(index: int, seed: int = 5000) -> world.Sample:
 CHECKPOINT = "dreambooth-unet.safetensors"  # the demo's checkpoint (its single-file form is what it uploads)
 
 
-def customize(base, workdir: Path, train_steps: int, num_images: int):
-    """A short Still-Moving customization of the committed DreamBooth fine-tune, the demo's (no Motion Adapter)."""
-    checkpoint = CUSTOMIZED_DIR / CHECKPOINT
+def customize(base, workdir: Path, train_steps: int, num_images: int,
+              checkpoint: Path = CUSTOMIZED_DIR / CHECKPOINT):
+    """A short Still-Moving customization of `checkpoint` (default: the committed DreamBooth fine-tune, the demo's;
+    no Motion Adapter)."""
     prompts = tuple(world.image_caption(s, c, "two-tone") for s in world.SHAPES for c in world.COLOURS)
     train = engine.TrainSpec(prompts=prompts, num_images=num_images, train_steps=train_steps, seed=0,
                              use_motion_adapter=False, check_motion_adapter=False, preview=False)

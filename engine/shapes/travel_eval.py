@@ -10,14 +10,16 @@ Per video (object i: shape and colour from seed 2000 + i), three `--frames`-fram
   * ``constant from`` and ``constant to``: the same seed with one prompt throughout (what each direction gives
     alone; the base T2V of this world follows the named direction only ~20% of the time, docs/shapes-world.md);
   * a plain 8-frame video of the `from` prompt (the look at the preset's own length, the reference for the look).
+``--methods base`` samples the base T2V with the same prompts without `sks` (the base world's look): what the
+windows do to the motion without a customization.
 
 Read with the judge (`engine.shapes.judge`): the largest object's centroid per frame and, per frame, the look and
 readability. Motion is measured in the first part (frames before `hold`) and the last part (after the ramp):
 the mean per-frame centroid step projected on each named direction (``velocity_along_from`` / ``_to``,
 px/frame; `to` is `from`'s opposite by default) and the share of 8-frame chunks whose track the
-judge names `from` / `to` (`judge.track_direction`). ``turns_around``: the travel video moves along `from` in the
-first part and along `to` in the last (both velocities positive); the constant videos say whether that is the
-prompt's doing. Writes `docs/travel-evidence.json`.
+judge names `from` / `to` (`judge.track_direction`). ``turns_around`` (`turns_around`): the travel video moves
+along `from` in the first part and along `to` in the last, each by the judge's moving threshold; the constant
+videos say whether that is the prompt's doing. Writes `docs/travel-evidence.json`.
 
 The customization is `control_eval.customize`'s (the committed DreamBooth fine-tune, a short Still-Moving
 training); ``naive`` injects the fine-tune alone and needs no training (``--train-steps 1`` then suffices).
@@ -78,6 +80,16 @@ def part(read: dict, lo: int, hi: int, start: str, end: str, colours: tuple[str,
                 for key, colour in zip(("from", "to"), colours)})}
 
 
+def turns_around(head: dict, tail: dict) -> bool:
+    """The first part moves along `from` and the last along `to`, each by at least `judge.MOVE_MIN_PX` net over its
+    frames (what the judge calls moving): a drift of hundredths of a pixel per frame is standing still."""
+    def moved(piece: dict, key: str) -> bool:
+        lo, hi = piece["frames"]
+        return piece[key] is not None and piece[key] * (hi - lo - 1) >= judge_mod.MOVE_MIN_PX
+
+    return moved(head, "velocity_along_from") and moved(tail, "velocity_along_to")
+
+
 def judged(frames: np.ndarray, judge, hold: int, ramp_end: int, start: str, end: str,
            colours: tuple[str, str] | None = None) -> dict:
     read = judge.read((frames * 255).round().astype(np.uint8))
@@ -88,12 +100,20 @@ def judged(frames: np.ndarray, judge, hold: int, ramp_end: int, start: str, end:
 
 def evaluate(num_videos: int = 2, frames: int = 128, steps: int = 25, start: str = "up", end: str = "down",
              context_length: int = 8, context_stride: int = 2, methods: tuple[str, ...] = ("still-moving",),
-             train_steps: int = 100, num_images: int = 12, vary: str = "direction") -> dict:
+             train_steps: int = 100, num_images: int = 12, vary: str = "direction",
+             world_dir: Path | None = None) -> dict:
+    """`world_dir`: another shapes world in the committed layout (`trail_world`'s), its base, motion adapter and
+    DreamBooth fine-tune instead of the committed ones (the judge is the same)."""
     judge = judge_mod.Judge.load(JUDGE_DIR)
+    spec, checkpoint = engine.ModelSpec(preset="shapes"), CUSTOMIZED_DIR / CHECKPOINT
+    if world_dir is not None:
+        spec = engine.ModelSpec(preset="shapes", base_model=str(world_dir / "base"),
+                                motion_adapter=str(world_dir / "motion-adapter"))
+        checkpoint = world_dir / "customized" / CHECKPOINT
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        base = engine.load_base_models(engine.ModelSpec(preset="shapes"), workdir / "base")
-        custom, custom_seconds = customize(base, workdir, train_steps, num_images)
+        base = engine.load_base_models(spec, workdir / "base")
+        custom, custom_seconds = customize(base, workdir, train_steps, num_images, checkpoint)
         results: dict = {}
         for method in methods:
             videos = []
@@ -101,13 +121,14 @@ def evaluate(num_videos: int = 2, frames: int = 128, steps: int = 25, start: str
                 rng = np.random.default_rng(2000 + i)
                 shape, colour = world.SHAPES[rng.integers(len(world.SHAPES))], list(world.COLOURS)[
                     rng.integers(len(world.COLOURS))]
-                caption = world.image_caption(shape, colour, "two-tone")
+                look = "plain" if method == "base" else "two-tone"  # the base T2I never saw the `sks` look
+                caption = world.image_caption(shape, colour, look)
                 colours = None
                 if vary == "colour":
                     names = list(world.COLOURS)
                     colours = (colour, names[(names.index(colour) + 1) % len(names)])
                     prompt, hold, ramp_end = travel_prompt(
-                        *(f"{world.image_caption(shape, c, 'two-tone')} moving {start}" for c in colours), frames)
+                        *(f"{world.image_caption(shape, c, look)} moving {start}" for c in colours), frames)
                 else:
                     prompt, hold, ramp_end = travel_prompt(f"{caption} moving {start}", f"{caption} moving {end}",
                                                            frames)
@@ -130,8 +151,7 @@ def evaluate(num_videos: int = 2, frames: int = 128, steps: int = 25, start: str
                                              start, end, colours)
                 head, tail = row["travel"]["first"], row["travel"]["last"]
                 if colours is None:
-                    first, last = head["velocity_along_from"], tail["velocity_along_to"]
-                    row["turns_around"] = first is not None and last is not None and first > 0 and last > 0
+                    row["turns_around"] = turns_around(head, tail)
                 else:
                     row["changes_colour"] = bool(head["colour_from"] > head["colour_to"]
                                                  and tail["colour_to"] > tail["colour_from"])
@@ -144,7 +164,8 @@ def evaluate(num_videos: int = 2, frames: int = 128, steps: int = 25, start: str
                          "guidance_scale": base.defaults.guidance_scale, "from": start,
                          "to": "the next colour" if vary == "colour" else end, "context_length": context_length,
                          "context_stride": context_stride, "chunk_frames": CHUNK,
-                         "customization": {"checkpoint": _shown(CUSTOMIZED_DIR / CHECKPOINT),
+                         "world": "committed" if world_dir is None else _shown(world_dir),
+                         "customization": {"checkpoint": _shown(checkpoint),
                                            "train_steps": train_steps, "num_images": num_images,
                                            "motion_adapter": False, "seconds": custom_seconds},
                          "object_seeds": "2000 + i", "sample_seeds": "3000 + i"},
@@ -176,18 +197,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context-length", type=int, default=8, help="the world's video length, what the motion "
                         "modules were trained on")
     parser.add_argument("--context-stride", type=int, default=2)
-    parser.add_argument("--methods", nargs="+", default=["still-moving"], choices=["naive", "still-moving"])
+    parser.add_argument("--methods", nargs="+", default=["still-moving"], choices=["base", "naive", "still-moving"])
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--num-images", type=int, default=12)
     parser.add_argument("--vary", choices=["direction", "colour"], default="direction",
                         help="what the prompt travels between (colour: the control, see above)")
+    parser.add_argument("--world", type=Path, default=None,
+                        help="another world's directory (engine.shapes.trail_world's --workdir); default: committed")
     parser.add_argument("--out", type=Path, default=DOCS / "travel-evidence.json")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
     report = evaluate(args.videos, args.frames, args.steps, args.start, args.end, args.context_length,
-                      args.context_stride, tuple(args.methods), args.train_steps, args.num_images, args.vary)
+                      args.context_stride, tuple(args.methods), args.train_steps, args.num_images, args.vary, args.world)
     report["settings"]["seconds"] = round(time.time() - start, 1)
     report["settings"]["command"] = "python -m engine.shapes.travel_eval " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

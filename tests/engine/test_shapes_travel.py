@@ -43,12 +43,16 @@ def test_an_object_that_rises_then_falls_turns_around(judge):
     assert read["last"]["velocity_along_to"] == pytest.approx(0.2, abs=0.05)
     assert read["last"]["velocity_along_from"] == pytest.approx(-0.2, abs=0.05)
     assert read["first"]["two_tone_frames"] > 0.9 and read["whole"]["readable_frames"] > 0.9
+    assert travel_eval.turns_around(read["first"], read["last"])
 
     rising = 22 - 0.1 * t
     still = np.full(FRAMES, 16.0)
-    for ys, label in ((rising, "rising"), (still, "still")):
+    # up then down, but by a drift (0.02 px/frame: ~1 px over each part) that the judge calls standing still
+    drift = 16 - 0.02 * np.minimum(t, 64) + 0.02 * np.maximum(t - 64, 0)
+    for ys, label in ((rising, "rising"), (still, "still"), (drift, "drift")):
         r = travel_eval.judged(video(ys), judge, hold, ramp_end, "up", "down")
-        assert not (r["first"]["velocity_along_from"] > 0 and r["last"]["velocity_along_to"] > 0), label
+        assert not travel_eval.turns_around(r["first"], r["last"]), label
+    assert r["first"]["velocity_along_from"] > 0 and r["last"]["velocity_along_to"] > 0  # the drift does reverse
     r = travel_eval.judged(video(still, look="plain"), judge, hold, ramp_end, "up", "down")
     assert abs(r["whole"]["velocity_along_from"]) < 0.02 and r["whole"]["two_tone_frames"] < 0.1
     assert r["whole"]["chunk_reads"] == {"still": 16}
