@@ -14,20 +14,25 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
     return x.movedim(-1, -3)
 
 
+def _still(rng: np.random.Generator, trail: bool) -> world.Sample:
+    """A base-world still; with `trail`, of an object moving in a uniform direction, its streak drawn."""
+    if trail:
+        return world.image_sample(rng, trail=True, direction=world.random_direction(rng))
+    return world.image_sample(rng)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (..., 3, H, W) in [-1, 1] (clamped) -> uint8 (..., H, W, 3): `to_tensor`'s inverse."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).numpy()
+
+
 def vae_images(n: int, seed: int, trail: bool = False) -> torch.Tensor:
     """60% plain world objects, 40% generic textures (any stripe angle, period, colour) -> (n, 3, H, W).
 
     `trail`: the world objects are the trail variant's (a uniform direction, the streak behind a moving one); an
     autoencoder trained without faint streaks decodes them as background."""
     rng = np.random.default_rng(seed)
-    directions = list(world.DIRECTIONS)
-
-    def still() -> np.ndarray:
-        if trail:
-            return world.image_sample(rng, trail=True, direction=directions[rng.integers(len(directions))]).frames[0]
-        return world.image_sample(rng).frames[0]
-
-    frames = [world.texture_sample(rng) if rng.random() < 0.4 else still() for _ in range(n)]
+    frames = [world.texture_sample(rng) if rng.random() < 0.4 else _still(rng, trail).frames[0] for _ in range(n)]
     return to_tensor(np.stack(frames))
 
 
@@ -39,17 +44,13 @@ def captioned_images(n: int, seed: int, motion_phrase_p: float = 0.5,
     `trail`: the trail variant's stills: each object moves in a uniform direction ("still" included) and shows
     its streak, and the motion phrase, when there is one, names that direction (the still now shows it)."""
     rng = np.random.default_rng(seed)
-    directions = list(world.DIRECTIONS)
     frames, captions = [], []
     for _ in range(n):
-        if trail:
-            sample = world.image_sample(rng, trail=True, direction=directions[rng.integers(len(directions))])
-        else:
-            sample = world.image_sample(rng)
+        sample = _still(rng, trail)
         sc = sample.scene
         caption = world.image_caption(sc.shape, sc.colour)
         if rng.random() < motion_phrase_p:
-            shown = sc.direction if trail else directions[rng.integers(len(directions))]
+            shown = sc.direction if trail else world.random_direction(rng)
             caption += " " + world.motion_phrase(shown)
         frames.append(sample.frames[0])
         captions.append(caption)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDPMScheduler
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from engine.shapes import data, loop, world
-from engine.shapes.train_unet import encode_latents
+from engine.shapes.train_unet import encode_latents, t2i_pipeline
 
 FULL_FILE = "dreambooth-unet.safetensors"
 LORA_FILE = "dreambooth-lora.safetensors"
@@ -44,10 +44,7 @@ def instance_stills(seed: int = 11) -> tuple[np.ndarray, list[str]]:
 
 def class_images(parts: dict, n: int, seed: int = 12, steps: int = 25) -> tuple[np.ndarray, list[str]]:
     """The base T2I's own samples of the class prompts ('a red circle'), as DreamBooth's prior images."""
-    pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
-                                   unet=parts["unet"], scheduler=DDIMScheduler.from_config(parts["scheduler"].config),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = t2i_pipeline(parts, parts["unet"])
     combos = [(s, c) for s in world.SHAPES for c in world.COLOURS]
     captions = [world.image_caption(*combos[i % len(combos)]) for i in range(n)]
     images = pipe(captions, num_inference_steps=steps, height=world.SIZE, width=world.SIZE, output_type="np",

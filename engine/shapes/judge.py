@@ -107,10 +107,14 @@ class Objects:
     mask: np.ndarray
 
 
+def background_difference(frame: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest channel difference from the world's background (H, W) int16."""
+    return np.abs(frame.astype(np.int16) - np.array(world.BACKGROUND, dtype=np.int16)).max(-1)
+
+
 def foreground(frame: np.ndarray) -> np.ndarray:
     """Pixels that differ from the world's background (H, W) bool."""
-    diff = np.abs(frame.astype(np.int16) - np.array(world.BACKGROUND, dtype=np.int16)).max(-1)
-    return diff > FOREGROUND_THRESHOLD
+    return background_difference(frame) > FOREGROUND_THRESHOLD
 
 
 def measure(frame: np.ndarray) -> Objects:

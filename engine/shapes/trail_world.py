@@ -46,8 +46,9 @@ def trail_direction(frame: np.ndarray) -> str | None:
     objects = judge_mod.measure(frame)
     if objects.centroid is None:
         return None
-    diff = np.abs(frame.astype(np.int16) - np.array(world.BACKGROUND, dtype=np.int16)).max(-1)
-    grown = cv2.dilate(judge_mod.foreground(frame).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    diff = judge_mod.background_difference(frame)
+    objects_mask = diff > judge_mod.FOREGROUND_THRESHOLD  # `judge.foreground`, from the same difference
+    grown = cv2.dilate(objects_mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     faint = (diff > FAINT) & ~grown
     if faint.sum() < MIN_TRAIL_PIXELS:
         return "still"
@@ -72,12 +73,9 @@ def trail_check(parts: dict, unet, per_prompt: int = 1, seed: int = 0, steps: in
                 guidance_scale: float = 7.5) -> dict:
     """T2I samples of "a {colour} {shape} moving {direction}" / "standing still" (every combination): does the
     streak name the prompt's direction?"""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from engine.shapes.train_unet import t2i_pipeline
 
-    pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
-                                   unet=unet, scheduler=DDIMScheduler.from_config(parts["scheduler"].config),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = t2i_pipeline(parts, unet)
     combos = [(s, c, d) for s in world.SHAPES for c in world.COLOURS for d in world.DIRECTIONS] * per_prompt
     prompts = [f"{world.image_caption(s, c)} {world.motion_phrase(d)}" for s, c, d in combos]
     images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np",
@@ -89,10 +87,9 @@ def trail_check(parts: dict, unet, per_prompt: int = 1, seed: int = 0, steps: in
 @torch.no_grad()
 def round_trip(vae, frames: np.ndarray) -> np.ndarray:
     """uint8 frames through the autoencoder and back."""
-    from engine.shapes.data import to_tensor
+    from engine.shapes.data import to_tensor, to_uint8
 
-    out = vae.decode(vae.encode(to_tensor(frames)).latent_dist.mean).sample
-    return ((out.clamp(-1, 1) + 1) * 127.5).round().byte().movedim(1, -1).numpy()
+    return to_uint8(vae.decode(vae.encode(to_tensor(frames)).latent_dist.mean).sample)
 
 
 def streaks_and_motion(parts: dict, judge, per_direction: int = 8, seed: int = 0, steps: int = 25,

@@ -61,13 +61,19 @@ def caption_distances(text_encoder, tokenizer) -> dict:
     }
 
 
-def conditioning_check(parts: dict, unet, judge, per_prompt: int = 3, seed: int = 0, steps: int = 25,
-                       guidance_scale: float = 7.5) -> dict:
-    """Sample every (shape, colour) prompt and let the judge read shape and colour."""
+def t2i_pipeline(parts: dict, unet) -> StableDiffusionPipeline:
+    """The world's T2I as a quiet DDIM `StableDiffusionPipeline` over `unet` (the checks' and the class images')."""
     pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
                                    unet=unet, scheduler=DDIMScheduler.from_config(parts["scheduler"].config),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def conditioning_check(parts: dict, unet, judge, per_prompt: int = 3, seed: int = 0, steps: int = 25,
+                       guidance_scale: float = 7.5) -> dict:
+    """Sample every (shape, colour) prompt and let the judge read shape and colour."""
+    pipe = t2i_pipeline(parts, unet)
     combos = [(s, c) for s in world.SHAPES for c in world.COLOURS] * per_prompt
     prompts = [world.image_caption(s, c) for s, c in combos]
     images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np",

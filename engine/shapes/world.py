@@ -185,10 +185,15 @@ def image_sample(rng: np.random.Generator, look: str = "plain", trail: bool = Fa
     return render_scene(random_scene(rng, look=look, num_frames=1, **kw), num_frames=1, trail=trail)
 
 
+def random_direction(rng: np.random.Generator) -> str:
+    """A direction of `DIRECTIONS` ("still" included), uniformly."""
+    return list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
+
+
 def video_sample(rng: np.random.Generator, look: str = "plain", direction: str | None = None,
                  num_frames: int = NUM_FRAMES, trail: bool = False, **kw) -> Sample:
     """One video; the direction is drawn uniformly from `DIRECTIONS` unless given."""
-    direction = direction or list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
+    direction = direction or random_direction(rng)
     return render_scene(random_scene(rng, look=look, direction=direction, num_frames=num_frames, **kw), num_frames,
                         trail=trail)
 

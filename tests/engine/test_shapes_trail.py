@@ -56,7 +56,7 @@ def test_the_streak_reading_names_the_generators_directions():
 
 def test_trail_stills_are_captioned_with_the_direction_they_show():
     pixels, captions = data.captioned_images(60, seed=3, trail=True)
-    frames = ((pixels.movedim(1, -1) + 1) * 127.5).round().byte().numpy()
+    frames = data.to_uint8(pixels)
     named = [(f, c.split()[-1]) for f, c in zip(frames, captions) if "moving" in c or "still" in c]
     assert len(named) >= 20
     hits = [trail_world.trail_direction(f) == w for f, w in named]
